@@ -1,0 +1,557 @@
+"""One latency protocol for every backend, the accuracy of an exported model, and where it was measured.
+
+Protocol (`measure_latency`, used by ONNX Runtime, PyTorch and TensorRT engines alike):
+
+1. warm-up: run repeatedly for `warmup_seconds` (at least one run);
+2. timed runs: each run is timed alone with `time.perf_counter_ns`, the run including the device
+   synchronisation (so GPU work is finished when the clock stops); runs continue until both `min_runs`
+   runs and `min_seconds_per_batch` seconds are reached, but stop at `max_seconds_per_batch` (the cap
+   wins, and is logged, if it comes first);
+3. statistics over the per-run times in milliseconds: p50/p90/p99 (linear interpolation), mean, std
+   (sample, ddof=1), min; throughput in images per second = batch * 1000 / p50_ms (the median, not the
+   mean, so a few slow outliers do not move it).
+
+Inputs are random normal float32 from a seeded generator: latency of a dense CNN does not depend on values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .onnx import eval_float32
+
+log = logging.getLogger(__name__)
+
+GPU_EXTRA_HINT = "pip install 'interprune[gpu]' on a machine with a CUDA GPU"
+
+#: our provider names -> ONNX Runtime execution providers, in priority order.
+ORT_PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend (execution provider, device) is not available on this machine."""
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Latency of one backend at one batch size, in milliseconds per batch.
+
+    `throughput_ips` is images per second at this batch size computed from the median:
+    `batch_size * 1000 / p50_ms`. `threads` is the CPU intra-op thread count used (ONNX Runtime session
+    or torch), `device` a human description (CPU model or GPU name), `precision` the numeric precision of
+    the run ("fp32", "fp16", "int8"). When a batch size could not be run (e.g. out of memory), `runs` is 0,
+    the numbers are NaN and `error` says why.
+    """
+
+    backend: str
+    batch_size: int
+    runs: int
+    warmup_runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    throughput_ips: float
+    threads: int
+    precision: str = "fp32"
+    device: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (NaN becomes None)."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class OnnxAccuracy:
+    """Accuracy of an exported model: fraction of images whose label is among the top-k outputs.
+
+    `top1`/`top5` are in [0, 1]; `by_k` has every k that was requested (k larger than the number of
+    classes counts as the number of classes).
+    """
+
+    top1: float
+    top5: float
+    num_images: int
+    by_k: dict[int, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict."""
+        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images,
+                "by_k": {str(k): v for k, v in self.by_k.items()}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the protocol
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Raw output of `measure_latency`: per-run times in ms and the number of warm-up runs."""
+
+    times_ms: list[float]
+    warmup_runs: int
+
+
+def measure_latency(
+    run_once: Callable[[], object],
+    *,
+    warmup_seconds: float = 1.0,
+    min_runs: int = 20,
+    min_seconds_per_batch: float = 1.0,
+    max_seconds_per_batch: float = 10.0,
+) -> Timings:
+    """Time `run_once` by the protocol in the module docstring; `run_once` must synchronise its device."""
+    if min_runs < 1:
+        raise ValueError(f"min_runs must be >= 1, got {min_runs}")
+    if max_seconds_per_batch <= 0:
+        raise ValueError(f"max_seconds_per_batch must be > 0, got {max_seconds_per_batch}")
+    warmup_runs = 0
+    deadline = time.perf_counter_ns() + int(warmup_seconds * 1e9)
+    while warmup_runs == 0 or time.perf_counter_ns() < deadline:
+        run_once()
+        warmup_runs += 1
+    min_ns = int(min(min_seconds_per_batch, max_seconds_per_batch) * 1e9)
+    max_ns = int(max_seconds_per_batch * 1e9)
+    times_ns: list[int] = []
+    started = time.perf_counter_ns()
+    while True:
+        t0 = time.perf_counter_ns()
+        run_once()
+        t1 = time.perf_counter_ns()
+        times_ns.append(t1 - t0)
+        elapsed = t1 - started
+        if len(times_ns) >= min_runs and elapsed >= min_ns:
+            break
+        if elapsed >= max_ns:
+            if len(times_ns) < min_runs:
+                log.warning("stopped after %d of %d runs: max_seconds_per_batch=%.3g reached",
+                            len(times_ns), min_runs, max_seconds_per_batch)
+            break
+    return Timings(times_ms=[t / 1e6 for t in times_ns], warmup_runs=warmup_runs)
+
+
+def summarize(
+    timings: Timings, *, backend: str, batch_size: int, threads: int, precision: str = "fp32", device: str = ""
+) -> LatencyResult:
+    """Statistics of `timings` as a `LatencyResult` (see module docstring for definitions)."""
+    ms = np.asarray(timings.times_ms, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return LatencyResult(
+        backend=backend,
+        batch_size=batch_size,
+        runs=int(ms.size),
+        warmup_runs=timings.warmup_runs,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        min_ms=float(ms.min()),
+        throughput_ips=batch_size * 1000.0 / p50 if p50 > 0 else math.inf,
+        threads=threads,
+        precision=precision,
+        device=device,
+    )
+
+
+def failed_result(
+    *, backend: str, batch_size: int, threads: int, error: str, precision: str = "fp32", device: str = ""
+) -> LatencyResult:
+    """A `LatencyResult` for a batch size that could not be run: runs=0, NaN numbers, `error` kept."""
+    nan = math.nan
+    return LatencyResult(backend, batch_size, 0, 0, nan, nan, nan, nan, nan, nan, nan, threads,
+                         precision=precision, device=device, error=error)
+
+
+def random_batch(batch_size: int, input_shape: Sequence[int], seed: int) -> np.ndarray:
+    """A (batch_size, *input_shape) float32 standard-normal array from a seeded generator."""
+    _check_input_shape(input_shape)
+    if batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch_size, *input_shape), dtype=np.float32)
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> None:
+    if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
+        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def create_session(onnx_path: str | Path, provider: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session on `provider` ("cpu" | "cuda" | "tensorrt"), all graph optimisations on.
+
+    `threads` is the intra-op thread count (default: `os.cpu_count()`). Raises `BackendUnavailable` when
+    the provider is not in this onnxruntime build or the session silently fell back to another provider.
+    """
+    import onnxruntime as ort
+
+    wanted = _ort_providers(provider)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=wanted)
+    if wanted[0] not in session.get_providers():
+        raise BackendUnavailable(
+            f"onnxruntime could not start {wanted[0]} (session uses {session.get_providers()}); check the CUDA/"
+            f"TensorRT libraries; {GPU_EXTRA_HINT}"
+        )
+    return session
+
+
+def _ort_providers(provider: str) -> list[str]:
+    """ONNX Runtime providers for our provider name; raise `BackendUnavailable` if the first is missing."""
+    import onnxruntime as ort
+
+    if provider not in ORT_PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}; choose one of {sorted(ORT_PROVIDERS)}")
+    wanted = ORT_PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise BackendUnavailable(
+            f"ONNX Runtime provider {provider!r} ({wanted[0]}) is not available here (available: {available}); "
+            f"it needs onnxruntime-gpu and a CUDA GPU: {GPU_EXTRA_HINT}"
+        )
+    return wanted
+
+
+def benchmark_onnxruntime(
+    onnx_path: str | Path,
+    input_shape: tuple[int, int, int],
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    warmup_seconds: float = 1.0,
+    min_runs: int = 20,
+    min_seconds_per_batch: float = 1.0,
+    max_seconds_per_batch: float = 10.0,
+    seed: int = 0,
+) -> list[LatencyResult]:
+    """Latency of `onnx_path` in ONNX Runtime on `provider`, one `LatencyResult` per batch size.
+
+    On "cuda"/"tensorrt" input and output stay on the GPU (IO binding), so the time is the model's, not
+    the host-device copies'. Backend label: "onnxruntime:<provider>".
+    """
+    session = create_session(onnx_path, provider, threads)
+    n_threads = threads or os.cpu_count() or 1
+    device = _cpu_name() if provider == "cpu" else _cuda_device_name()
+    results = []
+    for batch_size in batch_sizes:
+        x = random_batch(batch_size, input_shape, seed)
+        run_once = _ort_runner(session, x, on_gpu=provider != "cpu")
+        timings = measure_latency(run_once, warmup_seconds=warmup_seconds, min_runs=min_runs,
+                                  min_seconds_per_batch=min_seconds_per_batch,
+                                  max_seconds_per_batch=max_seconds_per_batch)
+        results.append(summarize(timings, backend=f"onnxruntime:{provider}", batch_size=batch_size,
+                                 threads=n_threads, device=device))
+    return results
+
+
+def _ort_runner(session, x: np.ndarray, *, on_gpu: bool) -> Callable[[], object]:
+    """A zero-argument callable running one inference of `x` (synchronous: returns when done)."""
+    input_name = session.get_inputs()[0].name
+    if not on_gpu:
+        return lambda: session.run(None, {input_name: x})
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+    binding.bind_ortvalue_input(input_name, x_dev)
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def evaluate_onnx(
+    onnx_path: str | Path,
+    images: np.ndarray | Iterable[tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    provider: str = "cpu",
+    topk: Sequence[int] = (1, 5),
+) -> OnnxAccuracy:
+    """Top-k accuracy of the exported model itself on preprocessed images.
+
+    `images` is either an (N, C, H, W) float32 array (already normalised) with `labels` (N,) ints, or an
+    iterable of (images, labels) numpy batches with `labels=None`, so a large set need not be one array.
+    """
+    session = create_session(onnx_path, provider)
+    input_name = session.get_inputs()[0].name
+    ks = sorted({1, 5, *(int(k) for k in topk)})
+    if ks[0] < 1:
+        raise ValueError(f"top-k values must be >= 1, got {list(topk)}")
+    hits = {k: 0 for k in ks}
+    total = 0
+    for batch, batch_labels in _batches(images, labels, batch_size):
+        logits = session.run(None, {input_name: batch})[0]
+        logits = np.asarray(logits).reshape(batch.shape[0], -1)
+        _check_labels(batch_labels, logits.shape[1])
+        for k, correct in _topk_correct(logits, batch_labels, ks).items():
+            hits[k] += correct
+        total += batch.shape[0]
+    if total == 0:
+        raise ValueError("evaluate_onnx got no images")
+    by_k = {k: hits[k] / total for k in ks}
+    return OnnxAccuracy(top1=by_k[1], top5=by_k[5], num_images=total, by_k=by_k)
+
+
+def _batches(images, labels, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """Yield (float32 images, int64 labels) batches from an array pair or an iterable of pairs."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(images, np.ndarray):
+        if labels is None:
+            raise ValueError("labels are required when images is an array")
+        pairs: Iterable = [(images, labels)]
+    else:
+        if labels is not None:
+            raise ValueError("pass labels inside the (images, labels) batches when images is an iterable")
+        pairs = images
+    for batch_images, batch_labels in pairs:
+        batch_images = np.ascontiguousarray(batch_images, dtype=np.float32)
+        batch_labels = np.asarray(batch_labels).astype(np.int64).reshape(-1)
+        if batch_images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {batch_images.shape}")
+        if batch_labels.shape[0] != batch_images.shape[0]:
+            raise ValueError(f"{batch_images.shape[0]} images but {batch_labels.shape[0]} labels")
+        for start in range(0, batch_images.shape[0], batch_size):
+            yield batch_images[start : start + batch_size], batch_labels[start : start + batch_size]
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}) for a model with {num_classes} outputs, "
+                         f"got range [{labels.min()}, {labels.max()}]")
+
+
+def _topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int]) -> dict[int, int]:
+    """Number of rows whose label is among the k largest logits, for each k.
+
+    Ties are broken like `argmax`: among equal logits the lower class index ranks first, so a constant
+    output does not count as correct for every label.
+    """
+    label_logit = logits[np.arange(labels.shape[0]), labels][:, None]
+    lower_index = np.arange(logits.shape[1])[None, :] < labels[:, None]
+    rank = ((logits > label_logit) | ((logits == label_logit) & lower_index)).sum(axis=1)  # 0 = top-1
+    return {k: int((rank < k).sum()) for k in ks}
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def benchmark_torch(
+    model: torch.nn.Module,
+    input_shape: tuple[int, int, int],
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup_seconds: float = 1.0,
+    min_runs: int = 20,
+    min_seconds_per_batch: float = 1.0,
+    max_seconds_per_batch: float = 10.0,
+    seed: int = 0,
+) -> list[LatencyResult]:
+    """Latency of `model` in PyTorch (eval, no_grad, float32) on `device`, one result per batch size.
+
+    On CUDA each timed run ends with `torch.cuda.synchronize()`; an out-of-memory batch size gives a
+    result with `error` set instead of aborting the others. `threads` sets `torch.set_num_threads` for
+    the duration (restored after). Backend label: "torch:<device type>".
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable(f"CUDA is not available to PyTorch here; needs a CUDA GPU and a CUDA build of torch "
+                                 f"({GPU_EXTRA_HINT})")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with eval_float32(model, dev) as prepared:
+            return [_torch_one(prepared, dev, b, input_shape, seed, warmup_seconds, min_runs,
+                               min_seconds_per_batch, max_seconds_per_batch) for b in batch_sizes]
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _torch_one(model, dev: torch.device, batch_size: int, input_shape, seed: int, warmup_seconds: float,
+               min_runs: int, min_seconds: float, max_seconds: float) -> LatencyResult:
+    """Benchmark one batch size in PyTorch (see `benchmark_torch`)."""
+    backend = f"torch:{dev.type}"
+    threads = torch.get_num_threads()
+    name = _cuda_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    x = torch.from_numpy(random_batch(batch_size, input_shape, seed)).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def run_once() -> None:
+        with torch.no_grad():
+            model(x)
+        sync()
+
+    try:
+        timings = measure_latency(run_once, warmup_seconds=warmup_seconds, min_runs=min_runs,
+                                  min_seconds_per_batch=min_seconds, max_seconds_per_batch=max_seconds)
+    except torch.cuda.OutOfMemoryError as exc:
+        torch.cuda.empty_cache()
+        log.warning("%s batch %d: out of memory", backend, batch_size)
+        return failed_result(backend=backend, batch_size=batch_size, threads=threads, device=name,
+                             error=f"out of memory: {exc}".splitlines()[0])
+    return summarize(timings, backend=backend, batch_size=batch_size, threads=threads, device=name)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparison and provenance
+
+
+def speedup_table(original: Sequence[LatencyResult], pruned: Sequence[LatencyResult], macs_ratio: float
+                  ) -> list[dict[str, Any]]:
+    """Per batch size present in both lists: original and pruned p50 (ms), measured speedup, MACs ratio.
+
+    `measured_speedup = original_p50_ms / pruned_p50_ms` (>1 means the pruned model is faster);
+    `macs_ratio` is original MACs / pruned MACs, the speedup the MAC count alone would predict, shown
+    beside it. `speedup_vs_macs = measured_speedup / macs_ratio`. Failed results give None.
+    """
+    if not macs_ratio > 0:
+        raise ValueError(f"macs_ratio must be > 0 (original MACs / pruned MACs), got {macs_ratio}")
+    by_batch = {r.batch_size: r for r in pruned}
+    rows = []
+    for orig in sorted(original, key=lambda r: r.batch_size):
+        new = by_batch.get(orig.batch_size)
+        if new is None:
+            log.warning("batch size %d measured for the original model only; left out", orig.batch_size)
+            continue
+        ok = orig.error is None and new.error is None and new.p50_ms > 0
+        speedup = orig.p50_ms / new.p50_ms if ok else None
+        rows.append({
+            "batch_size": orig.batch_size,
+            "backend": orig.backend,
+            "original_p50_ms": None if orig.error else orig.p50_ms,
+            "pruned_p50_ms": None if new.error else new.p50_ms,
+            "measured_speedup": speedup,
+            "macs_ratio": macs_ratio,
+            "speedup_vs_macs": speedup / macs_ratio if speedup is not None else None,
+        })
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    """Where numbers were measured: versions, CPU, threads, platform, and GPU details when present.
+
+    Never raises: what cannot be read is left out (or None).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers": list(ort.get_available_providers()),
+        "tensorrt": _tensorrt_version(),
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if env["cuda_available"]:
+        env.update(_torch_cuda_info())
+    gpus = _nvidia_smi()
+    if gpus:
+        env["nvidia_smi"] = gpus
+    return env
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt  # noqa: F401 - optional extra
+
+        return str(tensorrt.__version__)
+    except Exception:  # noqa: BLE001 - absent or broken install: not available
+        return None
+
+
+def _cpu_name() -> str:
+    """CPU model name from /proc/cpuinfo, else `platform.processor()`, else ''."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or ""
+
+
+def _cuda_device_name(dev: torch.device | None = None) -> str:
+    try:
+        return torch.cuda.get_device_name(dev) if torch.cuda.is_available() else ""
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _torch_cuda_info() -> dict[str, Any]:
+    try:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return {
+            "cuda_device": props.name,
+            "cuda_device_count": torch.cuda.device_count(),
+            "cuda_capability": f"{props.major}.{props.minor}",
+            "cuda_memory_gib": round(props.total_memory / 2**30, 2),
+            "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    except Exception as exc:  # noqa: BLE001
+        return {"cuda_error": str(exc)}
+
+
+_SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw",
+               "power.limit", "pstate", "temperature.gpu")
+
+
+def _nvidia_smi() -> list[dict[str, str]] | None:
+    """One dict per GPU from `nvidia-smi --query-gpu` (clocks MHz, power W, temperature C), or None."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [[v.strip() for v in line.split(",")] for line in out.strip().splitlines() if line.strip()]
+    return [dict(zip(_SMI_FIELDS, row)) for row in rows if len(row) == len(_SMI_FIELDS)] or None

@@ -1,0 +1,203 @@
+"""From scores to a plan: how many channels each group keeps, and which.
+
+The cost of a candidate plan is computed analytically from layer widths (conv: out x in/groups x k x k x H_out x
+W_out MACs; linear: out x in), anchored to the exact count of the unpruned model, so the search costs no forward
+passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
+ONNX Runtime's AVX-512 kernels), lowest-scored chunk first, until the target is met; the final state is whichever
+of the last two is closer to the target.
+
+Modes:
+- ``uniform``: the group with the largest kept fraction gives up its weakest chunk (same ratio everywhere, as
+  Torch-Pruning's default);
+- ``global``: the chunk with the lowest mean normalised score anywhere goes (layer widths follow the scores).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from pruning.criteria.base import ChannelGroup, normalise_scores
+from pruning.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A reduction to reach, as a fraction of the *original* model: 0.5 = half the MACs (or parameters)."""
+
+    metric: str = "macs"          # "macs" | "params"
+    reduction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("macs", "params"):
+            raise SpecError(f"target metric must be 'macs' or 'params', got {self.metric!r}")
+        if not 0.0 <= self.reduction < 1.0:
+            raise SpecError(f"target reduction must be in [0, 1), got {self.reduction}")
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str
+    kind: str            # conv | linear | norm
+    out: int
+    inp: int
+    groups: int
+    kernel: int          # kh * kw
+    spatial: int         # output H * W (1 for linear)
+    bias: bool
+
+
+class CostModel:
+    """MACs and parameters of a model as a function of the widths its channel groups keep."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], exact_macs: int, exact_params: int):
+        self.layers = _layer_shapes(model, input_shape)
+        self._anchor = {"macs": exact_macs - self._total("macs", {}), "params": exact_params - self._total("params", {})}
+
+    def cost(self, metric: str, removed: dict[str, int]) -> float:
+        """Cost with ``removed[name, side]`` channels gone from each (module, side) (see ``widths_removed``)."""
+        return self._anchor[metric] + self._total(metric, removed)
+
+    def _total(self, metric: str, removed: dict) -> float:
+        total = 0.0
+        for layer in self.layers:
+            out = layer.out - removed.get((layer.name, "out"), 0)
+            inp = layer.inp - removed.get((layer.name, "in"), 0)
+            if layer.kind == "norm":
+                total += 0 if metric == "macs" else 2 * out
+                continue
+            depthwise = layer.groups > 1 and layer.groups == layer.inp
+            per_out = 1 if depthwise else inp / layer.groups
+            weights = out * per_out * layer.kernel
+            total += weights * layer.spatial if metric == "macs" else weights + (out if layer.bias else 0)
+        return total
+
+
+def _layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_Layer]:
+    spatial: dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: spatial.__setitem__(name, o.shape[-1] * o.shape[-2])))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    layers = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and name in spatial:
+            kh, kw = module.kernel_size
+            layers.append(_Layer(name, "conv", module.out_channels, module.in_channels, module.groups, kh * kw,
+                                 spatial[name], module.bias is not None))
+        elif isinstance(module, nn.Linear):
+            layers.append(_Layer(name, "linear", module.out_features, module.in_features, 1, 1, 1,
+                                 module.bias is not None))
+        elif isinstance(module, nn.BatchNorm2d) and module.affine:
+            layers.append(_Layer(name, "norm", module.num_features, module.num_features, 1, 1, 1, True))
+    return layers
+
+
+def widths_removed(groups: list[ChannelGroup], counts: dict[str, int]) -> dict[tuple[str, str], int]:
+    """(module, side) -> channels removed, given how many channels each group loses."""
+    removed: dict[tuple[str, str], int] = {}
+    for group in groups:
+        n = counts.get(group.name, 0)
+        if n:
+            for member in group.members:
+                removed[member] = removed.get(member, 0) + n
+    return removed
+
+
+@dataclass
+class Allocation:
+    kept: dict[str, list[int]]           # group -> kept channel indices (sorted)
+    original: dict[str, int]
+    achieved_reduction: float            # analytic, relative to the base cost
+    steps: int
+
+
+def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_model: CostModel, target: Target,
+             base_cost: float, *, mode: str = "uniform", round_to: int = 8, min_channels: int = 1,
+             min_keep_fraction: float = 0.1) -> Allocation:
+    """Choose the channels to remove so that cost <= (1 - target.reduction) x ``base_cost`` (closest state wins).
+
+    ``base_cost`` is the original model's cost (before any block removal); ``cost_model`` describes the model the
+    groups belong to. Raises ``SpecError`` if protected layers and minimum widths make the target unreachable.
+    """
+    if mode not in ("uniform", "global"):
+        raise SpecError(f"allocation mode must be 'uniform' or 'global', got {mode!r}")
+    missing = [g.name for g in groups if g.name not in scores]
+    if missing:
+        raise SpecError(f"the criterion gave no scores for {', '.join(missing[:3])}")
+    for g in groups:
+        if scores[g.name].numel() != g.size:
+            raise SpecError(f"criterion scored {scores[g.name].numel()} channels of {g.name}, which has {g.size}")
+    goal = (1.0 - target.reduction) * base_cost
+    order = {g.name: torch.argsort(scores[g.name].double(), stable=True).tolist() for g in groups}
+    norm = {g.name: normalise_scores(scores[g.name]) for g in groups}
+    floor = {g.name: _floor(g.size, round_to, min_channels, min_keep_fraction) for g in groups}
+    counts = {g.name: 0 for g in groups}
+    cost = cost_model.cost(target.metric, {})
+    history = [(cost, dict(counts))]
+    steps = 0
+    while cost > goal:
+        best, best_key, best_n = None, None, 0
+        for g in groups:
+            kept = g.size - counts[g.name]
+            n = _next_chunk(kept, round_to)
+            if kept - n < floor[g.name]:
+                continue
+            chunk = order[g.name][counts[g.name]:counts[g.name] + n]
+            chunk_score = float(norm[g.name][chunk].mean())
+            key = (round(-kept / g.size, 6), chunk_score) if mode == "uniform" else (chunk_score,)
+            if best_key is None or key < best_key:
+                best, best_key, best_n = g, key, n
+        if best is None:
+            reached = 1.0 - cost / base_cost
+            raise SpecError(
+                f"target {target.metric} reduction {target.reduction:.0%} is unreachable: at most {reached:.1%} with "
+                f"widths rounded to {round_to} and at least {min_channels} channel(s) per layer; lower the target, "
+                "the rounding or the protected layers")
+        counts[best.name] += best_n
+        cost = cost_model.cost(target.metric, widths_removed(groups, counts))
+        history.append((cost, dict(counts)))
+        steps += 1
+    if len(history) > 1 and abs(history[-2][0] - goal) < abs(history[-1][0] - goal):
+        cost, counts = history[-2]
+    kept = {g.name: sorted(order[g.name][counts[g.name]:]) for g in groups}
+    return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, steps)
+
+
+def _floor(size: int, round_to: int, min_channels: int, min_keep_fraction: float) -> int:
+    return min(size, max(min_channels, round_to, math.ceil(min_keep_fraction * size)))
+
+
+def _next_chunk(kept: int, round_to: int) -> int:
+    """Channels to drop so the width falls to the next lower multiple of ``round_to``."""
+    remainder = kept % round_to
+    return remainder if remainder else round_to
+
+
+def allocate_blocks(block_scores: dict[str, float], block_costs: dict[str, float], budget: float,
+                    threshold: float | None = None) -> list[str]:
+    """Blocks to remove: all scored below ``threshold``, else lowest first while their cost fits ``budget``.
+
+    ``block_costs`` and ``budget`` share a unit (MACs or parameters). The returned list is ordered by score.
+    """
+    ranked = sorted(block_scores, key=lambda b: block_scores[b])
+    if threshold is not None:
+        return [b for b in ranked if block_scores[b] < threshold]
+    chosen, spent = [], 0.0
+    for block in ranked:
+        if spent >= budget:
+            break
+        if spent + block_costs[block] <= budget * 1.02 or not chosen:
+            chosen.append(block)
+            spent += block_costs[block]
+    return chosen

@@ -1,0 +1,428 @@
+"""The compression pipeline as one function: load -> measure -> score -> allocate -> cut -> reconstruct ->
+fine-tune -> save, from a typed spec, with a progress callback and cooperative cancellation.
+
+Export, latency benchmarks and the report are not the engine's business: ``service.pipeline`` calls this
+function and then the exporters. From Python::
+
+    from pruning.compress import CompressSpec, ModelSpec, DataSpec, PruneSpec, compress
+    spec = CompressSpec(model=ModelSpec("cifar/resnet56", weights="resnet56.th"),
+                        data=DataSpec("../shared/data/cifar10"), prune=PruneSpec(criterion="l1"))
+    result = compress(spec, out_dir="runs/r56")
+    result.accuracy["reconstructed"].top1
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+
+from pruning import data as data_mod
+from pruning import zoo
+from pruning.allocate import CostModel, Target, allocate, allocate_blocks, widths_removed
+from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
+from pruning.errors import Cancelled, SpecError
+from pruning.finetune import FinetuneBudget, FinetuneReport, FinetuneSettings, evaluation_callback, finetune
+from pruning.measure import Accuracy, Cost, count_cost, evaluate
+from pruning.plan import PruningPlan
+from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
+from pruning.surgery import apply_plan, build_graph, channel_groups, remove_blocks
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "score", "allocate", "prune", "reconstruct", "finetune", "save")
+
+
+# --- the spec -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    weights: str | None = None              # weights-only checkpoint; None = the architecture's random init
+    num_classes: int | None = None          # default: the architecture's
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    path: str | None = None                 # None = the bundled sample (scikit-learn digits)
+    calibration_images: int = 2000
+    evaluation_images: int | None = None    # None = the whole test set (or 20% of a single pool)
+    finetune_images: int | None = None      # size of the fine-tune pool; None = all that is left
+    input_size: tuple[int, int] | None = None   # resize to (H, W); None = the model's
+    mean: tuple[float, ...] | None = None   # None = the architecture's
+    std: tuple[float, ...] | None = None
+    batch_size: int = 200
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    criterion: str = "l1"
+    criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    target_metric: str = "macs"             # "macs" | "params"
+    target_reduction: float = 0.5           # fraction of the original model's cost to remove
+    allocation: str = "uniform"             # "uniform" | "global"
+    round_to: int = 8                       # kept widths are multiples of this (1 = no rounding)
+    min_channels: int = 1
+    protected: tuple[str, ...] = ()         # layers whose output channels stay (beyond the architecture's)
+    layer_criterion: str | None = None      # a block criterion run first (e.g. "layer_probe"), then `criterion`
+    layer_criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    layer_share: float = 0.5                # share of the target that block removal may take when combined
+
+
+@dataclass(frozen=True)
+class ReconstructSpec:
+    enabled: bool = True
+    positions_per_image: int = 8
+    ridge: float = 1e-3                     # relative to trace(X^T X) / d
+    batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
+                                            # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: float | None = None
+    steps: int | None = None
+    images: int | None = None               # images seen
+    minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.9
+    augment: bool = True
+    validation_images: int = 500            # carved from the fine-tune split for early stopping
+
+    def budget(self) -> FinetuneBudget:
+        return FinetuneBudget(self.epochs, self.steps, self.images, self.minutes)
+
+
+@dataclass(frozen=True)
+class CompressSpec:
+    model: ModelSpec
+    data: DataSpec = field(default_factory=DataSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    reconstruct: ReconstructSpec = field(default_factory=ReconstructSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    seed: int = 0
+    threads: int | None = None              # torch intra-op threads; None = leave as is
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the result ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: str
+    fraction: float        # of this stage, 0..1
+    message: str
+
+
+@dataclass
+class CompressResult:
+    spec: CompressSpec
+    original: nn.Module
+    model: nn.Module
+    plan: PruningPlan
+    splits: data_mod.Splits
+    preprocess: data_mod.Preprocess
+    input_shape: tuple[int, int, int]
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)   # original, pruned, reconstructed, finetuned
+    cost: dict[str, Cost] = field(default_factory=dict)           # original, compressed
+    timings: dict[str, float] = field(default_factory=dict)       # seconds per stage
+    scores: ScoreResult | None = None
+    block_scores: ScoreResult | None = None
+    fits: list[LayerFit] = field(default_factory=list)
+    finetune: FinetuneReport | None = None
+    layers: list[dict] = field(default_factory=list)             # per group: kept / original width
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def final_accuracy(self) -> Accuracy:
+        for stage in ("finetuned", "reconstructed", "pruned"):
+            if stage in self.accuracy:
+                return self.accuracy[stage]
+        return self.accuracy["original"]
+
+    def reduction(self, metric: str = "macs") -> float:
+        before = getattr(self.cost["original"], metric)
+        return 1.0 - getattr(self.cost["compressed"], metric) / before
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+class _Runner:
+    """Holds the callbacks and the stage clock for one ``compress`` call."""
+
+    def __init__(self, progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:
+        self.progress = progress
+        self.should_stop = should_stop
+        self.timings: dict[str, float] = {}
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("compression cancelled")
+
+    def emit(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, fraction, message))
+
+    def stage(self, name: str):
+        runner = self
+
+        class _Clock:
+            def __enter__(self):
+                runner.check()
+                runner.emit(name, 0.0, "started")
+                self.start = time.perf_counter()
+
+            def __exit__(self, exc_type, exc, tb):
+                runner.timings[name] = runner.timings.get(name, 0.0) + time.perf_counter() - self.start
+                if exc_type is None:
+                    runner.emit(name, 1.0, f"done in {runner.timings[name]:.1f}s")
+        return _Clock()
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+def load_inputs(spec: CompressSpec) -> tuple[nn.Module, zoo.ModelEntry, data_mod.Splits, data_mod.Preprocess,
+                                             tuple[int, int, int]]:
+    """Model (eval mode), its registry entry, checked splits, preprocessing and the input shape."""
+    entry = zoo.get_entry(spec.model.arch)
+    model = zoo.load_model(spec.model.arch, spec.model.weights, spec.model.num_classes)
+    num_classes = spec.model.num_classes or entry.num_classes
+    source = data_mod.load_images(spec.data.path) if spec.data.path else data_mod.digits_sample()
+    size = spec.data.input_size or entry.input_shape[1:]
+    input_shape = (entry.input_shape[0], int(size[0]), int(size[1]))
+    for part, label in ((source.train, "training data"), (source.test, "test data")):
+        if part is not None:
+            data_mod.check_fits_model(part, input_shape, num_classes, label=label,
+                                      resize=spec.data.input_size is not None)
+    splits = data_mod.make_splits(source, spec.data.calibration_images, spec.data.evaluation_images,
+                                  spec.data.finetune_images, seed=spec.seed)
+    preprocess = data_mod.Preprocess(spec.data.mean or entry.mean, spec.data.std or entry.std,
+                                     tuple(size) if spec.data.input_size else None)
+    if len(preprocess.mean) != input_shape[0] or len(preprocess.std) != input_shape[0]:
+        raise SpecError(f"mean/std have {len(preprocess.mean)}/{len(preprocess.std)} values; the model takes "
+                        f"{input_shape[0]} channels")
+    return model, entry, splits, preprocess, input_shape
+
+
+def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
+             should_stop: Callable[[], bool] | None = None) -> CompressResult:
+    """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given."""
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    run = _Runner(progress, should_stop)
+    with run.stage("load"):
+        original, entry, splits, preprocess, input_shape = load_inputs(spec)
+        num_classes = spec.model.num_classes or entry.num_classes
+        _validate_prune_spec(spec.prune)
+        eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
+        base_cost = count_cost(original, input_shape)
+        result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape),
+                                splits, preprocess, input_shape)
+        result.cost["original"] = base_cost
+        result.accuracy["original"] = evaluate(original, eval_batches())
+        run.emit("load", 1.0, f"original top-1 {result.accuracy['original'].top1:.2%}")
+
+    calibration = [Batch(x, y, None) for x, y in data_mod.batches(splits.calibration, preprocess,
+                                                                  spec.data.batch_size)]
+    calibration = _attach_masks(calibration, splits.calibration, spec.data.batch_size)
+    target = Target(spec.prune.target_metric, spec.prune.target_reduction)
+    model = copy.deepcopy(original)
+    removed_blocks = _prune_blocks(spec, run, result, original, model, entry, calibration, input_shape,
+                                   num_classes, base_cost, target)
+
+    protected = list(entry.protected(model)) + list(spec.prune.protected)
+    _check_protected(model, spec.prune.protected)
+    with run.stage("score"):
+        graph = build_graph(model, input_shape)
+        groups = channel_groups(model, input_shape, protected, graph=graph)
+        if spec.prune.target_reduction > 0 and not groups and not removed_blocks:
+            raise SpecError("nothing to prune: every layer is protected")
+        scorer = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
+        if scorer.kind != "channel":
+            scorer = None
+        if scorer is not None and groups:
+            ctx = ScoringContext(model=model, groups=groups, blocks=[], batches=lambda: iter(calibration),
+                                 input_shape=input_shape, num_classes=num_classes, seed=spec.seed,
+                                 keep_fraction=1.0 - spec.prune.target_reduction, graph=graph)
+            result.scores = scorer.score(ctx)
+
+    with run.stage("allocate"):
+        kept, original_widths = {}, {}
+        current = count_cost(model, input_shape)
+        if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
+                < target.reduction - 0.005:
+            cost_model = CostModel(model, input_shape, current.macs, current.params)
+            allocation = allocate(groups, result.scores.channels, cost_model, target,
+                                  getattr(base_cost, target.metric), mode=spec.prune.allocation,
+                                  round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+            kept, original_widths = allocation.kept, allocation.original
+        plan = PruningPlan(spec.model.arch, num_classes, input_shape, kept, original_widths, removed_blocks,
+                           criterion=spec.prune.criterion,
+                           notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
+                                  "layer_criterion": spec.prune.layer_criterion})
+        result.plan = plan
+
+    with run.stage("prune"):
+        pruned = apply_plan(copy.deepcopy(original), plan)
+        result.model = pruned
+        result.cost["compressed"] = count_cost(pruned, input_shape)
+        result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
+                         for name, idx in plan.kept.items()]
+        result.accuracy["pruned"] = evaluate(pruned, eval_batches())
+        run.emit("prune", 1.0, f"{result.reduction(target.metric):.1%} {target.metric} removed, "
+                                f"top-1 {result.accuracy['pruned'].top1:.2%}")
+
+    _reconstruct_stage(spec, run, result, original, pruned, groups, calibration, eval_batches)
+    _finetune_stage(spec, run, result, original, pruned, splits, preprocess)
+
+    with run.stage("save"):
+        if out_dir is not None:
+            result.files.update(save_compressed(pruned, plan, out_dir))
+    result.timings = run.timings
+    return result
+
+
+def _validate_prune_spec(prune: PruneSpec) -> None:
+    if prune.round_to < 1:
+        raise SpecError("round_to must be >= 1")
+    create_criterion(prune.criterion, **dict(prune.criterion_params))   # unknown name / bad params -> SpecError
+    if prune.layer_criterion:
+        layer = create_criterion(prune.layer_criterion, **dict(prune.layer_criterion_params))
+        if layer.kind != "block":
+            raise SpecError(f"layer criterion {prune.layer_criterion!r} scores channels, not blocks")
+    if not 0.0 <= prune.layer_share <= 1.0:
+        raise SpecError("layer_share must be in [0, 1]")
+
+
+def _check_protected(model: nn.Module, names: tuple[str, ...]) -> None:
+    known = {n for n, _ in model.named_modules()}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SpecError(f"protected layer(s) {', '.join(unknown)} not in the model")
+
+
+def _attach_masks(calibration: list[Batch], data: data_mod.ImageSet, batch_size: int) -> list[Batch]:
+    if data.masks is None:
+        return calibration
+    out = []
+    for index, batch in enumerate(calibration):
+        masks = torch.from_numpy(data.masks[index * batch_size:index * batch_size + len(batch.labels)]).long()
+        out.append(Batch(batch.images, batch.labels, masks))
+    return out
+
+
+def _prune_blocks(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module, model: nn.Module,
+                  entry: zoo.ModelEntry, calibration: list[Batch], input_shape: tuple[int, int, int],
+                  num_classes: int, base_cost: Cost, target: Target) -> list[str]:
+    """Layer pruning (a block criterion alone, or first when combined); removes blocks from ``model``."""
+    main = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
+    if main.kind == "block":
+        block_scorer, share = main, 1.0
+    elif spec.prune.layer_criterion:
+        block_scorer = create_criterion(spec.prune.layer_criterion, **dict(spec.prune.layer_criterion_params))
+        share = spec.prune.layer_share
+    else:
+        return []
+    with run.stage("score_blocks"):
+        blocks = entry.removable_blocks(model)
+        if not blocks:
+            raise SpecError(f"{spec.model.arch} has no shape-preserving blocks for layer pruning")
+        ctx = ScoringContext(model=model, groups=[], blocks=blocks, batches=lambda: iter(calibration),
+                             input_shape=input_shape, num_classes=num_classes, seed=spec.seed)
+        result.block_scores = block_scorer.score(ctx)
+        cost_model = CostModel(model, input_shape, base_cost.macs, base_cost.params)
+        costs = {b: _block_cost(cost_model, b, target.metric) for b in blocks}
+        budget = share * target.reduction * getattr(base_cost, target.metric)
+        chosen = list(result.block_scores.remove_blocks) or allocate_blocks(
+            result.block_scores.blocks, costs, budget)
+        remove_blocks(model, chosen)
+        run.emit("score_blocks", 1.0, f"removing {len(chosen)} block(s): {', '.join(chosen)}")
+    return chosen
+
+
+def _block_cost(cost_model: CostModel, block: str, metric: str) -> float:
+    inside = [layer for layer in cost_model.layers if layer.name.startswith(block + ".")]
+    removed = {}
+    for layer in inside:
+        removed[(layer.name, "out")] = layer.out
+    return cost_model.cost(metric, {}) - cost_model.cost(metric, removed)
+
+
+def _reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+                       pruned: nn.Module, groups: list, calibration: list[Batch],
+                       eval_batches: Callable[[], Iterator]) -> None:
+    rec = spec.reconstruct
+    images = [b.images for b in calibration]
+    changed = bool(result.plan.removed_blocks) or any(
+        len(k) < result.plan.original[n] for n, k in result.plan.kept.items())
+    if not changed:
+        return
+    with run.stage("reconstruct"):
+        if rec.enabled and result.plan.kept:
+            consumers = sorted({c for g in groups if g.name in result.plan.kept
+                                and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
+            out_channels = {}
+            for g in groups:
+                if g.name in result.plan.kept:
+                    for member, side in g.members:
+                        if side == "out" and member in consumers:
+                            out_channels[member] = result.plan.kept[g.name]
+            result.fits = reconstruct(original, pruned, consumers, out_channels, lambda: iter(images),
+                                      positions_per_image=rec.positions_per_image, ridge=rec.ridge,
+                                      seed=spec.seed)
+        if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and result.fits)):
+            recalibrate_batchnorm(pruned, images)
+            result.notes.append("BatchNorm statistics re-estimated on the calibration set")
+        result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
+        run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
+
+
+def _finetune_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+                    pruned: nn.Module, splits: data_mod.Splits, preprocess: data_mod.Preprocess) -> None:
+    ft = spec.finetune
+    if ft.budget().is_zero():
+        return
+    with run.stage("finetune"):
+        pool = splits.finetune
+        n_val = min(ft.validation_images, max(0, len(pool) // 5))
+        val_set = pool.subset(slice(0, n_val)) if n_val else None
+        train_set = pool.subset(slice(n_val, None)) if n_val else pool
+        batches_per_epoch = max(1, -(-len(train_set) // ft.batch_size))
+
+        def train_epoch(epoch: int):
+            return data_mod.batches(train_set, preprocess, ft.batch_size, shuffle=True,
+                                    seed=spec.seed * 1000 + epoch, augment=ft.augment)
+
+        validate = evaluation_callback(lambda: data_mod.batches(val_set, preprocess, 500)) if val_set else None
+        settings = FinetuneSettings(lr=ft.lr, temperature=ft.temperature, alpha=ft.alpha)
+        result.finetune = finetune(pruned, original, train_epoch, batches_per_epoch, ft.batch_size, ft.budget(),
+                                   settings, validate,
+                                   progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop)
+        result.accuracy["finetuned"] = evaluate(
+            pruned, data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size))
+        run.emit("finetune", 1.0, f"top-1 {result.accuracy['finetuned'].top1:.2%}")
+
+
+def save_compressed(model: nn.Module, plan: PruningPlan, out_dir: str | Path) -> dict[str, str]:
+    """Write ``plan.json`` and weights-only ``weights.pt`` (atomically) and return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path, weights_path = out / "plan.json", out / "weights.pt"
+    tmp_plan, tmp_weights = out / ".plan.json.tmp", out / ".weights.pt.tmp"
+    plan.save(tmp_plan)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp_weights)
+    tmp_plan.replace(plan_path)
+    tmp_weights.replace(weights_path)
+    return {"plan": str(plan_path), "weights": str(weights_path)}

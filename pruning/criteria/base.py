@@ -1,0 +1,148 @@
+"""The scorer interface every criterion implements, and the registry that names them.
+
+A criterion is a small class: ``__init__`` takes its hyperparameters, ``score(ctx)`` returns an importance per
+channel of every prunable channel group (higher = keep), or per removable block for layer pruning. Scorers
+never prune, never write files and never decide how many channels go: ``allocate.py`` plans, ``surgery.py``
+cuts. See ``../shared/CRITERIA.md`` for what each criterion computes.
+
+Example::
+
+    scorer = create_criterion("l1")
+    result = scorer.score(ctx)              # ctx: ScoringContext built by pruning.compress
+    result.channels["layer1.0.conv1"]       # tensor [16], one importance per output channel
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+import torch.nn as nn
+
+from pruning.errors import SpecError
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be removed together: the output channels of ``name`` (a conv or linear layer) and
+    every dimension coupled to them (its BatchNorm, the next layer's input channels, residual partners).
+
+    ``members`` lists (module name, "out" | "in") for every conv / linear / batch-norm whose width moves with
+    the group; ``consumers`` are the conv / linear layers whose *input* channels shrink (they are re-fitted by
+    reconstruction).
+    """
+
+    name: str
+    size: int
+    members: tuple[tuple[str, str], ...]
+    consumers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One calibration batch: normalised images [N, C, H, W], labels [N], optional concept masks [N, H, W]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+
+
+@dataclass
+class ScoringContext:
+    """Everything a scorer may read. The model must not be modified (``copy.deepcopy`` it to experiment)."""
+
+    model: nn.Module                         # the unpruned model, eval mode, on CPU
+    groups: list[ChannelGroup]               # prunable channel groups (protected layers already excluded)
+    blocks: list[str]                        # shape-preserving blocks that layer pruning may remove
+    batches: Callable[[], Iterator[Batch]]   # a fresh pass over the calibration set, batch by batch
+    input_shape: tuple[int, int, int]        # C, H, W
+    num_classes: int
+    seed: int = 0
+    keep_fraction: float | None = None       # rough fraction of channels that will be kept (for sequential
+                                             # criteria that prune as they go); None if unknown
+    graph: Any = None                        # torch_pruning.DependencyGraph of ``model`` (for TP importances)
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+
+@dataclass
+class ScoreResult:
+    """What a scorer found. Every tensor is 1-D float with one entry per channel of its group."""
+
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)      # group name -> [size] importance
+    blocks: dict[str, float] = field(default_factory=dict)               # block name -> importance
+    # Why each unit got its score, JSON-able: per group a list with one dict per channel (votes, cluster id,
+    # similarity partner, ...); per block one dict (probe accuracy, gain, ...).
+    reasons: dict[str, list[dict]] = field(default_factory=dict)
+    block_reasons: dict[str, dict] = field(default_factory=dict)
+    # Activation-maximization images per group, [size, C, H, W] in [0, 1], when the criterion made them.
+    visualizations: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Blocks the criterion says should go regardless of the target (e.g. probe gain below its threshold).
+    remove_blocks: list[str] = field(default_factory=list)
+
+
+class Scorer(ABC):
+    """Base class: subclasses set ``name``, ``kind`` and ``paper``, and implement ``score``."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "channel"     # "channel" (filters) or "block" (layer pruning)
+    paper: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    @abstractmethod
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        """Return importances for ``ctx.groups`` (channel criteria) or ``ctx.blocks`` (block criteria)."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "paper": self.paper, "params": dict(self.params)}
+
+
+_CRITERIA: dict[str, type[Scorer]] = {}
+
+
+def register_criterion(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make ``cls`` selectable by ``cls.name``."""
+    if cls.name in _CRITERIA:
+        raise ValueError(f"criterion {cls.name!r} is registered twice")
+    _CRITERIA[cls.name] = cls
+    return cls
+
+
+def list_criteria(kind: str | None = None) -> list[str]:
+    return sorted(n for n, c in _CRITERIA.items() if kind is None or c.kind == kind)
+
+
+def is_criterion(name: str) -> bool:
+    return name in _CRITERIA
+
+
+def create_criterion(name: str, **params: Any) -> Scorer:
+    try:
+        cls = _CRITERIA[name]
+    except KeyError:
+        raise SpecError(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}") from None
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise SpecError(f"bad parameters for criterion {name!r}: {exc}") from None
+
+
+def normalise_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scale a group's scores to mean 1 (so groups of different magnitude rank together); float64 [size]."""
+    s = scores.detach().double().flatten()
+    mean = s.abs().mean()
+    return s / mean if mean > 0 else torch.ones_like(s)
+
+
+ScorerFactory = Callable[..., Scorer]

@@ -1,0 +1,259 @@
+"""Layer-wise shallowing by feature probes — ``layer_probe`` (a block criterion).
+
+Shi Chen & Qi Zhao, "Shallowing Deep Networks: Layer-wise Pruning Based on Feature Representations", IEEE TPAMI
+41(12), 2019. See ``../shared/CRITERIA.md`` section 4.
+
+A block is worth keeping if the features after it are more linearly separable than the features before it.
+For every candidate block l in ``ctx.blocks`` (shape-preserving residual blocks, or plain conv layers):
+
+1. One pass over the calibration set records, by forward hooks, the global-average-pooled INPUT and OUTPUT of every
+   candidate block: [N, C] each. The input of a block is the representation of the layer before it (the previous
+   block's output, or the stem / a non-candidate module's output for the first block of a stage), so
+   a_(l-1) is measured on exactly what block l receives. When a block's input is the very tensor another candidate
+   returned, the two share one probe (consecutive blocks are probed once, not twice).
+2. The N images are split once, stratified by class and seeded, into probe-train (``train_fraction`` = 70%) and
+   probe-held-out (30%). Per probe point, a linear softmax probe is fit on standardised features (full-batch
+   L-BFGS, at most ``probe_steps`` iterations, L2 ``weight_decay``, zero init: deterministic) and scored on held-out
+   images: a = held-out accuracy.
+3. Gain Δ_l = a_l - a_(l-1). Importance of block l = Δ_l + 1e-6 x (held-out cross-entropy before - after), the
+   second term only breaking ties between equal accuracies. With ``threshold`` δ set, ``remove_blocks`` lists the
+   blocks with Δ_l < δ (lowest first); otherwise the allocator removes the lowest until the target is met.
+
+Memory: N x C floats per probe point (ResNet-56, 1,000 images: 28 points x 1,000 x <= 64).
+Assumes each candidate block runs once per forward (a block called twice is recorded at its first call).
+
+Example::
+
+    from pruning.criteria import create_criterion
+    result = create_criterion("layer_probe", threshold=0.0).score(ctx)   # ctx.blocks: ["layer1.0", ...]
+    result.blocks["layer1.3"]              # Δ accuracy of its probe over the probe of its input
+    result.remove_blocks                   # blocks whose gain is below 0
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+import torch
+import torch.nn as nn
+
+from pruning.criteria.base import ScoreResult, Scorer, ScoringContext, register_criterion
+
+log = logging.getLogger(__name__)
+
+_TIE_BREAK = 1e-6
+
+
+# --- pure functions ----------------------------------------------------------------------------------
+
+def stratified_split(labels: torch.Tensor, train_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of indices into (train, held-out), ``train_fraction`` of every class in train (at least one
+    image of a class with two or more goes to each side)."""
+    generator = torch.Generator().manual_seed(seed)
+    train, held = [], []
+    for cls in torch.unique(labels).tolist():
+        idx = (labels == cls).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        cut = round(train_fraction * idx.numel())
+        if idx.numel() >= 2:
+            cut = min(max(cut, 1), idx.numel() - 1)
+        train.append(idx[:cut])
+        held.append(idx[cut:])
+    return torch.cat(train).sort().values, torch.cat(held).sort().values
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    accuracy: float          # held-out accuracy
+    loss: float              # held-out mean cross-entropy
+    train_accuracy: float
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+              num_classes: int, steps: int = 100, weight_decay: float = 1e-3) -> ProbeFit:
+    """Linear softmax probe on standardised features: [n, D] -> logits [n, K]; L-BFGS from zero weights.
+
+    Minimises mean cross-entropy + weight_decay x ||W||^2 (bias not decayed) with SciPy's L-BFGS-B and the
+    closed-form gradient (float64, full batch, at most ``steps`` iterations). Deterministic for given inputs.
+    Plain NumPy rather than autograd: thousands of tiny ops are dominated by thread start-up otherwise.
+    """
+    mean = train_x.double().mean(0, keepdim=True)
+    std = train_x.double().std(0, keepdim=True, unbiased=False).clamp_min(1e-6)
+    xs = ((train_x.double() - mean) / std).numpy()                     # [n, D]
+    xt = ((test_x.double() - mean) / std).numpy()                      # [n_test, D]
+    ys, yt = train_y.long().numpy(), test_y.long().numpy()
+    n, d = xs.shape
+    onehot = np.zeros((n, num_classes))
+    onehot[np.arange(n), ys] = 1.0                                      # [n, K]
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+        z = xs @ w + b                                                  # [n, K]
+        z -= z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))             # [n, K]
+        loss = -(onehot * log_p).sum() / n + weight_decay * (w * w).sum()
+        dz = (np.exp(log_p) - onehot) / n                               # [n, K]
+        grad_w = xs.T @ dz + 2 * weight_decay * w                       # [D, K]
+        return float(loss), np.concatenate([grad_w.ravel(), dz.sum(0)])
+
+    theta0 = np.zeros(d * num_classes + num_classes)
+    theta = scipy.optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
+                                    options={"maxiter": steps, "gtol": 1e-8, "ftol": 1e-12}).x
+    w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+
+    def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        if y.size == 0:
+            return 0.0, 0.0
+        z = x @ w + b                                                   # [m, K]
+        z -= z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float((z.argmax(1) == y).mean()), float(-log_p[np.arange(y.size), y].mean())
+
+    accuracy, loss = evaluate(xt, yt)
+    return ProbeFit(accuracy=accuracy, loss=loss, train_accuracy=evaluate(xs, ys)[0])
+
+
+def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+                       train_fraction: float = 0.7, steps: int = 100, weight_decay: float = 1e-3,
+                       seed: int = 0) -> float:
+    """Held-out accuracy of a linear softmax probe on ``features`` [N, D] with ``labels`` [N] (seeded split)."""
+    train, held = stratified_split(labels, train_fraction, seed)
+    return fit_probe(features[train], labels[train], features[held], labels[held], num_classes,
+                     steps, weight_decay).accuracy
+
+
+def probe_gains(accuracies: dict[str, float], previous: dict[str, str]) -> dict[str, float]:
+    """Δ_l = a_l - a_(l-1): ``accuracies`` per probe point, ``previous[block]`` = the point feeding ``block``
+    (the block's own output point has the block's name)."""
+    return {block: accuracies[block] - accuracies[prev] for block, prev in previous.items()}
+
+
+# --- feature capture ---------------------------------------------------------------------------------
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().float()
+    return x.mean(dim=tuple(range(2, x.dim()))) if x.dim() > 2 else x   # [N, C]
+
+
+class _BlockFeatures:
+    """Hooks on every candidate block: pooled outputs, and pooled inputs unless the input is another candidate's
+    output (then ``previous[block]`` names that candidate)."""
+
+    def __init__(self, model: nn.Module, blocks: list[str]) -> None:
+        self.model, self.blocks = model, blocks
+        self.features: dict[str, list[torch.Tensor]] = {}
+        self.previous: dict[str, str] = {}
+        self.order: list[str] = []                  # blocks in execution order (first batch)
+        self._outputs: dict[int, tuple[str, torch.Tensor]] = {}   # id -> (block, tensor), this forward only
+        self._done: set[str] = set()
+        self._first = True
+        self._handles: list = []
+
+    def __enter__(self) -> "_BlockFeatures":
+        for name in self.blocks:
+            module = self.model.get_submodule(name)
+            self._handles.append(module.register_forward_pre_hook(
+                lambda m, inputs, name=name: self._on_input(name, inputs[0])))
+            self._handles.append(module.register_forward_hook(
+                lambda m, inputs, output, name=name: self._on_output(name, output)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._outputs.clear()
+
+    def _on_input(self, name: str, x: torch.Tensor) -> None:
+        if name in self._done:
+            return
+        if self._first:
+            source = self._outputs.get(id(x))
+            self.previous[name] = source[0] if source is not None and source[1] is x else f"{name}:input"
+            self.order.append(name)
+        point = self.previous[name]
+        if point == f"{name}:input":
+            self.features.setdefault(point, []).append(_pool(x))
+
+    def _on_output(self, name: str, y: torch.Tensor) -> None:
+        if name in self._done:
+            return
+        self._done.add(name)
+        self._outputs[id(y)] = (name, y)
+        self.features.setdefault(name, []).append(_pool(y))
+
+    def end_batch(self) -> None:
+        self._outputs.clear()
+        self._done.clear()
+        self._first = False
+
+
+# --- the scorer --------------------------------------------------------------------------------------
+
+@register_criterion
+class LayerProbeScorer(Scorer):
+    """Linear-probe accuracy gain of every removable block (module docstring)."""
+
+    name = "layer_probe"
+    kind = "block"
+    paper = ("Chen & Zhao 2019, Shallowing Deep Networks: Layer-wise Pruning Based on Feature Representations "
+             "(TPAMI)")
+
+    def __init__(self, threshold: float | None = None, probe_steps: int = 100, weight_decay: float = 1e-3,
+                 train_fraction: float = 0.7, seed: int | None = None, max_batches: int | None = None) -> None:
+        super().__init__(threshold=threshold, probe_steps=probe_steps, weight_decay=weight_decay,
+                         train_fraction=train_fraction, seed=seed, max_batches=max_batches)
+        if probe_steps < 1 or weight_decay < 0 or not 0.0 < train_fraction < 1.0:
+            raise TypeError("need probe_steps >= 1, weight_decay >= 0 and 0 < train_fraction < 1")
+        self.threshold, self.probe_steps, self.weight_decay = threshold, probe_steps, weight_decay
+        self.train_fraction, self.seed, self.max_batches = train_fraction, seed, max_batches
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        if not ctx.blocks:
+            return ScoreResult()
+        seed = ctx.seed if self.seed is None else self.seed
+        labels = []
+        with _BlockFeatures(ctx.model, list(ctx.blocks)) as tap, torch.no_grad():
+            for index, batch in enumerate(ctx.batches()):
+                if self.max_batches is not None and index >= self.max_batches:
+                    break
+                ctx.model(batch.images)
+                tap.end_batch()
+                labels.append(batch.labels)
+        missing = [b for b in ctx.blocks if b not in tap.features]
+        if missing:
+            raise ValueError(f"layer_probe: blocks never ran in the forward pass: {', '.join(missing)}")
+        y = torch.cat(labels).long()                                    # [N]
+        train, held = stratified_split(y, self.train_fraction, seed)
+        fits: dict[str, ProbeFit] = {}
+        dims: dict[str, int] = {}
+        for point, chunks in tap.features.items():
+            x = torch.cat(chunks)                                       # [N, C]
+            dims[point] = x.shape[1]
+            fits[point] = fit_probe(x[train], y[train], x[held], y[held], ctx.num_classes,
+                                    self.probe_steps, self.weight_decay)
+        gains = probe_gains({p: f.accuracy for p, f in fits.items()}, tap.previous)
+
+        result = ScoreResult()
+        for block in tap.order:
+            prev = tap.previous[block]
+            loss_gain = fits[prev].loss - fits[block].loss
+            result.blocks[block] = gains[block] + _TIE_BREAK * loss_gain
+            result.block_reasons[block] = {
+                "probe_accuracy": fits[block].accuracy,
+                "previous_accuracy": fits[prev].accuracy,
+                "previous": prev,
+                "gain": gains[block],
+                "probe_loss": fits[block].loss,
+                "previous_loss": fits[prev].loss,
+                "train_accuracy": fits[block].train_accuracy,
+                "features": dims[block],
+                "held_out": int(held.numel()),
+            }
+        if self.threshold is not None:
+            result.remove_blocks = sorted((b for b in tap.order if gains[b] < self.threshold),
+                                          key=lambda b: result.blocks[b])
+        log.info("layer_probe: %d blocks, %d probes on %d images (%d held out)", len(tap.order), len(fits),
+                 y.numel(), held.numel())
+        return result

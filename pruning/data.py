@@ -1,0 +1,376 @@
+"""Data sets: reading them safely, checking them against the model, preprocessing, deterministic splits.
+
+Formats (``load_images``):
+- ``.npz``: ``images`` uint8 [N, H, W, C] (or [N, H, W] for greyscale), ``labels`` int [N], optional ``masks``
+  int [N, H, W] (one concept id per pixel), optional ``class_names``; other keys are ignored. Loaded with
+  ``allow_pickle=False``.
+- a folder holding ``train*.npz`` and/or ``test.npz`` (e.g. ``../shared/data/cifar10``): the train files are
+  concatenated; ``test.npz`` becomes the evaluation split.
+- a folder, ``.tar`` (any compression) or ``.zip`` in ImageFolder layout (``class_name/image.png``), extracted
+  safely: no absolute paths, no ``..``, no links or devices.
+- CIFAR-10's python batches (a ``cifar-10-batches-py`` folder), read with an unpickler that only admits numpy
+  arrays, so a crafted batch cannot run code.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pruning.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as stored: uint8 [N, H, W, C], int64 labels [N], optional int concept masks [N, H, W]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "ImageSet":
+        return replace(self, images=self.images[index], labels=self.labels[index],
+                       masks=None if self.masks is None else self.masks[index])
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What was read from disk: a training pool and, when the source has one, a separate test set."""
+
+    train: ImageSet
+    test: ImageSet | None
+    description: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Disjoint calibration / fine-tune / evaluation sets, chosen deterministically from a seed."""
+
+    calibration: ImageSet
+    finetune: ImageSet
+    evaluation: ImageSet
+
+    def sizes(self) -> dict[str, int]:
+        return {"calibration": len(self.calibration), "finetune": len(self.finetune),
+                "evaluation": len(self.evaluation)}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """uint8 NHWC -> float32 NCHW in [0, 1], resized to ``size`` (H, W) if set, normalised by mean/std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    size: tuple[int, int] | None = None
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # [N, C, H, W]
+        if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+def load_images(path: str | Path) -> DataSource:
+    """Read any supported format (see module docstring); raises ``DataError`` with the reason."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data path {path} does not exist")
+    if path.is_dir():
+        if list(path.glob("*.npz")):
+            return _load_npz_folder(path)
+        if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+            return _load_cifar_batches(path)
+        return DataSource(_load_image_folder(path), None, f"ImageFolder {path.name}")
+    suffixes = "".join(path.suffixes).lower()
+    if path.suffix.lower() == ".npz":
+        return DataSource(_load_npz(path), None, f"npz {path.name}")
+    if path.suffix.lower() == ".zip" or ".tar" in suffixes or path.suffix.lower() in {".tgz", ".tbz2", ".txz"}:
+        with tempfile.TemporaryDirectory(prefix="interprune-data-") as tmp:
+            _safe_extract(path, Path(tmp))
+            root = _single_top_folder(Path(tmp))
+            return DataSource(_load_image_folder(root), None, f"ImageFolder archive {path.name}")
+    raise DataError(f"unsupported data file {path.name}: expected .npz, .tar(.gz), .zip, or a folder")
+
+
+def _load_npz(path: Path) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            if not {"images", "labels"} <= keys:
+                raise DataError(f"{path.name} must hold arrays 'images' and 'labels' (found: {sorted(keys)})")
+            images = archive["images"]
+            labels = archive["labels"]
+            masks = archive["masks"] if "masks" in keys else None
+            names = tuple(str(n) for n in archive["class_names"]) if "class_names" in keys else None
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DataError(f"{path.name} contains object arrays (pickled Python objects); refusing to load it. "
+                            "Store images as uint8 and labels as int arrays.") from None
+        raise DataError(f"cannot read {path.name}: {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"cannot read {path.name}: it is truncated or not an .npz archive ({exc})") from None
+    return check_image_set(images, labels, masks, names, label=path.name)
+
+
+def _load_npz_folder(folder: Path) -> DataSource:
+    train_files = sorted(folder.glob("train*.npz"))
+    test_file = folder / "test.npz"
+    if not train_files and not test_file.exists():
+        files = sorted(folder.glob("*.npz"))
+        if len(files) == 1:
+            return DataSource(_load_npz(files[0]), None, f"npz {files[0].name}")
+        raise DataError(f"{folder} holds .npz files but neither train*.npz nor test.npz; pass one file instead")
+    test = _load_npz(test_file) if test_file.exists() else None
+    if not train_files:
+        return DataSource(test, None, f"npz folder {folder.name} (test.npz only)")
+    parts = [_load_npz(f) for f in train_files]
+    train = concat(parts, label=folder.name)
+    return DataSource(train, test, f"npz folder {folder.name}: {len(train_files)} train files"
+                      + (" + test.npz" if test else ""))
+
+
+def concat(parts: list[ImageSet], label: str) -> ImageSet:
+    shapes = {p.images.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise DataError(f"{label}: files have different image shapes {sorted(shapes)}")
+    with_masks = [p.masks is not None for p in parts]
+    masks = np.concatenate([p.masks for p in parts]) if all(with_masks) else None
+    return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                    masks, parts[0].class_names)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits the few globals a numpy array needs and nothing else."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing a CIFAR batch that references {module}.{name}: it could run code")
+
+
+def _load_cifar_batches(folder: Path) -> DataSource:
+    def read(file: Path) -> ImageSet:
+        try:
+            batch = _NumpyOnlyUnpickler(io.BytesIO(file.read_bytes()), encoding="bytes").load()
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of a foreign pickle is a data error
+            raise DataError(f"cannot read CIFAR batch {file.name}: {exc}") from None
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+        return check_image_set(data, labels, None, None, label=file.name)
+
+    train_files = sorted(folder.glob("data_batch_*"))
+    train = concat([read(f) for f in train_files], folder.name) if train_files else None
+    test = read(folder / "test_batch") if (folder / "test_batch").exists() else None
+    if train is None:
+        train, test = test, None
+    return DataSource(train, test, f"CIFAR python batches {folder.name}")
+
+
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Extract refusing absolute paths, ``..``, links and special files (raises ``DataError``)."""
+    def refuse(name: str, why: str) -> None:
+        raise DataError(f"refusing archive {archive.name}: member {name!r} {why}")
+
+    if archive.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    parts = Path(info.filename).parts
+                    if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename:
+                        refuse(info.filename, "points outside the extraction folder")
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        refuse(info.filename, "is a symbolic link")
+                zf.extractall(target)
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"cannot read {archive.name}: {exc}") from None
+        return
+    try:
+        with tarfile.open(archive) as tf:
+            for member in tf.getmembers():
+                parts = Path(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    refuse(member.name, "points outside the extraction folder")
+                if member.issym() or member.islnk():
+                    refuse(member.name, "is a link")
+                if not (member.isfile() or member.isdir()):
+                    refuse(member.name, "is not a regular file")
+            tf.extractall(target, filter="data")
+    except tarfile.TarError as exc:
+        raise DataError(f"cannot read {archive.name}: {exc}") from None
+
+
+def _single_top_folder(root: Path) -> Path:
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir() and any(c.is_dir() for c in entries[0].iterdir()):
+        return entries[0]
+    return root
+
+
+def _load_image_folder(root: Path) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root.name} has no class folders (ImageFolder layout: class_name/image.png)")
+    images, labels, shape = [], [], None
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).rglob("*")):
+            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+                continue
+            try:
+                with Image.open(file) as img:
+                    mode = "L" if img.mode in ("L", "I", "I;16", "1") else "RGB"
+                    array = np.asarray(img.convert(mode), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"cannot decode image {file.relative_to(root)}: {exc}") from None
+            array = array[..., None] if array.ndim == 2 else array
+            if shape is None:
+                shape = array.shape
+            elif array.shape != shape:
+                raise DataError(f"images differ in size: {file.relative_to(root)} is {array.shape}, "
+                                f"earlier ones {shape}; resize them to one size first")
+            images.append(array)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root.name} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return check_image_set(np.stack(images), np.asarray(labels, dtype=np.int64), None, tuple(classes),
+                           label=root.name)
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+def check_image_set(images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
+                    class_names: tuple[str, ...] | None, label: str) -> ImageSet:
+    """Validate dtypes and shapes of raw arrays; greyscale [N, H, W] becomes [N, H, W, 1]."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{label}: images must be uint8 pixels 0..255, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise DataError(f"{label}: images must be [N, H, W, C] with C in 1/3/4, got shape {images.shape}")
+    if images.shape[-1] == 4:
+        images = images[..., :3]
+    if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
+        raise DataError(f"{label}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if len(labels) != len(images):
+        raise DataError(f"{label}: {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError(f"{label}: the data set is empty")
+    if labels.min() < 0:
+        raise DataError(f"{label}: negative label {int(labels.min())}")
+    if masks is not None:
+        if masks.shape != images.shape[:3] or not np.issubdtype(masks.dtype, np.integer):
+            raise DataError(f"{label}: masks must be integer [N, H, W] = {images.shape[:3]}, got "
+                            f"{masks.dtype} {masks.shape}")
+    return ImageSet(images, labels.astype(np.int64), masks, class_names)
+
+
+def check_fits_model(data: ImageSet, input_shape: tuple[int, int, int], num_classes: int, label: str = "data set",
+                     resize: bool = False) -> None:
+    """Raise ``DataError`` if channels, size (unless resizing) or label range do not fit the model."""
+    channels, height, width = input_shape
+    if data.images.shape[-1] != channels:
+        raise DataError(f"{label} has {data.images.shape[-1]}-channel images but the model expects {channels} "
+                        "channels")
+    if not resize and tuple(data.images.shape[1:3]) != (height, width):
+        raise DataError(f"{label} has {data.images.shape[1]}x{data.images.shape[2]} images but the model expects "
+                        f"{height}x{width}; pass an input size to resize them")
+    top = int(data.labels.max())
+    if top >= num_classes:
+        raise DataError(f"{label} has label {top} but the model has {num_classes} classes (labels must be "
+                        f"0..{num_classes - 1})")
+
+
+# --- splits and batches -------------------------------------------------------------------------
+
+def make_splits(source: DataSource, calibration: int, evaluation: int | None, finetune: int | None = None,
+                seed: int = 0, eval_fraction: float = 0.2) -> Splits:
+    """Deterministic, disjoint splits.
+
+    With a separate test set, evaluation = its first ``evaluation`` images (all if None) and calibration and
+    fine-tune come from the training pool. With one pool, ``eval_fraction`` of it (or ``evaluation`` images) is
+    held out first. Calibration takes the next ``calibration`` images of a seeded permutation; fine-tune the
+    rest (at most ``finetune``).
+    """
+    rng = np.random.default_rng(seed)
+    pool = source.train
+    order = rng.permutation(len(pool))
+    if source.test is not None:
+        test = source.test
+        eval_set = test if evaluation is None else test.subset(np.arange(min(evaluation, len(test))))
+    else:
+        n_eval = evaluation if evaluation is not None else max(1, int(round(eval_fraction * len(pool))))
+        if n_eval >= len(pool):
+            raise DataError(f"data set has {len(pool)} images; cannot hold out {n_eval} for evaluation")
+        eval_set = pool.subset(np.sort(order[:n_eval]))
+        order = order[n_eval:]
+    n_cal = min(calibration, len(order))
+    if n_cal == 0:
+        raise DataError("no images left for calibration")
+    cal_set = pool.subset(order[:n_cal])
+    rest = order[n_cal:] if len(order) > n_cal else order[:n_cal]   # tiny sets: fine-tune on calibration
+    if finetune is not None:
+        rest = rest[:finetune]
+    return Splits(cal_set, pool.subset(rest), eval_set)
+
+
+def batches(data: ImageSet, preprocess: Preprocess, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+            augment: bool = False, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (float NCHW images, int64 labels); ``augment`` = random horizontal flip and 4-px padded crop."""
+    n = len(data) if limit is None else min(limit, len(data))
+    order = np.random.default_rng(seed).permutation(len(data))[:n] if shuffle else np.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        x = preprocess(data.images[index])
+        if augment:
+            x = _flip_and_crop(x, gen)
+        yield x, torch.from_numpy(data.labels[index])
+
+
+def _flip_and_crop(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random crop of an image padded by 1/8 of its height (4 px at 32x32)."""
+    pad = max(1, x.shape[-2] // 8)
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return padded[:, :, dy:dy + h, dx:dx + w]
+
+
+def digits_sample() -> DataSource:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), as uint8 greyscale."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # [N, 8, 8, 1]
+    return DataSource(ImageSet(images, digits.target.astype(np.int64), None, tuple(str(i) for i in range(10))),
+                      None, "scikit-learn digits (bundled sample data)")

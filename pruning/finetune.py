@@ -1,0 +1,171 @@
+"""Fine-tuning with knowledge distillation from the unpruned model.
+
+Loss per batch (Hinton et al. 2015), T = temperature, alpha = weight of the teacher:
+
+    L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
+
+SGD with momentum and a cosine learning-rate schedule over the budget. The budget is the first limit reached of
+epochs, steps, images seen and minutes. Early stopping watches accuracy on a validation slice carved from the
+fine-tune split (never the evaluation split that results are reported on) and keeps the best weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pruning.errors import Cancelled
+
+
+@dataclass(frozen=True)
+class FinetuneBudget:
+    epochs: float | None = None
+    steps: int | None = None
+    images: int | None = None
+    minutes: float | None = None
+
+    def is_zero(self) -> bool:
+        return not any(v for v in (self.epochs, self.steps, self.images, self.minutes))
+
+    def total_steps(self, batches_per_epoch: int, batch_size: int) -> int | None:
+        """Steps implied by epochs / steps / images (None if only minutes bound the run)."""
+        limits = []
+        if self.epochs:
+            limits.append(math.ceil(self.epochs * batches_per_epoch))
+        if self.steps:
+            limits.append(self.steps)
+        if self.images:
+            limits.append(math.ceil(self.images / batch_size))
+        return min(limits) if limits else None
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    alpha: float = 0.9                 # weight of the distillation term
+    eval_every: int = 50               # steps between validation checks
+    patience: int = 5                  # validation checks without improvement before stopping
+
+
+@dataclass
+class FinetuneReport:
+    steps: int = 0
+    images_seen: int = 0
+    seconds: float = 0.0
+    best_val_top1: float | None = None
+    stopped_by: str = ""
+    history: list[dict] = field(default_factory=list)   # {step, loss, lr, val_top1?}
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean") * (t * t)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int], Iterator[tuple]],
+             batches_per_epoch: int, batch_size: int, budget: FinetuneBudget, settings: FinetuneSettings,
+             validate: Callable[[nn.Module], float] | None = None,
+             progress: Callable[[float, str], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> FinetuneReport:
+    """Train ``student`` in place; ``train_epoch(epoch)`` yields (images, labels) batches for that epoch."""
+    report = FinetuneReport()
+    if budget.is_zero():
+        report.stopped_by = "no budget"
+        return report
+    teacher.eval()
+    total = budget.total_steps(batches_per_epoch, batch_size)
+    deadline = time.monotonic() + budget.minutes * 60 if budget.minutes else None
+    schedule_steps = total or _steps_for_minutes(budget.minutes, batches_per_epoch)
+    optimizer = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay, nesterov=True)
+    best_state, best_val, checks_since_best = None, -1.0, 0
+    start = time.monotonic()
+    step, epoch = 0, 0
+    if validate is not None:   # the starting point competes too: fine-tuning never returns worse weights
+        best_val = validate(student)
+        best_state = copy.deepcopy(student.state_dict())
+        report.history.append({"step": 0, "val_top1": best_val})
+    student.train()
+    while True:
+        for images, labels in train_epoch(epoch):
+            if should_stop is not None and should_stop():
+                raise Cancelled("fine-tuning cancelled")
+            lr = 0.5 * settings.lr * (1 + math.cos(math.pi * min(step / max(schedule_steps, 1), 1.0)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            loss = distillation_loss(student(images), teacher_logits, labels, settings.temperature, settings.alpha)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            report.images_seen += len(labels)
+            loss_value = loss.item()
+            entry = {"step": step, "loss": loss_value, "lr": lr}
+            done_reason = _budget_done(step, total, deadline)
+            if validate is not None and (step % settings.eval_every == 0 or done_reason):
+                val = validate(student)
+                student.train()
+                entry["val_top1"] = val
+                if val > best_val:
+                    best_val, checks_since_best = val, 0
+                    best_state = copy.deepcopy(student.state_dict())
+                else:
+                    checks_since_best += 1
+                    if checks_since_best >= settings.patience and not done_reason:
+                        done_reason = "early stopping"
+            report.history.append(entry)
+            if progress is not None:
+                frac = step / total if total else (time.monotonic() - start) / (budget.minutes * 60)
+                progress(min(frac, 1.0), f"step {step} loss {loss_value:.3f}")
+            if done_reason:
+                report.stopped_by = done_reason
+                break
+        else:
+            epoch += 1
+            continue
+        break
+    if best_state is not None:
+        student.load_state_dict(best_state)
+        report.best_val_top1 = best_val
+    student.eval()
+    report.steps = step
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def _steps_for_minutes(minutes: float | None, batches_per_epoch: int) -> int:
+    # A schedule needs a length; with a time budget alone assume ~2 steps/s and let the clock stop earlier.
+    return max(1, int((minutes or 1) * 60 * 2))
+
+
+def _budget_done(step: int, total: int | None, deadline: float | None) -> str:
+    if total is not None and step >= total:
+        return "budget (steps)"
+    if deadline is not None and time.monotonic() >= deadline:
+        return "budget (minutes)"
+    return ""
+
+
+def evaluation_callback(batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+                        ) -> Callable[[nn.Module], float]:
+    from pruning.measure import evaluate
+
+    return lambda model: evaluate(model, batches()).top1

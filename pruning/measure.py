@@ -1,0 +1,65 @@
+"""Cost and quality of a model: MACs, parameters, size in bytes, top-1/top-5 accuracy.
+
+MACs are multiply-accumulates of one forward pass at batch 1 (ResNet-56 on 32x32: 1.2655e8), counted by
+Torch-Pruning's op counter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int
+    params: int
+    size_bytes: int   # float32 state_dict payload
+
+    def to_dict(self) -> dict:
+        return {"macs": self.macs, "params": self.params, "size_bytes": self.size_bytes}
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+    num_images: int
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images}
+
+
+def count_cost(model: nn.Module, input_shape: tuple[int, int, int]) -> Cost:
+    """MACs and parameters at batch 1 for an input of ``input_shape`` (C, H, W)."""
+    example = torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example)
+    model.train(was_training)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
+    return Cost(int(macs), int(params), int(size))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Accuracy:
+    """Top-1 and top-5 accuracy (fractions in [0, 1]) over all batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = total = 0
+    for images, labels in batches:
+        logits = model(images)
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices                      # [N, k]
+        hits = top.eq(labels.view(-1, 1))
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(dim=1).sum())
+        total += len(labels)
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluation set is empty")
+    return Accuracy(correct1 / total, correct5 / total, total)

@@ -1,0 +1,1 @@
+"""Model families that interprune builds itself (the rest come from torchvision)."""

@@ -1,0 +1,213 @@
+"""One job: compress with the engine, export to ONNX, verify, benchmark on each target, write the report.
+
+Used in-process by ``interprune compress`` and by the service's worker processes. Output folder::
+
+    plan.json  weights.pt  model.onnx  original.onnx  report.json  report.html  visualizations/*.png
+
+Engine errors (``pruning.errors.InterpruneError``) pass through unchanged; an export whose ONNX Runtime output
+differs from PyTorch by more than ``parity_atol`` fails the job (``ExportCheckFailed``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from pruning import data as data_mod
+from pruning.compress import (CompressResult, CompressSpec, DataSpec, FinetuneSpec, ModelSpec, ProgressEvent,
+                              PruneSpec, ReconstructSpec, compress)
+from pruning.errors import InterpruneError, SpecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    onnx: bool = True
+    opset: int = 17
+    slim: bool = False
+    parity_atol: float = 1e-4
+    parity_images: int = 256
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    targets: tuple[str, ...] = ("local:cpu",)      # local:cpu | local:cuda | agent:NAME
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int | None = None
+    seconds_per_batch: float = 3.0
+    original: bool = True                          # also benchmark the unpruned model, for the speedup
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    max_accuracy_drop: float | None = None         # top-1, as a fraction (0.01 = one point)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    compress: CompressSpec
+    export: ExportSpec = field(default_factory=ExportSpec)
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    gate: GateSpec = field(default_factory=GateSpec)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        try:
+            c = data["compress"]
+            compress_spec = CompressSpec(
+                model=_build(ModelSpec, c["model"]), data=_build(DataSpec, c.get("data", {})),
+                prune=_build(PruneSpec, c.get("prune", {})), reconstruct=_build(ReconstructSpec, c.get("reconstruct", {})),
+                finetune=_build(FinetuneSpec, c.get("finetune", {})), seed=int(c.get("seed", 0)),
+                threads=c.get("threads"))
+            return cls(compress_spec, _build(ExportSpec, data.get("export", {})),
+                       _build(BenchmarkSpec, data.get("benchmark", {})), _build(GateSpec, data.get("gate", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"malformed job spec: {exc}") from None
+
+
+_TUPLE_FIELDS = {"input_size", "mean", "std", "protected", "targets", "batch_sizes"}
+
+
+def _build(cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise SpecError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    clean = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in values.items()}
+    return cls(**clean)
+
+
+class ExportCheckFailed(InterpruneError):
+    """The exported model does not reproduce the PyTorch model within the tolerance."""
+
+
+def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[ProgressEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run the whole job into ``out_dir`` and return the report (also written as ``report.json``)."""
+    from exporters import check_parity, environment, evaluate_onnx, export_onnx
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    emit = progress or (lambda event: None)
+    result = compress(spec.compress, out, progress, should_stop)
+    timings = dict(result.timings)
+    exported: dict[str, Any] = {}
+    if spec.export.onnx:
+        _check_stop(should_stop)
+        emit(ProgressEvent("export", 0.0, "exporting to ONNX"))
+        start = time.perf_counter()
+        example = torch.zeros(1, *result.input_shape)
+        onnx_export = export_onnx(result.model, out / "model.onnx", example, opset=spec.export.opset,
+                                  slim=spec.export.slim)
+        probe = result.preprocess(result.splits.evaluation.images[:spec.export.parity_images])
+        parity = check_parity(onnx_export.path, result.model, probe)
+        exported = {"onnx": _plain(onnx_export), "parity": _plain(parity), "parity_atol": spec.export.parity_atol}
+        if parity.max_abs_error > spec.export.parity_atol:
+            raise ExportCheckFailed(f"ONNX Runtime differs from PyTorch by {parity.max_abs_error:.2e} (max abs) on "
+                                    f"{parity.num_inputs} evaluation images, above the tolerance "
+                                    f"{spec.export.parity_atol:.0e}")
+        emit(ProgressEvent("export", 0.5, f"parity max abs error {parity.max_abs_error:.1e}; evaluating ONNX"))
+        accuracy = evaluate_onnx(onnx_export.path, _numpy_batches(result))
+        result.accuracy["exported"] = _Acc(accuracy.top1, accuracy.top5, accuracy.num_images)
+        timings["export"] = time.perf_counter() - start
+        emit(ProgressEvent("export", 1.0, f"exported top-1 {accuracy.top1:.2%}"))
+    latency, speedups, target_errors = [], [], {}
+    if spec.export.onnx and spec.benchmark.targets:
+        start = time.perf_counter()
+        latency, speedups, target_errors = _benchmark(spec, result, out, emit, should_stop)
+        timings["benchmark"] = time.perf_counter() - start
+    from service.report import build_report, write_reports
+
+    report = build_report(spec, result, exported, latency, speedups, target_errors, timings, environment())
+    write_reports(report, out, result)
+    return report
+
+
+class _Acc:
+    def __init__(self, top1: float, top5: float, num_images: int) -> None:
+        self.top1, self.top5, self.num_images = top1, top5, num_images
+
+    def to_dict(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images}
+
+
+def _plain(obj) -> dict:
+    data = asdict(obj)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def _numpy_batches(result: CompressResult, batch_size: int = 500):
+    for images, labels in data_mod.batches(result.splits.evaluation, result.preprocess, batch_size):
+        yield images.numpy(), labels.numpy()
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    from pruning.errors import Cancelled
+
+    if should_stop is not None and should_stop():
+        raise Cancelled("job cancelled")
+
+
+def _benchmark(spec: JobSpec, result: CompressResult, out: Path, emit, should_stop):
+    """Latency rows for every target, original and compressed; a failing target records its error only."""
+    from exporters import BackendUnavailable, benchmark_onnxruntime, export_onnx, speedup_table
+
+    bench = spec.benchmark
+    original_onnx = None
+    if bench.original:
+        original_onnx = export_onnx(result.original, out / "original.onnx", torch.zeros(1, *result.input_shape),
+                                    opset=spec.export.opset).path
+    macs_ratio = result.cost["original"].macs / max(result.cost["compressed"].macs, 1)
+    rows, speedups, errors = [], [], {}
+    for target in bench.targets:
+        _check_stop(should_stop)
+        emit(ProgressEvent("benchmark", 0.0, f"benchmarking on {target}"))
+        provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
+        if provider is None:
+            errors[target] = (f"target {target!r} is not available in this pipeline (agents are reached through "
+                              "the service)")
+            continue
+        try:
+            kwargs = dict(provider=provider, threads=bench.threads, warmup_seconds=0.5,
+                          min_seconds_per_batch=min(1.0, bench.seconds_per_batch),
+                          max_seconds_per_batch=bench.seconds_per_batch)
+            pruned = benchmark_onnxruntime(out / "model.onnx", result.input_shape, bench.batch_sizes, **kwargs)
+            original = (benchmark_onnxruntime(original_onnx, result.input_shape, bench.batch_sizes, **kwargs)
+                        if original_onnx else [])
+        except BackendUnavailable as exc:
+            errors[target] = str(exc)
+            continue
+        rows += [dict(r.to_dict(), target=target, model="compressed") for r in pruned]
+        rows += [dict(r.to_dict(), target=target, model="original") for r in original]
+        if original:
+            speedups += [dict(row, target=target) for row in speedup_table(original, pruned, macs_ratio)]
+        emit(ProgressEvent("benchmark", 1.0, f"{target} done"))
+    return rows, speedups, errors
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (Path,)):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")

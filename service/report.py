@@ -1,0 +1,155 @@
+"""The job report: ``report.json`` (a stable, versioned schema for machines) and ``report.html`` (for people).
+
+``build_report`` turns a finished pipeline into plain JSON-able data; ``write_reports`` writes both files and the
+activation-maximization grids the criteria produced.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pruning.compress import CompressResult
+
+log = logging.getLogger(__name__)
+
+REPORT_SCHEMA = "interprune.report/v1"
+STAGES = ("original", "pruned", "reconstructed", "finetuned", "exported")
+
+
+def build_report(spec, result: CompressResult, exported: dict, latency: list[dict], speedups: list[dict],
+                 target_errors: dict[str, str], timings: dict[str, float], environment: dict) -> dict:
+    accuracy = {stage: result.accuracy[stage].to_dict() for stage in STAGES if stage in result.accuracy}
+    final_stage = next(s for s in reversed(STAGES) if s in accuracy)
+    return {
+        "schema": REPORT_SCHEMA,
+        "spec": spec.to_dict(),
+        "model": {"arch": spec.compress.model.arch, "input_shape": list(result.input_shape),
+                  "num_classes": result.plan.num_classes},
+        "data": {"splits": result.splits.sizes(), "mean": list(result.preprocess.mean),
+                 "std": list(result.preprocess.std)},
+        "accuracy": accuracy,
+        "final_stage": final_stage,
+        "cost": {k: v.to_dict() for k, v in result.cost.items()},
+        "reduction": {"macs": result.reduction("macs"), "params": result.reduction("params"),
+                      "macs_ratio": result.cost["original"].macs / max(result.cost["compressed"].macs, 1)},
+        "layers": result.layers,
+        "removed_blocks": list(result.plan.removed_blocks),
+        "criterion": _criterion_section(result),
+        "reconstruction": [fit.to_dict() for fit in result.fits],
+        "finetune": result.finetune.to_dict() if result.finetune else None,
+        "export": exported,
+        "latency": latency,
+        "speedup": speedups,
+        "target_errors": target_errors,
+        "gate": gate_verdict(spec.gate.max_accuracy_drop, accuracy, final_stage),
+        "timings": timings,
+        "environment": environment,
+        "notes": list(result.notes),
+        "files": {},
+    }
+
+
+def gate_verdict(max_drop: float | None, accuracy: dict, final_stage: str) -> dict:
+    drop = accuracy["original"]["top1"] - accuracy[final_stage]["top1"]
+    passed = True if max_drop is None else drop <= max_drop + 1e-12
+    return {"max_accuracy_drop": max_drop, "accuracy_drop": drop, "stage": final_stage, "passed": passed}
+
+
+def _criterion_section(result: CompressResult) -> dict:
+    spec = result.spec.prune
+    section: dict[str, Any] = {"name": spec.criterion, "params": dict(spec.criterion_params),
+                               "allocation": spec.allocation, "round_to": spec.round_to,
+                               "target": {"metric": spec.target_metric, "reduction": spec.target_reduction},
+                               "layer_criterion": spec.layer_criterion, "groups": [], "blocks": []}
+    if result.scores is not None:
+        for name, kept in result.plan.kept.items():
+            scores = result.scores.channels[name]
+            reasons = result.scores.reasons.get(name) or [{} for _ in range(len(scores))]
+            keep = set(kept)
+            section["groups"].append({
+                "layer": name,
+                "channels": [{"index": i, "kept": i in keep, "score": float(scores[i]), "reason": reasons[i]}
+                             for i in range(len(scores))],
+            })
+    if result.block_scores is not None:
+        removed = set(result.plan.removed_blocks)
+        for block, score in result.block_scores.blocks.items():
+            section["blocks"].append({"block": block, "removed": block in removed, "score": float(score),
+                                      "reason": result.block_scores.block_reasons.get(block, {})})
+    return section
+
+
+def write_reports(report: dict, out: Path, result: CompressResult) -> None:
+    from service.pipeline import write_json
+
+    images = _save_visualizations(result, out)
+    report["files"] = {"plan": "plan.json", "weights": "weights.pt", "report_json": "report.json",
+                       "visualizations": images}
+    if (out / "model.onnx").exists():
+        report["files"]["onnx"] = "model.onnx"
+    try:
+        from service.report_html import render_html
+
+        (out / "report.html").write_text(render_html(report, out))
+        report["files"]["report_html"] = "report.html"
+    except ImportError:
+        pass
+    write_json(out / "report.json", report)
+
+
+def _save_visualizations(result: CompressResult, out: Path) -> dict[str, str]:
+    if result.scores is None or not result.scores.visualizations:
+        return {}
+    try:
+        from pruning.visualize import save_grid
+    except ImportError:
+        return {}
+    folder = out / "visualizations"
+    folder.mkdir(exist_ok=True)
+    saved = {}
+    for layer, images in result.scores.visualizations.items():
+        path = folder / f"{layer.replace('.', '_')}.png"
+        save_grid(images, path)
+        saved[layer] = str(path.relative_to(out))
+    return saved
+
+
+def summary_table(report: dict) -> str:
+    """A compact plain-text table for the end of ``compress`` and ``submit``."""
+    lines = []
+    acc = report["accuracy"]
+    lines.append("stage          top-1    top-5   images")
+    for stage in STAGES:
+        if stage in acc:
+            a = acc[stage]
+            lines.append(f"{stage:<13} {a['top1']:7.2%}  {a['top5']:7.2%}  {a['num_images']:>6}")
+    cost = report["cost"]
+    lines.append("")
+    lines.append(f"MACs    {cost['original']['macs']:>14,} -> {cost['compressed']['macs']:>14,}  "
+                 f"(-{report['reduction']['macs']:.1%}, ratio {report['reduction']['macs_ratio']:.2f}x)")
+    lines.append(f"params  {cost['original']['params']:>14,} -> {cost['compressed']['params']:>14,}  "
+                 f"(-{report['reduction']['params']:.1%})")
+    if report.get("export"):
+        parity = report["export"]["parity"]
+        lines.append(f"ONNX parity: max abs error {parity['max_abs_error']:.2e} "
+                     f"(tolerance {report['export']['parity_atol']:.0e})")
+    if report.get("speedup"):
+        lines.append("")
+        lines.append("target      batch  original p50   compressed p50   speedup   MACs ratio")
+        for row in report["speedup"]:
+            speed = f"{row['measured_speedup']:.2f}x" if row.get("measured_speedup") else "n/a"
+            lines.append(f"{row['target']:<11} {row['batch_size']:>5}  {_ms(row.get('original_p50_ms'))}"
+                         f"     {_ms(row.get('pruned_p50_ms'))}     {speed:>7}   {row['macs_ratio']:.2f}x")
+    for target, error in report.get("target_errors", {}).items():
+        lines.append(f"{target}: not measured: {error}")
+    gate = report["gate"]
+    if gate["max_accuracy_drop"] is not None:
+        verdict = "PASSED" if gate["passed"] else "FAILED"
+        lines.append(f"\nquality gate {verdict}: top-1 drop {gate['accuracy_drop']:.2%} "
+                     f"(allowed {gate['max_accuracy_drop']:.2%})")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return f"{value:9.3f} ms" if value is not None else "      n/a   "

@@ -1,0 +1,125 @@
+"""`interprune compress` end to end on the bundled digits, and every bad input it must refuse cleanly."""
+import io
+import json
+import tarfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.cli import main
+from tests.conftest import make_npz
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def compressed(digits_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    code = main(["compress", "--arch", "demo/small_cnn", "--weights", str(digits_weights), "--criterion", "l1",
+                 "--target-macs", "0.5", "--calibration-images", "400", "--batch-sizes", "1,8",
+                 "--bench-seconds", "0.3", "--max-accuracy-drop", "5", "--out", str(out), "--json"])
+    return code, out
+
+
+def test_compress_writes_a_reloadable_plan_onnx_and_report(compressed):
+    from pruning.surgery import load_compressed
+
+    code, out = compressed
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert 0.48 <= report["reduction"]["macs"] <= 0.52
+    assert report["export"]["parity"]["max_abs_error"] <= 1e-4
+    acc = report["accuracy"]
+    assert acc["original"]["top1"] > 0.9
+    assert acc["reconstructed"]["top1"] > acc["pruned"]["top1"]
+    assert acc["exported"]["top1"] == pytest.approx(acc["reconstructed"]["top1"], abs=1e-9)
+    assert {r["batch_size"] for r in report["latency"]} == {1, 8}
+    assert all(r["p50_ms"] > 0 for r in report["latency"])
+    assert report["gate"]["passed"] is True
+    model = load_compressed(out / "plan.json", out / "weights.pt")
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.allclose(onnx_out, model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+    widths = {layer["layer"]: layer["kept"] for layer in report["layers"]}
+    assert all(w % 8 == 0 for w in widths.values())
+
+
+def test_gate_failure_has_its_own_exit_code(digits_weights, tmp_path, capsys):
+    code, out, _ = run(capsys, "compress", "--arch", "demo/small_cnn", "--weights", str(digits_weights),
+                       "--target-macs", "0.7", "--no-reconstruct", "--batchnorm", "off", "--targets", "",
+                       "--max-accuracy-drop", "0", "--out", str(tmp_path / "o"))
+    assert code == 4 and "quality gate FAILED" in out
+
+
+def _bad_input(tmp_path, capsys, *extra, arch="demo/small_cnn"):
+    out = tmp_path / "never"
+    code, _, err = run(capsys, "compress", "--arch", arch, "--targets", "", *extra, "--out", str(out))
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("interprune: error: ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0])    # one line, last, after any progress
+    assert not out.exists() and not list(tmp_path.glob(".never.partial-*"))
+    return err
+
+
+def test_truncated_weights(tmp_path, capsys, digits_weights):
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(digits_weights.read_bytes()[:300])
+    assert "truncated" in _bad_input(tmp_path, capsys, "--weights", str(bad))
+
+
+class Payload:
+    """Stands for any class a checkpoint might smuggle in; loading it would run its module's code."""
+
+    def __init__(self):
+        self.weights = torch.zeros(2)
+
+
+def test_pickled_class_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "w.pt"
+    torch.save({"model": Payload()}, bad)
+    assert "pickled code" in _bad_input(tmp_path, capsys, "--weights", str(bad))
+
+
+def test_object_array_npz(tmp_path, capsys):
+    bad = tmp_path / "d.npz"
+    np.savez(bad, images=np.array([object()] * 3, dtype=object), labels=np.arange(3))
+    assert "object arrays" in _bad_input(tmp_path, capsys, "--data", str(bad))
+
+
+def test_labels_out_of_range(tmp_path, capsys):
+    bad = make_npz(tmp_path / "d.npz", n=50, classes=15)
+    assert "classes" in _bad_input(tmp_path, capsys, "--data", str(bad))
+
+
+def test_one_channel_data_for_three_channel_model(tmp_path, capsys):
+    bad = make_npz(tmp_path / "d.npz", n=50, size=32, channels=1)
+    assert "1-channel" in _bad_input(tmp_path, capsys, "--data", str(bad), arch="cifar/resnet20")
+
+
+def test_archive_escaping_its_folder(tmp_path, capsys):
+    bad = tmp_path / "d.tar"
+    with tarfile.open(bad, "w") as tf:
+        info = tarfile.TarInfo("../evil.png")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    assert "outside" in _bad_input(tmp_path, capsys, "--data", str(bad))
+
+
+def test_unknown_criterion_and_architecture(tmp_path, capsys):
+    assert "unknown criterion" in _bad_input(tmp_path, capsys, "--criterion", "nope")
+    assert "unknown architecture" in _bad_input(tmp_path, capsys, arch="resnet9000")
+
+
+def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = run(capsys, "compress", "--arch", "demo/small_cnn", "--out", str(out))
+    assert code == 2 and "--force" in err and (out / "keep.txt").read_text() == "mine"

@@ -1,0 +1,120 @@
+import io
+import pickle
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from pruning import data
+from pruning.errors import DataError
+from tests.conftest import make_npz
+
+
+def test_npz_loads_and_ignores_extra_keys(tmp_path):
+    path = make_npz(tmp_path / "d.npz", n=20, channels=3, filenames=np.array(["a"] * 20))
+    source = data.load_images(path)
+    assert source.train.images.shape == (20, 8, 8, 3) and source.test is None
+
+
+def test_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, images=np.array([{"a": 1}] * 4, dtype=object), labels=np.arange(4))
+    with pytest.raises(DataError, match="object arrays"):
+        data.load_images(path)
+
+
+def test_labels_out_of_range_and_channel_mismatch_are_named(tmp_path):
+    source = data.load_images(make_npz(tmp_path / "d.npz", classes=12, channels=1))
+    with pytest.raises(DataError, match="label 11 .* 10 classes"):
+        data.check_fits_model(source.train, (1, 8, 8), 10)
+    with pytest.raises(DataError, match="1-channel images but the model expects 3"):
+        data.check_fits_model(source.train, (3, 8, 8), 20)
+
+
+def test_size_mismatch_without_resize(tmp_path):
+    source = data.load_images(make_npz(tmp_path / "d.npz", size=8))
+    with pytest.raises(DataError, match="8x8 images but the model expects 32x32"):
+        data.check_fits_model(source.train, (1, 32, 32), 10)
+
+
+def _tar_with(path, name, payload=b"x", symlink=False):
+    with tarfile.open(path, "w") as tf:
+        info = tarfile.TarInfo(name)
+        if symlink:
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tf.addfile(info)
+        else:
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def test_archive_with_parent_paths_is_refused(tmp_path):
+    with pytest.raises(DataError, match="outside the extraction folder"):
+        data.load_images(_tar_with(tmp_path / "bad.tar", "../escape.png"))
+    assert not (tmp_path / "escape.png").exists()
+    zpath = tmp_path / "bad.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("../../escape.png", b"x")
+    with pytest.raises(DataError, match="outside the extraction folder"):
+        data.load_images(zpath)
+
+
+def test_archive_with_links_is_refused(tmp_path):
+    with pytest.raises(DataError, match="link"):
+        data.load_images(_tar_with(tmp_path / "link.tar", "cls/a.png", symlink=True))
+
+
+def test_image_folder_archive_loads_with_class_names(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "set"
+    for label, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * label + i, np.uint8)).save(root / name / f"{i}.png")
+    archive = tmp_path / "set.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname="set")
+    source = data.load_images(archive)
+    assert source.train.class_names == ("cat", "dog")
+    assert source.train.images.shape == (6, 8, 8, 3)
+    assert list(source.train.labels) == [0, 0, 0, 1, 1, 1]
+
+
+def test_cifar_batches_load_and_malicious_ones_are_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2, 3]}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch))
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch))
+    source = data.load_images(folder)
+    assert source.train.images.shape == (4, 32, 32, 3) and source.test is not None
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    with pytest.raises(DataError, match="could run code"):
+        data.load_images(folder)
+
+
+def test_splits_are_disjoint_and_deterministic():
+    source = data.digits_sample()
+    a = data.make_splits(source, calibration=300, evaluation=None, seed=3)
+    b = data.make_splits(source, calibration=300, evaluation=None, seed=3)
+    assert np.array_equal(a.calibration.images, b.calibration.images)
+    sizes = a.sizes()
+    assert sizes["calibration"] == 300 and sizes["evaluation"] == round(0.2 * len(source.train))
+    assert sizes["calibration"] + sizes["finetune"] + sizes["evaluation"] == len(source.train)
+    as_bytes = lambda s: {img.tobytes() + bytes([int(l)]) for img, l in zip(s.images, s.labels)}  # noqa: E731
+    assert not as_bytes(a.calibration) & as_bytes(a.evaluation)
+
+
+def test_preprocess_normalises_and_resizes():
+    images = np.full((2, 4, 4, 3), 255, np.uint8)
+    x = data.Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), size=(8, 8))(images)
+    assert x.shape == (2, 3, 8, 8)
+    assert torch.allclose(x, torch.ones_like(x), atol=1e-5)

@@ -1,0 +1,98 @@
+import copy
+
+import pytest
+import torch
+
+from pruning import allocate, data, surgery, zoo
+from pruning.finetune import FinetuneBudget, FinetuneSettings, distillation_loss, finetune
+from pruning.plan import PruningPlan
+from pruning.reconstruct import reconstruct, recalibrate_batchnorm
+
+
+@pytest.fixture(scope="module")
+def resnet_and_batches():
+    torch.manual_seed(0)
+    model = zoo.create_model("cifar/resnet20").eval()
+    batches = [torch.randn(32, 3, 32, 32) for _ in range(4)]
+    recalibrate_batchnorm(model, batches)    # give the random network sensible BN statistics
+    return model.eval(), batches
+
+
+def _prune_half(model):
+    entry = zoo.get_entry("cifar/resnet20")
+    groups = surgery.channel_groups(model, entry.input_shape, entry.protected(model))
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    plan = PruningPlan("cifar/resnet20", 10, entry.input_shape, kept, {g.name: g.size for g in groups})
+    return surgery.apply_plan(copy.deepcopy(model), plan).eval(), groups
+
+
+def test_reconstruction_brings_outputs_back_towards_the_original(resnet_and_batches):
+    model, batches = resnet_and_batches
+    pruned, groups = _prune_half(model)
+    probe = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(probe)
+        before = (pruned(probe) - reference).pow(2).mean().item()
+    fits = reconstruct(model, pruned, [c for g in groups for c in g.consumers], {}, lambda: iter(batches))
+    with torch.no_grad():
+        after = (pruned(probe) - reference).pow(2).mean().item()
+    assert len(fits) == 9 and all(f.error_after <= f.error_before for f in fits)
+    assert all(f.residual_compensated for f in fits)
+    assert after < 0.5 * before
+
+
+def test_exact_refit_when_the_removed_channels_were_redundant():
+    # conv2 sees channel 1 == channel 0; dropping channel 1 and re-fitting must be exact
+    from pruning.models.small import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(10, in_channels=1, width=4).eval()
+    with torch.no_grad():
+        first = model.features[0]
+        first[0].weight[1] = first[0].weight[0]
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(first[1], name)[1] = getattr(first[1], name)[0]
+    groups = surgery.channel_groups(model, (1, 8, 8))
+    g = next(g for g in groups if g.name == "features.0.0")
+    plan = PruningPlan("demo/small_cnn", 10, (1, 8, 8), {g.name: [0, 2, 3]}, {g.name: 4})
+    pruned = surgery.apply_plan(copy.deepcopy(model), plan).eval()
+    batches = [torch.randn(16, 1, 8, 8) for _ in range(4)]
+    fits = reconstruct(model, pruned, list(g.consumers), {}, lambda: iter(batches), positions_per_image=64,
+                       ridge=1e-9)
+    assert fits[0].error_after < 1e-6 < fits[0].error_before
+    x = torch.randn(8, 1, 8, 8)
+    assert torch.allclose(pruned(x), model(x), atol=1e-4)
+
+
+def test_distillation_loss_is_zero_for_identical_logits_with_alpha_one():
+    logits = torch.randn(4, 10)
+    assert distillation_loss(logits, logits, torch.zeros(4, dtype=torch.long), 4.0, 1.0).item() == \
+        pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits, -logits, torch.zeros(4, dtype=torch.long), 4.0, 1.0).item() > 0.1
+
+
+def test_finetune_improves_a_damaged_student_and_keeps_the_best():
+    from pruning.measure import evaluate
+
+    source = data.digits_sample()
+    splits = data.make_splits(source, 1000, None, seed=0)
+    pre = data.Preprocess((0.5,), (0.5,))
+    teacher = zoo.create_model("demo/small_cnn")
+    opt = torch.optim.Adam(teacher.parameters(), 3e-3)
+    for epoch in range(6):
+        teacher.train()
+        for x, y in data.batches(splits.calibration, pre, 64, shuffle=True, seed=epoch):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(teacher(x), y).backward()
+            opt.step()
+    teacher.eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.features[4][0].weight.mul_(0.0)
+    val = lambda m: evaluate(m, data.batches(splits.evaluation, pre, 500)).top1  # noqa: E731
+    start = val(student)
+    report = finetune(student, teacher, lambda e: data.batches(splits.calibration, pre, 64, shuffle=True, seed=e),
+                      16, 64, FinetuneBudget(epochs=3), FinetuneSettings(lr=0.05, eval_every=10), validate=val)
+    assert report.steps == 48 and report.images_seen == 3 * 1000
+    assert report.best_val_top1 >= start
+    assert val(student) > start + 0.1
