@@ -18,8 +18,9 @@ A Linear root gives maps [N, C, 1, 1].
 
 Memory. ``collect`` hands each batch's maps to a callback and drops them; ``ChannelStats`` keeps per channel a few
 running sums plus a uniform random subsample of at most ``max_samples`` values (default 200,000) for quantiles, so its
-memory is ``channels x max_samples x 4`` bytes at most, whatever the calibration set's size. Quantiles are exact on
-that subsample, and exact outright while a channel has seen no more than ``max_samples`` values.
+memory is ``channels x max_samples x 4`` bytes (plus the batch in flight), whatever the calibration set's size.
+Quantiles are exact on that subsample, and exact outright while a channel has seen no more than ``max_samples``
+values.
 
 Example::
 
@@ -30,7 +31,6 @@ Example::
 """
 from __future__ import annotations
 
-import logging
 import zlib
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -40,8 +40,6 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:   # criteria import this module, not the other way round
     from pruning.criteria.base import Batch, ChannelGroup
-
-log = logging.getLogger(__name__)
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -115,18 +113,18 @@ def collect(model: nn.Module, groups: Iterable[ChannelGroup], batches: Iterable[
     """One pass over ``batches``: for each, call ``fn(batch, maps, logits)`` with ``maps[group.name]`` the post-ReLU
     map [N, C, H, W] of every group, then drop the maps. Returns the number of images seen.
 
-    ``grad=True`` runs the forward with autograd on (the images require grad, so a graph exists even for frozen
-    weights) for callers that differentiate ``logits`` with hooks of their own (e.g. Grad-CAM); ``maps`` are always
-    detached. The model's mode and weights are left as they are.
+    ``grad=True`` runs the forward with autograd on, for callers that differentiate ``logits`` with hooks of their
+    own (e.g. Grad-CAM on a copy with frozen weights, whose hook makes one feature map a leaf that requires grad, so
+    only the network's tail is recorded); ``maps`` are always detached. The model's mode and weights are left as
+    they are.
     """
     seen = 0
     with FeatureTap(model, groups) as tap:
         for index, batch in enumerate(batches):
             if max_batches is not None and index >= max_batches:
                 break
-            images = batch.images.detach().requires_grad_(True) if grad else batch.images
             with torch.set_grad_enabled(grad):
-                logits = model(images)
+                logits = model(batch.images)
             fn(batch, dict(tap.maps), logits)
             tap.maps.clear()
             seen += batch.images.shape[0]
@@ -135,8 +133,10 @@ def collect(model: nn.Module, groups: Iterable[ChannelGroup], batches: Iterable[
 
 def module_outputs_in_order(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """(name, output shape) of every submodule in the order its forward *finished* on ``example`` (a container
-    finishes after its children); modules whose output is not a tensor are skipped, the model itself too."""
+    finishes after its children); modules whose output is not a tensor are skipped, the model itself too.
+    Runs in eval mode (restored afterwards), so BatchNorm statistics are not touched."""
     order: list[tuple[str, tuple[int, ...]]] = []
+    training = model.training
     handles = []
     for name, module in model.named_modules():
         if not name:
@@ -147,9 +147,11 @@ def module_outputs_in_order(model: nn.Module, example: torch.Tensor) -> list[tup
                 order.append((name, tuple(output.shape)))
         handles.append(module.register_forward_hook(hook))
     try:
+        model.eval()
         with torch.no_grad():
             model(example)
     finally:
+        model.train(training)
         for handle in handles:
             handle.remove()
     return order
@@ -180,7 +182,9 @@ class ChannelStats:
     The subsample is bottom-k sampling: every incoming position (image, y, x) draws a key from a generator seeded
     with ``seed``; the kept positions are the ``max_samples`` with the smallest keys seen so far, a uniform sample
     without replacement of all positions. Positions are shared by the channels of a group (one key per position),
-    so each channel's sample is uniform over its own values. Memory: ``channels x max_samples`` floats at most.
+    so each channel's sample is uniform over its own values. Memory: ``channels x max_samples`` floats for the
+    sample, plus one batch's values while a merge is pending (chunks are merged only once the sample is full, or
+    when it is read, so filling it costs one concatenation, not one per batch).
     """
 
     def __init__(self, channels: int, max_samples: int = 200_000, seed: int = 0) -> None:
@@ -193,31 +197,61 @@ class ChannelStats:
         self._sum_sq = torch.zeros(channels, dtype=torch.float64)
         self._max = torch.full((channels,), float("-inf"))
         self._sample = torch.empty(channels, 0)               # [C, k], k <= max_samples
-        self._keys = torch.empty(0)                           # [k]
+        self._keys = torch.empty(0, dtype=torch.float64)      # [k]
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []   # chunks not merged yet (until filled)
+        self._pending_size = 0
+        self._filled = False                                  # True once more than max_samples were seen
         self._generator = torch.Generator().manual_seed(seed)
 
     def update(self, maps: torch.Tensor) -> None:
         """Add a batch of maps [N, C, H, W] (or [N, C])."""
         if maps.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} channels, got maps of shape {tuple(maps.shape)}")
-        values = maps.detach().float().transpose(0, 1).reshape(self.channels, -1)   # [C, N*H*W]
-        self.count += values.shape[1]
-        self._sum += values.sum(1, dtype=torch.float64)
-        self._sum_sq += values.square().sum(1, dtype=torch.float64)
-        self._max = torch.maximum(self._max, values.amax(1))
-        self._subsample(values)
+        x = maps.detach().float()
+        x = x.flatten(2) if x.dim() > 2 else x.unsqueeze(2)                  # [N, C, HW]
+        self.count += x.shape[0] * x.shape[2]
+        self._sum += x.sum((0, 2)).double()
+        self._sum_sq += torch.linalg.vector_norm(x, 2, dim=(0, 2)).double().square()
+        self._max = torch.maximum(self._max, x.amax((0, 2)))
+        self._subsample(x)
 
-    def _subsample(self, values: torch.Tensor) -> None:
-        keys = torch.rand(values.shape[1], generator=self._generator)               # [n]
-        if self._keys.numel() >= self.max_samples:                                  # full: only smaller keys enter
-            enter = keys < self._keys.max()
-            keys, values = keys[enter], values[:, enter]
-        keys = torch.cat([self._keys, keys])
-        values = torch.cat([self._sample, values], dim=1)                           # [C, k + n']
-        if keys.numel() > self.max_samples:
-            keep = torch.topk(keys, self.max_samples, largest=False, sorted=False).indices
-            keys, values = keys[keep], values[:, keep]                              # [C, max_samples]
-        self._keys, self._sample = keys, values
+    def _subsample(self, x: torch.Tensor) -> None:
+        """Bottom-k update with one float64 key per position (ties are then practically impossible)."""
+        hw = x.shape[2]
+        keys = torch.rand(x.shape[0] * hw, generator=self._generator, dtype=torch.float64)   # [N*HW]
+        if self._filled:                                              # only keys below the largest can enter
+            pos = (keys < self._keys.max()).nonzero().flatten()
+            keys = keys[pos]
+            values = x[pos // hw, :, pos % hw].T                      # [C, n'], only the candidates are copied
+        else:
+            values = x.transpose(0, 1).reshape(self.channels, -1)     # [C, N*HW], position = n * HW + j
+        self._pending.append((keys, values))
+        self._pending_size += keys.numel()
+        if self._pending_size > self.max_samples or self._filled:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending chunks into the sample, keeping the ``max_samples`` smallest keys."""
+        keys = torch.cat([k for k, _ in self._pending])
+        values = torch.cat([v for _, v in self._pending], dim=1)      # [C, n]
+        self._pending, self._pending_size = [], 0
+        if not self._filled:                                          # first time over the bound (or a read)
+            keys = torch.cat([self._keys, keys])
+            values = torch.cat([self._sample, values], dim=1)         # [C, k + n]
+            if keys.numel() > self.max_samples:
+                keep = torch.topk(keys, self.max_samples, largest=False, sorted=False).indices
+                keys, values = keys[keep], values[:, keep]
+                self._filled = True
+            self._keys, self._sample = keys, values.contiguous()
+            return
+        old = self._keys.numel()
+        combined = torch.cat([self._keys, keys])
+        keep = torch.zeros(combined.numel(), dtype=torch.bool)
+        keep[torch.topk(combined, self.max_samples, largest=False, sorted=False).indices] = True
+        freed = (~keep[:old]).nonzero().flatten()                     # as many as enter
+        enter = keep[old:].nonzero().flatten()
+        self._keys[freed] = keys[enter]
+        self._sample[:, freed] = values[:, enter]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -241,6 +275,8 @@ class ChannelStats:
     @property
     def sample(self) -> torch.Tensor:
         """The kept values [C, k], k = min(count, max_samples)."""
+        if self._pending:
+            self._merge()
         return self._sample
 
     @property
@@ -250,7 +286,7 @@ class ChannelStats:
 
     def quantile(self, q: float) -> torch.Tensor:
         """q-quantile per channel [C] of the subsample (of all values while ``exact``)."""
-        return quantile_rows(self._sample, q)
+        return quantile_rows(self.sample, q)
 
 
 def stable_seed(seed: int, name: str) -> int:

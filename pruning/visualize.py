@@ -9,11 +9,16 @@ report.
 What is computed, for a layer with K output channels (or the ``channels`` asked for):
 
 - a batch of K images ``x`` [K, C, H, W] in the model's *normalised* input space (canvas = the model's input size),
-  started from small seeded noise around the data mean (``x = 0.01 * randn``);
+  all started from the same small seeded noise image around the data mean (``0.01 * randn``) and jittered by the
+  same shifts, so that differences between the images come from the filters alone (identical filters give
+  identical images);
 - image k maximises ``a_k(x_k) = mean_{h,w} f(R(x_k))[k, h, w]`` where ``R`` is the layer's *response*: the output of
   the BatchNorm that directly follows the conv when there is one (so a negative BN scale cannot turn maximization
-  into minimization), else the conv output; ``f`` is ``activation_fn`` (identity by default, i.e. the *pre-ReLU*
-  response: after a ReLU a filter that starts negative everywhere would get no gradient at all);
+  into minimization), else the conv output; ``f`` is ``activation_fn``, by default a leaky ReLU (slope 0.01): the
+  rectified response the next layer sees, whose spatial mean rewards edges and textures anywhere in the image (the
+  plain pre-ReLU mean of a zero-sum filter, e.g. an edge detector, hardly depends on the image at all), while the
+  small negative slope keeps a gradient for a filter that starts negative everywhere (Adam's step size does not
+  depend on the gradient's scale, so 0.01 is enough to escape); pass ``activation_fn=identity`` for pre-ReLU;
 - Adam (lr 0.05) on ``-Σ_k a_k + l2 · Σ_k mean(x_k²)``, each step on a copy of the batch rolled by a random shift of
   up to ±``jitter`` px; every ``blur_every`` steps the images are smoothed by a 3x3 Gaussian ([1, 2, 1] / 4 outer
   product, reflect padding); after every step they are clamped so that the de-normalised pixels stay in [0, 1];
@@ -91,11 +96,21 @@ def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x * s + m).clamp(0.0, 1.0)
 
 
+def default_objective(response: torch.Tensor) -> torch.Tensor:
+    """Leaky ReLU (slope 0.01) of the response: post-ReLU-like, never without a gradient."""
+    return F.leaky_relu(response, negative_slope=0.01)
+
+
+def identity(response: torch.Tensor) -> torch.Tensor:
+    """The pre-ReLU objective (``activation_fn=identity``)."""
+    return response
+
+
 def channel_objective(response: torch.Tensor, channels: torch.Tensor,
                       activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean response of channel ``channels[k]`` for image k: [K, C', H', W'] (or [K, C']) -> [K]."""
-    if activation_fn is not None:
-        response = activation_fn(response)
+    """Mean of ``activation_fn`` (None: ``default_objective``) of channel ``channels[k]``'s response to image k:
+    [K, C', H', W'] (or [K, C']) -> [K]."""
+    response = (activation_fn or default_objective)(response)
     picked = response[torch.arange(response.shape[0]), channels]   # [K, H', W'] or [K]
     return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
 
@@ -104,7 +119,7 @@ def channel_objective(response: torch.Tensor, channels: torch.Tensor,
 
 def response_layer(model: nn.Module, layer_name: str, input_shape: tuple[int, int, int]) -> str:
     """The module whose output is ``layer_name``'s response: the BatchNorm applied directly to its output if
-    there is one (found by tracing one forward pass), else ``layer_name`` itself."""
+    there is one (found by tracing one forward pass of a zero image, stopped there), else ``layer_name`` itself."""
     layer = model.get_submodule(layer_name)
     seen: dict[str, torch.Tensor] = {}
     found: list[str] = []
@@ -114,12 +129,15 @@ def response_layer(model: nn.Module, layer_name: str, input_shape: tuple[int, in
             def pre(m, inputs, name=name):
                 if "out" in seen and inputs[0] is seen["out"] and not found:
                     found.append(name)
+                    raise _StopForward
             hooks.append(module.register_forward_pre_hook(pre))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_shape))
+    except _StopForward:
+        pass
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -158,8 +176,9 @@ def visualize_layer(model: nn.Module, layer_name: str, input_shape: tuple[int, i
     """AM images for the output channels of ``layer_name`` (all, or ``channels``), optimised jointly.
 
     ``after_norm``: read the response at the BatchNorm directly after the layer (default; see module docstring).
-    ``activation_fn``: applied to the response before the spatial mean (e.g. ``torch.relu`` for a post-ReLU
-    objective). Deterministic for a given ``seed`` (and thread count).
+    ``activation_fn``: applied to the response before the spatial mean; None = ``default_objective`` (leaky
+    ReLU), ``identity`` = pre-ReLU, ``torch.relu`` = post-ReLU. Deterministic for a given ``seed`` (and thread
+    count).
     """
     layer = model.get_submodule(layer_name)
     size = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
@@ -169,7 +188,8 @@ def visualize_layer(model: nn.Module, layer_name: str, input_shape: tuple[int, i
     lo, hi = pixel_bounds(mean, std)
     gen = torch.Generator().manual_seed(seed)
     k = len(chans)
-    x = (init_std * torch.randn(k, *input_shape, generator=gen)).clamp_(lo, hi).requires_grad_(True)
+    start = init_std * torch.randn(1, *input_shape, generator=gen)                 # [1, C, H, W]
+    x = start.expand(k, *input_shape).clone().clamp_(lo, hi).requires_grad_(True)  # [K, C, H, W]
     optimiser = torch.optim.Adam([x], lr=lr)
     was_training = model.training
     model.eval()
@@ -194,6 +214,39 @@ def visualize_layer(model: nn.Module, layer_name: str, input_shape: tuple[int, i
     log.debug("AM %s (%s): %d filters, %d steps, mean activation %.3f", layer_name, target_name, k, steps,
               float(activation.mean()))
     return Visualization(denormalise(x.detach(), mean, std), activation.detach().float())
+
+
+def measure_response(model: nn.Module, layer_name: str, images: torch.Tensor, mean: Sequence[float],
+                     std: Sequence[float], *, channels: Sequence[int] | None = None,
+                     activation_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     after_norm: bool = True) -> torch.Tensor:
+    """Response of channel ``channels[k]`` (default k) to image k, images [K, C, H, W] in [0, 1] -> [K]
+    (same objective as ``visualize_layer``; e.g. ``activation_fn=torch.relu`` for the post-ReLU strength)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = (images.float() - m) / s                                          # [K, C, H, W] normalised
+    chans = torch.arange(len(images)) if channels is None else torch.as_tensor(list(channels), dtype=torch.long)
+    name = response_layer(model, layer_name, tuple(images.shape[1:])) if after_norm else layer_name
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return channel_objective(_forward_to(model, model.get_submodule(name), x), chans, activation_fn).float()
+    finally:
+        model.train(was_training)
+
+
+def input_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> tuple[tuple[float, ...],
+                                                                                   tuple[float, ...]]:
+    """``mean`` / ``std`` fitted to ``channels`` input channels: as given when the lengths match, a single value
+    repeated, otherwise (e.g. ImageNet defaults on a greyscale model) their average, with a warning."""
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if len(mean) == channels and len(std) == channels:
+        return mean, std
+    if len(mean) != 1 or len(std) != 1:
+        log.warning("mean/std have %d/%d values for a %d-channel input; using their average (pass the model's "
+                    "own mean/std, e.g. pruning.zoo.get_entry(arch).mean)", len(mean), len(std), channels)
+    return (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
 
 
 # --- output -------------------------------------------------------------------------------------

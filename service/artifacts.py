@@ -90,7 +90,7 @@ class ArtifactStore:
     """Blobs on the local disk; safe to share between the server and its worker processes."""
 
     def __init__(self, root: str | Path, max_artifact_bytes: int = 4 << 30, quota_bytes: int = 100 << 30) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.max_artifact_bytes = int(max_artifact_bytes)
         self.quota_bytes = int(quota_bytes)
         self._blobs = self.root / "blobs"

@@ -414,14 +414,20 @@ class Client:
     def cancel(self, job_id: str) -> Job:
         return _job(self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id)))
 
-    def watch(self, job_id: str, after_sequence: int = 0, reconnect_for_s: float = 60.0) -> Iterator[JobEvent]:
-        """Events after ``after_sequence`` until the terminal one. A dropped connection is resumed from the last
-        sequence seen, for up to ``reconnect_for_s`` seconds without progress."""
+    def watch(self, job_id: str, after_sequence: int = 0, reconnect_for_s: float = 60.0,
+              for_s: float | None = None) -> Iterator[JobEvent]:
+        """Events after ``after_sequence`` until the terminal one (or until ``for_s`` seconds have passed; the job
+        keeps running). A dropped connection is resumed from the last sequence seen, for up to
+        ``reconnect_for_s`` seconds without progress."""
         last, give_up = after_sequence, time.monotonic() + reconnect_for_s
+        end = None if for_s is None else time.monotonic() + for_s
         while True:
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
             try:
                 for message in self._stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_sequence=last),
-                                                   metadata=self._metadata):
+                                                   metadata=self._metadata, timeout=remaining):
                     event = _event(message)
                     last, give_up = event.sequence, time.monotonic() + reconnect_for_s
                     yield event
@@ -432,6 +438,8 @@ class Client:
                     return
             except (grpc.RpcError, InterpruneRPCError) as error:
                 error = error if isinstance(error, InterpruneRPCError) else InterpruneRPCError.from_grpc(error)
+                if error.status == StatusCode.DEADLINE_EXCEEDED and end is not None and time.monotonic() >= end:
+                    return
                 if error.status != StatusCode.UNAVAILABLE or time.monotonic() > give_up:
                     raise error from None
                 time.sleep(0.5)

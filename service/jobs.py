@@ -1,35 +1,42 @@
 """The scheduler: each job runs in its own worker process, so a crash or an out-of-memory kill cannot take the
 server down.
 
-- A worker is started with the ``spawn`` context (no forked threads, locks or CUDA state) and runs
-  ``worker_main(job id, paths)``: it puts itself in its own process group (``os.setpgrp``), reads the spec from
-  the store, calls ``service.pipeline.run_pipeline``, stores the output files as artifacts and records the result.
+- A worker is a fresh interpreter (spawned: exec'd, not forked, so no threads, locks or CUDA state are inherited)
+  running ``python -m service.jobs JOB_ID --db ... --state-dir ...`` -> ``worker_main``. It is started in its own
+  process group (``process_group=0``, i.e. ``setpgid`` before exec, so there is no window in which a kill could
+  miss it); it reads the spec from the store, calls ``service.pipeline.run_pipeline``, stores the output files as
+  artifacts and records the result. Unlike ``multiprocessing``'s spawn context it does not re-import the
+  parent's ``__main__``, so a server embedded in a script without an ``if __name__ == "__main__"`` guard works.
 - Progress events are written by the worker straight into the SQLite store (WAL; a killed worker cannot corrupt
   it), from where ``WatchJob`` streams them.
 - Cancel and the job's wall-time budget stop the whole process group (``os.killpg``: SIGTERM, then SIGKILL after
   a grace period). When a worker exits and the job is still RUNNING, the scheduler records why: cancelled by
   request, exceeded its time budget, or crashed (with the exit code or the signal).
 - A worker whose server dies (kill -9) notices that its parent changed and kills its own group.
+- One spare worker is kept started (``--standby``: the interpreter and the engine imported, a few seconds on a
+  CPU) and handed the next job id on stdin, so a job starts at once; it is started again after each hand-over.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import argparse
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from service.store import (CRASHED, EXPORT_CHECK, INTERNAL, INVALID_INPUT, TIMED_OUT, Failure, JobRecord, JobState,
                            SqliteJobStore)
 
 log = logging.getLogger(__name__)
 
+_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_PREFIX = "artifact:"
 OUTPUT_FILES = (("plan", "plan.json", "plan"), ("weights", "weights.pt", "weights"), ("onnx", "model.onnx", "onnx"),
                 ("report_json", "report.json", "report_json"), ("report_html", "report.html", "report_html"))
@@ -41,6 +48,7 @@ class SchedulerSettings:
     default_timeout_s: float | None = None  # wall-time budget of jobs whose spec sets none
     threads_per_job: int | None = None      # torch threads in a worker; None = CPUs / max_workers
     cancel_grace_s: float = 2.0             # SIGTERM -> SIGKILL
+    warm_spare: bool = True                 # keep one worker started (imports done) for the next job
     poll_s: float = 0.2
     artifact_limits: tuple[int, int] = (4 << 30, 100 << 30)   # (per artifact, quota) bytes, for outputs
 
@@ -48,7 +56,7 @@ class SchedulerSettings:
 @dataclass
 class _Running:
     job_id: str
-    process: Any                            # multiprocessing.Process
+    process: subprocess.Popen
     started: float                          # monotonic
     deadline: float | None
     stop_reason: str | None = None          # "cancel" | "timeout" | "shutdown"
@@ -62,15 +70,16 @@ class Scheduler:
 
     def __init__(self, store: SqliteJobStore, state_dir: str | Path, settings: SchedulerSettings = SchedulerSettings()):
         self.store = store                  # SQLite: the workers write their progress and results into it
-        self.db_path = store.path
-        self.state_dir = Path(state_dir)
+        self.db_path = store.path.resolve()
+        self.state_dir = Path(state_dir).resolve()
         self.settings = settings
         self._running: dict[str, _Running] = {}
         self._wake = threading.Condition()
         self._stopping = False
         self._accepting = True
         self._thread: threading.Thread | None = None
-        self._context = multiprocessing.get_context("spawn")
+        self._spare: subprocess.Popen | None = None     # a started worker waiting for a job id on stdin
+        self._spare_retry = 0.0
 
     # --- control ---------------------------------------------------------------------------------
 
@@ -111,6 +120,7 @@ class Scheduler:
             self._thread.join(timeout=5)
         for running in list(self._running.values()):
             _kill_group(running.process.pid, signal.SIGKILL)
+        self._drop_spare()
         self.store.recover()
 
     # --- the loop --------------------------------------------------------------------------------
@@ -134,16 +144,53 @@ class Scheduler:
         while self._accepting and len(self._running) < self.settings.max_workers:
             job = self.store.claim_next()
             if job is None:
-                return
+                break
             self._launch(job)
+        if not (self._accepting and self.settings.warm_spare):
+            return
+        if self._spare is not None and self._spare.poll() is not None:     # died while waiting: retry, slowly
+            log.warning("spare worker exited with code %s; starting another in 10 s", self._spare.returncode)
+            self._spare, self._spare_retry = None, time.monotonic() + 10
+        if self._spare is None and time.monotonic() >= self._spare_retry:
+            try:
+                self._spare = self._spawn(None)
+            except OSError as exc:
+                log.warning("cannot start a spare worker: %s", exc)
+                self._spare_retry = time.monotonic() + 10
+
+    def _spawn(self, job_id: str | None) -> subprocess.Popen:
+        """A worker process in its own process group; without ``job_id`` it waits for one on stdin."""
+        threads = self.settings.threads_per_job or max(1, (os.cpu_count() or 1) // self.settings.max_workers)
+        per_artifact, quota = self.settings.artifact_limits
+        command = [sys.executable, "-m", "service.jobs", job_id or "--standby", "--db", str(self.db_path),
+                   "--state-dir", str(self.state_dir), "--threads", str(threads), "--parent-pid", str(os.getpid()),
+                   "--max-artifact-bytes", str(per_artifact), "--quota-bytes", str(quota)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])))
+        return subprocess.Popen(command, env=env, process_group=0, close_fds=True, text=True,
+                                stdin=subprocess.DEVNULL if job_id else subprocess.PIPE)
+
+    def _take_spare(self, job_id: str) -> subprocess.Popen | None:
+        spare, self._spare = self._spare, None
+        if spare is None or spare.poll() is not None:
+            return None
+        try:
+            spare.stdin.write(job_id + "\n")
+            spare.stdin.close()
+        except OSError:
+            _kill_group(spare.pid, signal.SIGKILL)
+            spare.wait()
+            return None
+        return spare
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _kill_group(spare.pid, signal.SIGKILL)
+            spare.wait()
 
     def _launch(self, job: JobRecord) -> None:
-        threads = self.settings.threads_per_job or max(1, (os.cpu_count() or 1) // self.settings.max_workers)
-        process = self._context.Process(
-            target=worker_main, name=f"interprune-{job.id}", daemon=True,
-            args=(job.id, str(self.db_path), str(self.state_dir), self.settings.artifact_limits, threads, os.getpid()))
         try:
-            process.start()
+            process = self._take_spare(job.id) or self._spawn(job.id)
         except OSError as exc:
             self.store.transition(job.id, JobState.RUNNING, JobState.FAILED, message=f"cannot start a worker: {exc}",
                                   failure=Failure(CRASHED, f"cannot start a worker process: {exc}", "OSError"))
@@ -172,9 +219,8 @@ class Scheduler:
 
     def _reap(self) -> None:
         for running in list(self._running.values()):
-            if running.process.is_alive():
+            if running.process.poll() is None:
                 continue
-            running.process.join()
             _kill_group(running.process.pid, signal.SIGKILL)      # leftovers the worker may have started
             self._record_exit(running)
             del self._running[running.job_id]
@@ -184,7 +230,7 @@ class Scheduler:
         job = self.store.get(running.job_id)
         if job.state != JobState.RUNNING:
             return                                              # the worker recorded the outcome itself
-        code = running.process.exitcode
+        code = running.process.returncode
         if running.stop_reason == "cancel":
             self._finish(job, JobState.CANCELLED, "cancelled by request")
         elif running.stop_reason == "timeout":
@@ -215,28 +261,35 @@ def _crash(code: int | None) -> tuple[str, Failure]:
     return message, Failure(CRASHED, message, "WorkerCrashed", exit_code=code)
 
 
-def _kill_group(pid: int | None, sig: int) -> None:
-    """Signal the worker's process group (or the worker alone, before it has made its group)."""
-    if not pid:
+def _kill_group(pgid: int | None, sig: int) -> None:
+    """Signal a worker's process group (its id is the worker's pid: the worker leads it from exec on)."""
+    if not pgid:
         return
     try:
-        os.killpg(pid, sig)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+        pass
     except PermissionError:
-        log.warning("not allowed to signal process group %d", pid)
+        log.warning("not allowed to signal process group %d", pgid)
 
 
 # --- the worker process ---------------------------------------------------------------------------------
 
-def worker_main(job_id: str, db_path: str, state_dir: str, artifact_limits: tuple[int, int], threads: int,
+def worker_main(job_id: str | None, db_path: str, state_dir: str, artifact_limits: tuple[int, int], threads: int,
                 parent_pid: int) -> None:
-    """Entry point of a worker process (spawned): run one job and record its outcome in the store."""
-    os.setpgrp()
+    """Entry point of a worker process: run one job and record its outcome in the store. With ``job_id`` None
+    (a spare), import the pipeline first, then wait for the job id on stdin (EOF = not needed; exit)."""
+    if os.getpgrp() != os.getpid():
+        os.setpgrp()
     _exit_with_parent(parent_pid)
+    if job_id is None:
+        import service.pipeline  # noqa: F401 - the slow part of a worker's start: torch, the engine
+        import service.report  # noqa: F401
+        import exporters  # noqa: F401
+
+        job_id = sys.stdin.readline().strip()
+        if not job_id:
+            return
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker {job_id} %(name)s: %(message)s")
     from service.artifacts import ArtifactStore
 
@@ -383,3 +436,25 @@ def _success_line(result: dict) -> str:
     if gate.get("max_accuracy_drop") is not None:
         parts.append("quality gate " + ("passed" if gate.get("passed") else "FAILED"))
     return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m service.jobs JOB_ID ...``: the worker process the scheduler starts."""
+    parser = argparse.ArgumentParser(description="interprune job worker (started by the server)")
+    parser.add_argument("job_id", nargs="?", help="the job to run (omit with --standby)")
+    parser.add_argument("--standby", action="store_true", help="start, import, then read the job id from stdin")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--max-artifact-bytes", type=int, default=4 << 30)
+    parser.add_argument("--quota-bytes", type=int, default=100 << 30)
+    args = parser.parse_args(argv)
+    if not args.standby and not args.job_id:
+        parser.error("give a job id or --standby")
+    worker_main(None if args.standby else args.job_id, args.db, args.state_dir,
+                (args.max_artifact_bytes, args.quota_bytes), args.threads, args.parent_pid)
+
+
+if __name__ == "__main__":
+    main()

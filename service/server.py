@@ -63,6 +63,7 @@ class ServerSettings:
     max_concurrent_rpcs: int = 256           # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     watch_poll_s: float = 0.2
     cancel_wait_s: float = 5.0               # CancelJob waits this long for a running job to stop
+    run_jobs: bool = True                    # False = accept and queue jobs but run none (API-only)
     tokens: frozenset[str] = field(default_factory=frozenset)   # empty = no authentication
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -231,7 +232,7 @@ class InterpruneServer:
     """A gRPC server with its store, artifact store, scheduler and health service; see ``create_server``."""
 
     def __init__(self, address: str, state_dir: str | Path, settings: ServerSettings) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self._lock = _StateDirLock(self.state_dir)
@@ -297,7 +298,8 @@ class InterpruneServer:
         return port
 
     def start(self) -> "InterpruneServer":
-        self.scheduler.start()
+        if self.settings.run_jobs:
+            self.scheduler.start()
         self.grpc_server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

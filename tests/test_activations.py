@@ -129,3 +129,13 @@ def test_module_outputs_in_order_lists_containers_after_children() -> None:
     seq = nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.AdaptiveAvgPool2d(1))
     order = module_outputs_in_order(seq, torch.zeros(1, 1, 6, 6))
     assert order == [("0.0", (1, 2, 4, 4)), ("0.1", (1, 2, 4, 4)), ("0", (1, 2, 4, 4)), ("1", (1, 2, 1, 1))]
+
+
+def test_reading_the_sample_midway_keeps_everything() -> None:
+    stats = ChannelStats(1, max_samples=100, seed=0)
+    stats.update(torch.arange(30.0).view(30, 1))
+    assert stats.sample.shape == (1, 30)                      # read before the bound: a lazy merge
+    stats.update(torch.arange(30.0, 60.0).view(30, 1))
+    assert sorted(stats.sample[0].tolist()) == list(range(60))
+    stats.update(torch.arange(60.0, 160.0).view(100, 1))
+    assert stats.sample.shape == (1, 100) and len(set(stats.sample[0].tolist())) == 100

@@ -8,6 +8,9 @@ from pruning.criteria.base import (Batch, ChannelGroup, ScoreResult, Scorer, Sco
 from pruning.criteria import magnitude  # noqa: F401  (registers l1, l2, random, fpgm, taylor)
 from pruning.criteria import dissection  # noqa: F401  (registers dissection)
 from pruning.criteria import layer_probe  # noqa: F401  (registers layer_probe)
+from pruning.criteria import functionality  # noqa: F401  (registers functionality)
+from pruning.criteria import redundancy  # noqa: F401  (registers redundancy)
+from pruning.criteria import visual_similarity  # noqa: F401  (registers visual_similarity)
 
 __all__ = ["Batch", "ChannelGroup", "ScoreResult", "Scorer", "ScoringContext", "create_criterion",
            "is_criterion", "list_criteria", "normalise_scores", "register_criterion"]

@@ -42,6 +42,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -140,7 +141,8 @@ def concept_pairs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
         binary.append(mask[present])
     if not images:
         h, w = masks.shape[-2:]
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, h, w, dtype=torch.bool)
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty.clone(), torch.zeros(0, h, w, dtype=torch.bool)
     return torch.cat(images), torch.cat(concepts), torch.cat(binary)
 
 
@@ -213,9 +215,12 @@ class DissectionScorer(Scorer):
         self.seed, self.max_batches = seed, max_batches
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        model, groups = ctx.model, ctx.groups
+        groups = ctx.groups
         if not groups:
             return ScoreResult()
+        # A private copy with frozen weights: hooks never touch ctx.model, and for Grad-CAM autograd records only
+        # the tail after the captured layer (its output is turned into a leaf by the hook below).
+        model = copy.deepcopy(ctx.model).eval().requires_grad_(False)
         seed = ctx.seed if self.seed is None else self.seed
         size = tuple(ctx.input_shape[1:])
 
@@ -251,15 +256,16 @@ class DissectionScorer(Scorer):
             captured.clear()
             if images.numel() == 0:
                 return
-            m_frac = self.vote_fraction
             for name, acts in maps.items():
-                m = max(1, math.ceil(m_frac * acts.shape[1]))
+                m = max(1, math.ceil(self.vote_fraction * acts.shape[1]))
                 tallies[name].add(acts, thresholds[name], images, concepts, masks, m, self.iou_floor)
 
         handle = None
-        if cam_layer:
-            handle = model.get_submodule(cam_layer).register_forward_hook(
-                lambda module, inputs, output: captured.__setitem__("features", output))
+        if cam_layer is not None:
+            def leaf(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+                captured["features"] = output.detach().requires_grad_(True)
+                return captured["features"].clone()    # not the leaf itself: the model may modify it in place
+            handle = model.get_submodule(cam_layer).register_forward_hook(leaf)
         try:
             collect(model, groups, ctx.batches(), pass2, grad=use_cam, max_batches=self.max_batches)
         finally:

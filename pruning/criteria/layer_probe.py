@@ -214,13 +214,18 @@ class LayerProbeScorer(Scorer):
             return ScoreResult()
         seed = ctx.seed if self.seed is None else self.seed
         labels = []
-        with _BlockFeatures(ctx.model, list(ctx.blocks)) as tap, torch.no_grad():
-            for index, batch in enumerate(ctx.batches()):
-                if self.max_batches is not None and index >= self.max_batches:
-                    break
-                ctx.model(batch.images)
-                tap.end_batch()
-                labels.append(batch.labels)
+        training = ctx.model.training                 # eval mode for the pass (BatchNorm statistics untouched)
+        try:
+            ctx.model.eval()
+            with _BlockFeatures(ctx.model, list(ctx.blocks)) as tap, torch.no_grad():
+                for index, batch in enumerate(ctx.batches()):
+                    if self.max_batches is not None and index >= self.max_batches:
+                        break
+                    ctx.model(batch.images)
+                    tap.end_batch()
+                    labels.append(batch.labels)
+        finally:
+            ctx.model.train(training)
         missing = [b for b in ctx.blocks if b not in tap.features]
         if missing:
             raise ValueError(f"layer_probe: blocks never ran in the forward pass: {', '.join(missing)}")

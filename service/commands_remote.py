@@ -1,0 +1,392 @@
+"""The service commands of ``interprune``: ``serve``, ``submit``, ``watch``, ``get``, ``list``, ``cancel``,
+``download``. ``service.cli`` adds them with ``add_remote_commands(subparsers)``.
+
+Exit codes (as for every ``interprune`` command): 0 success (and the quality gate passed), 2 usage or bad input
+(including what the server rejected: unknown architecture, bad token, file too large), 3 the job failed or was
+cancelled, 4 the quality gate failed, 5 the server cannot be reached. With ``--json`` a command prints exactly
+one JSON object on stdout, errors included (``{"error": ..., "status": ..., "exit_code": ...}``).
+
+Client settings come from flags or the environment: ``--server`` / ``$INTERPRUNE_SERVER`` (default
+127.0.0.1:50051), ``--token-file`` / ``$INTERPRUNE_TOKEN``, ``--tls-ca`` for a server with TLS.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+from service.cli import (EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, ProgressPrinter,
+                         add_compress_arguments, spec_from_args)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+OUTPUT_NAMES = {"plan": "plan.json", "weights": "weights.pt", "onnx": "model.onnx", "report_json": "report.json",
+                "report_html": "report.html"}
+_UNREACHABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+_JOB_FAILED = {"INTERNAL", "UNKNOWN", "DATA_LOSS"}
+
+
+def add_remote_commands(subparsers) -> None:
+    """Add the service commands to ``interprune``'s subparsers."""
+    serve = subparsers.add_parser("serve", help="run the gRPC service (jobs, artifacts, progress)")
+    serve.add_argument("--listen", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                       help="address to listen on (default %(default)s; port 0 picks a free one)")
+    serve.add_argument("--state-dir", required=True, help="job store and artifacts live here (created if missing)")
+    serve.add_argument("--token-file", help="accepted bearer tokens, one per line (also $INTERPRUNE_TOKENS); "
+                                            "none = no authentication")
+    serve.add_argument("--max-upload-mb", type=_positive_float, default=4096, help="largest artifact (MiB)")
+    serve.add_argument("--quota-gb", type=_positive_float, default=100, help="all artifacts together (GiB)")
+    serve.add_argument("--workers", type=_positive_int, default=1, help="jobs run at once (one per GPU; 1 on CPU)")
+    serve.add_argument("--job-timeout", type=_positive_float, help="default wall-time budget of a job (seconds)")
+    serve.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
+    serve.add_argument("--tls-key", help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    serve.set_defaults(func=cmd_serve)
+
+    submit = subparsers.add_parser("submit", help="upload, submit, watch and download a job on a server")
+    add_compress_arguments(submit)
+    _client_arguments(submit)
+    submit.add_argument("--out", help="download the results (plan, weights, ONNX, report) into this folder")
+    submit.add_argument("--request-id", help="idempotency key: resubmitting with it returns the same job "
+                                             "(default: a fresh one per call)")
+    submit.add_argument("--timeout", type=_positive_float, dest="job_timeout",
+                        help="the job's wall-time budget on the server (seconds)")
+    submit.add_argument("--retry-on-crash", action="store_true", help="re-queue if the server stops mid-job")
+    submit.add_argument("--detach", action="store_true", help="return after submitting (prints the job id)")
+    submit.set_defaults(func=cmd_submit)
+
+    for name, func, help_text in (("watch", cmd_watch, "follow a job's progress until it ends"),
+                                  ("get", cmd_get, "show a job"), ("cancel", cmd_cancel, "cancel a job")):
+        sub = subparsers.add_parser(name, help=help_text)
+        sub.add_argument("job_id", metavar="JOB")
+        _client_arguments(sub)
+        sub.set_defaults(func=func)
+
+    listing = subparsers.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--state", action="append", default=[], type=str.upper,
+                         choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    listing.add_argument("--limit", type=_positive_int, default=50)
+    _client_arguments(listing)
+    listing.set_defaults(func=cmd_list)
+
+    download = subparsers.add_parser("download", help="download an artifact (digest-checked, atomic)")
+    download.add_argument("artifact_id", metavar="ARTIFACT")
+    download.add_argument("--out", required=True, help="file to write")
+    _client_arguments(download)
+    download.set_defaults(func=cmd_download)
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--server", default=os.environ.get("INTERPRUNE_SERVER", DEFAULT_SERVER), metavar="HOST:PORT")
+    group.add_argument("--token-file", help="bearer token (first line); default $INTERPRUNE_TOKEN")
+    group.add_argument("--tls-ca", help="CA certificate of a TLS server (PEM); 'system' for the system's roots")
+    parser.add_argument("--json", action="store_true", help="print one JSON object for machines")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+# --- errors -> exit codes ----------------------------------------------------------------------------------
+
+def _client_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn client errors into ``CliError`` with the exit code; with --json, print them as one object."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from service.auth import AuthConfigError
+        from service.client import InterpruneClientError, InterpruneRPCError
+
+        try:
+            return func(args)
+        except InterpruneRPCError as exc:
+            error = _rpc_cli_error(exc, args)
+        except (InterpruneClientError, AuthConfigError) as exc:
+            error = CliError(str(exc), EXIT_USAGE)
+        except CliError as exc:
+            error = exc
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(error), "exit_code": error.exit_code}))
+        else:
+            error.show()        # not re-raised: under `python -m service.cli`, service.cli.CliError is another class
+        return error.exit_code
+    return run
+
+
+def _rpc_cli_error(exc, args: argparse.Namespace) -> CliError:
+    status = exc.status.value
+    if status in _UNREACHABLE:
+        return CliError(f"cannot reach the interprune server at {args.server} ({exc.message}); is `interprune serve` "
+                        "running there, and is --server right?", EXIT_UNREACHABLE)
+    if status == "UNAUTHENTICATED":
+        return CliError(f"the server refused the credentials: {exc.message}", EXIT_USAGE)
+    return CliError(str(exc), EXIT_FAILED if status in _JOB_FAILED else EXIT_USAGE)
+
+
+def _connect(args: argparse.Namespace):
+    from service.auth import channel_credentials, read_client_token
+    from service.client import Client
+
+    credentials = None
+    if args.tls_ca:
+        credentials = channel_credentials(None if args.tls_ca == "system" else args.tls_ca)
+    return Client(args.server, token=read_client_token(args.token_file), credentials=credentials)
+
+
+# --- serve -------------------------------------------------------------------------------------------------
+
+@_client_command
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.auth import AuthConfigError, load_tokens
+    from service.errors import ServiceError
+    from service.server import ServerSettings, serve
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        tokens = load_tokens(args.token_file)
+    except AuthConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    host = args.listen.rpartition(":")[0].strip("[]")
+    if not tokens and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("no tokens configured: anyone who can reach %s can submit jobs (use --token-file)", args.listen)
+    settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                              quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
+                              job_timeout_s=args.job_timeout, tokens=tokens, tls_cert=args.tls_cert,
+                              tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+
+    def ready(server) -> None:
+        host_part = args.listen.rpartition(":")[0]
+        print(f"interprune: serving on {host_part}:{server.port} (state {server.state_dir}, "
+              f"{'token auth' if tokens else 'no auth'}, {'TLS' if args.tls_cert else 'plaintext'})", flush=True)
+
+    try:
+        serve(args.listen, args.state_dir, settings, ready=ready)
+    except ServiceError as exc:
+        raise CliError(exc.message, EXIT_USAGE) from None
+    except AuthConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return EXIT_OK
+
+
+# --- submit ------------------------------------------------------------------------------------------------
+
+@_client_command
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = spec_from_args(args)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file; give a folder", EXIT_USAGE)
+    for label, value in (("--weights", spec.compress.model.weights), ("--data", spec.compress.data.path)):
+        if value and not Path(value).is_file():
+            hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
+                else ""
+            raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
+    with _connect(args) as client:
+        job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
+                            retry_on_crash=args.retry_on_crash)
+        _say(args, f"job {job.id} queued on {args.server}")
+        if args.detach:
+            if args.json:
+                print(json.dumps(_job_json(job)))
+            else:
+                print(job.id)
+            return EXIT_OK
+        job = _follow(client, job.id, args)
+        files = _download_outputs(client, job, out) if out is not None and job.result else {}
+    return _report(job, files, args)
+
+
+def _follow(client, job_id: str, args: argparse.Namespace):
+    printer = ProgressPrinter(enabled=not args.json)
+    try:
+        for event in client.watch(job_id):
+            if event.type == "progress":
+                printer(event)
+            elif not args.json:
+                newline = "\n" if printer.tty and event.state.value != "QUEUED" else ""
+                print(f"{newline}job {job_id}: {event.state.value} {event.message}".rstrip(), file=sys.stderr)
+    except KeyboardInterrupt:
+        raise CliError(f"stopped watching; job {job_id} keeps running (interprune watch {job_id}, "
+                       f"interprune cancel {job_id})", EXIT_FAILED) from None
+    return client.get(job_id)
+
+
+def _download_outputs(client, job, out: Path) -> dict[str, str]:
+    files = {}
+    for key, artifact_id in job.result.outputs.items():
+        target = out / OUTPUT_NAMES.get(key, key)
+        client.download(artifact_id, target)
+        files[key] = str(target)
+    return files
+
+
+def _report(job, files: dict[str, str], args: argparse.Namespace) -> int:
+    code = _exit_code(job)
+    if args.json:
+        print(json.dumps({**_job_json(job), "files": files, "exit_code": code}))
+        return code
+    if job.state.value != "SUCCEEDED":
+        raise CliError(f"job {job.id} {job.state.value.lower()}: {job.message}", EXIT_FAILED)
+    report_path = files.get("report_json")
+    if report_path:
+        from service.report import summary_table
+
+        print(summary_table(json.loads(Path(report_path).read_text())))
+    else:
+        print(_result_lines(job))
+    if files:
+        print(f"\nwritten to {Path(next(iter(files.values()))).parent}/")
+    return code
+
+
+def _exit_code(job) -> int:
+    if job.state.value != "SUCCEEDED":
+        return EXIT_FAILED
+    gate = job.result.gate if job.result else None
+    return EXIT_GATE if gate is not None and gate.evaluated and not gate.passed else EXIT_OK
+
+
+def _result_lines(job) -> str:
+    r = job.result
+    lines = [f"{stage:<13} top-1 {acc.top1:7.2%}" for stage, acc in r.accuracy.items()]
+    lines.append(f"MACs -{r.macs_reduction:.1%}, params -{r.params_reduction:.1%}")
+    if r.gate.evaluated:
+        lines.append(f"quality gate {'PASSED' if r.gate.passed else 'FAILED'}: drop {r.gate.accuracy_drop:.2%} "
+                     f"(allowed {r.gate.max_accuracy_drop:.2%})")
+    return "\n".join(lines)
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.json:
+        print(text, file=sys.stderr)
+
+
+# --- watch / get / list / cancel / download ----------------------------------------------------------------
+
+@_client_command
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        if args.json:
+            events = [_plain(e) for e in client.watch(args.job_id)]
+            job = client.get(args.job_id)
+            print(json.dumps({**_job_json(job), "events": events, "exit_code": _exit_code(job)}))
+            return _exit_code(job)
+        job = _follow(client, args.job_id, args)
+    print(_job_text(job))
+    return _exit_code(job)
+
+
+@_client_command
+def cmd_get(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        job = client.get(args.job_id)
+    print(json.dumps(_job_json(job)) if args.json else _job_text(job))
+    return EXIT_OK
+
+
+@_client_command
+def cmd_list(args: argparse.Namespace) -> int:
+    jobs = []
+    with _connect(args) as client:
+        for job in client.iter_jobs(args.state, page_size=min(args.limit, 100)):
+            jobs.append(job)
+            if len(jobs) >= args.limit:
+                break
+    if args.json:
+        print(json.dumps({"jobs": [_job_json(j) for j in jobs]}))
+        return EXIT_OK
+    print(f"{'JOB':<22} {'STATE':<10} {'CREATED':<20} MESSAGE")
+    for job in jobs:
+        created = job.created.astimezone().strftime("%Y-%m-%d %H:%M:%S") if job.created else ""
+        print(f"{job.id:<22} {job.state.value:<10} {created:<20} {job.message}")
+    return EXIT_OK
+
+
+@_client_command
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        job = client.cancel(args.job_id)
+    print(json.dumps(_job_json(job)) if args.json else f"job {job.id}: {job.state.value} {job.message}".rstrip())
+    return EXIT_OK
+
+
+@_client_command
+def cmd_download(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        path = client.download(args.artifact_id, args.out)
+    print(json.dumps({"artifact_id": args.artifact_id, "path": str(path)}) if args.json else str(path))
+    return EXIT_OK
+
+
+# --- formatting --------------------------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value):
+        return {k: _plain(v) for k, v in asdict(value).items() if k != "spec"}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _job_json(job) -> dict:
+    data = _plain(job)
+    data["spec"] = None
+    if job.spec is not None:
+        from google.protobuf import json_format
+
+        data["spec"] = json_format.MessageToDict(job.spec, preserving_proto_field_name=True)
+    return data
+
+
+def _job_text(job) -> str:
+    lines = [f"job {job.id}: {job.state.value}" + (f" — {job.message}" if job.message else "")]
+    if job.progress and not job.done:
+        lines.append(f"  at {job.progress.stage} {job.progress.fraction:.0%}: {job.progress.message}")
+    if job.failure:
+        f = job.failure
+        extra = f" (exit code {f.exit_code})" if f.exit_code is not None else \
+            (f" (signal {f.signal})" if f.signal is not None else "")
+        lines.append(f"  failure: {f.kind}{extra}: {f.message}")
+    if job.result:
+        lines += ["  " + line for line in _result_lines(job).splitlines()]
+        lines += [f"  {key}: {value}" for key, value in job.result.outputs.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The service commands alone (``python -m service.commands_remote``); ``interprune`` is the usual entry."""
+    from service.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""layer_probe: a block that adds nothing (the identity) has the lowest probe gain and goes first."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from pruning import surgery
+from pruning.allocate import allocate_blocks
+from pruning.criteria import Batch, ScoringContext, create_criterion
+from pruning.criteria.layer_probe import probe_gains, stratified_split, train_linear_probe
+from pruning.models.cifar_resnet import BasicBlock, CifarResNet
+
+WIDTH, SIZE = 4, 8
+
+
+def revealing_block(source: int, target: int) -> BasicBlock:
+    """A residual block whose branch writes relu(x[source] - 2) into channel ``target`` (zero before).
+
+    For inputs >= 0 it passes every channel through unchanged and adds that one feature, so it reveals the
+    information hidden in the spread (not the mean) of channel ``source``.
+    """
+    block = BasicBlock(WIDTH, WIDTH)
+    with torch.no_grad():
+        for conv in (block.conv1, block.conv2):
+            conv.weight.zero_()
+        block.conv1.weight[target, source, 1, 1] = 1.0
+        block.conv2.weight[target, target, 1, 1] = 1.0
+        for bn in (block.bn1, block.bn2):
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0)
+            bn.weight.zero_()
+            bn.bias.zero_()
+            bn.weight[target] = 1.0
+        block.bn1.running_mean[target] = 2.0
+    return block
+
+
+class ProbeNet(nn.Module):
+    """Three residual blocks: reveal bit 1, a zeroed block (identity), reveal bit 2; pool; linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        zeroed = BasicBlock(WIDTH, WIDTH)                      # random weights...
+        with torch.no_grad():
+            zeroed.bn2.weight.zero_()                          # ...but BN2 = 0, so the block is relu(x) = x
+            zeroed.bn2.bias.zero_()
+        self.blocks = nn.Sequential(revealing_block(0, 2), zeroed, revealing_block(1, 3))
+        self.fc = nn.Linear(WIDTH, 4)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(x).mean((2, 3)))
+
+
+def hidden_bit_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 classes = 2 bits. Channel j < 2 holds 2 + a_j * (random signs), a_j = 0.5 or 1.5 by bit j: the mean of
+    every channel is 2 whatever the class, so the pooled input says nothing; relu(x - 2) says everything."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4                                # [N]
+    bits = torch.stack([labels % 2, labels // 2], dim=1).float()   # [N, 2]
+    amplitude = 0.5 + bits                                      # [N, 2]
+    signs = torch.randint(0, 2, (n, 2, SIZE, SIZE), generator=gen).float() * 2 - 1
+    images = torch.zeros(n, WIDTH, SIZE, SIZE)
+    images[:, :2] = 2 + amplitude.view(n, 2, 1, 1) * signs      # >= 0.5 everywhere
+    return images, labels
+
+
+def probe_context(model: nn.Module, blocks: list[str], images: torch.Tensor, labels: torch.Tensor,
+                  input_shape: tuple[int, int, int], num_classes: int) -> ScoringContext:
+    batches = [Batch(images[i:i + 100], labels[i:i + 100]) for i in range(0, len(labels), 100)]
+    return ScoringContext(model=model, groups=surgery.channel_groups(model, input_shape), blocks=blocks,
+                          batches=lambda: iter(batches), input_shape=input_shape, num_classes=num_classes)
+
+
+def test_identity_block_has_lowest_gain_and_goes_first() -> None:
+    model = ProbeNet()
+    before = copy.deepcopy(model.state_dict())
+    images, labels = hidden_bit_data(600)
+    blocks = ["blocks.0", "blocks.1", "blocks.2"]
+    ctx = probe_context(model, blocks, images, labels, (WIDTH, SIZE, SIZE), 4)
+    result = create_criterion("layer_probe", threshold=0.05).score(ctx)
+    reasons = result.block_reasons
+    # the probe points: the input of the first block, then each block's output (inputs alias earlier outputs)
+    assert [reasons[b]["previous"] for b in blocks] == ["blocks.0:input", "blocks.0", "blocks.1"]
+    assert reasons["blocks.0"]["previous_accuracy"] < 0.4      # pooled input: about chance (0.25)
+    assert 0.4 < reasons["blocks.0"]["probe_accuracy"] < 0.6   # bit 1 known
+    assert reasons["blocks.2"]["probe_accuracy"] > 0.95         # both bits known
+    assert reasons["blocks.1"]["gain"] == 0.0                  # identical features, identical probe
+    assert reasons["blocks.0"]["gain"] > 0.1 and reasons["blocks.2"]["gain"] > 0.3
+    assert min(result.blocks, key=result.blocks.get) == "blocks.1"
+    assert result.remove_blocks == ["blocks.1"]
+    assert allocate_blocks(result.blocks, {b: 1.0 for b in blocks}, budget=1.0) == ["blocks.1"]
+    assert reasons["blocks.1"]["features"] == WIDTH and reasons["blocks.1"]["held_out"] == 180
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_cifar_resnet_probe_points_and_zeroed_block() -> None:
+    model = CifarResNet(blocks_per_stage=2, num_classes=3, widths=(4, 8, 8)).eval()
+    with torch.no_grad():
+        model.layer1[1].bn2.weight.zero_()
+        model.layer1[1].bn2.bias.zero_()
+    images = torch.randn(200, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = (images[:, 0].mean((1, 2)) > 0).long() + (images[:, 1].mean((1, 2)) > 0).long()   # 3 classes
+    blocks = ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
+    ctx = probe_context(model, blocks, images, labels, (3, 16, 16), 3)
+    result = create_criterion("layer_probe", probe_steps=50).score(ctx)
+    assert list(result.blocks) == blocks
+    previous = {b: result.block_reasons[b]["previous"] for b in blocks}
+    assert previous == {"layer1.0": "layer1.0:input", "layer1.1": "layer1.0",
+                        "layer2.1": "layer2.1:input", "layer3.1": "layer3.1:input"}
+    assert result.block_reasons["layer1.1"]["gain"] == 0.0
+    assert result.remove_blocks == []                          # no threshold, nothing forced
+    assert [result.block_reasons[b]["features"] for b in blocks] == [4, 4, 8, 8]
+
+
+def test_train_linear_probe_separable_and_shuffled() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    centres = torch.randn(4, 6, generator=gen) * 4
+    features = centres[labels] + torch.randn(400, 6, generator=gen)
+    assert train_linear_probe(features, labels, 4) > 0.95
+    shuffled = labels[torch.randperm(400, generator=gen)]
+    assert train_linear_probe(features, shuffled, 4) < 0.4     # chance is 0.25
+    # deterministic
+    assert train_linear_probe(features, labels, 4, seed=1) == train_linear_probe(features, labels, 4, seed=1)
+
+
+def test_stratified_split_and_gains() -> None:
+    labels = torch.arange(100) % 4
+    train, held = stratified_split(labels, 0.7, seed=0)
+    assert len(train) == 72 and len(held) == 28                # round(0.7 x 25) = 18 per class
+    assert set(train.tolist()).isdisjoint(held.tolist())
+    assert torch.bincount(labels[held]).tolist() == [7, 7, 7, 7]
+    assert torch.equal(stratified_split(labels, 0.7, seed=0)[0], train)
+    gains = probe_gains({"a:input": 0.3, "a": 0.5, "b": 0.45}, {"a": "a:input", "b": "a"})
+    assert gains == {"a": 0.5 - 0.3, "b": 0.45 - 0.5}

@@ -1,0 +1,96 @@
+"""The service commands through ``interprune``'s entry point: exit codes CI can rely on (0 passed, 4 gate
+failed, 3 job failed, 2 bad input, 5 no server) and one JSON object with --json."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from service.cli import main
+from tests.service_helpers import data_file, make_server, model_file, server  # noqa: F401
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def job_flags(model_file, data_file, *extra):
+    return ["--arch", "demo/small_cnn", "--weights", model_file, "--data", data_file, "--calibration-images", 100,
+            "--eval-images", 100, "--targets", "", "--no-reconstruct", "--threads", 1, *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_json_passes_the_gate_and_downloads_the_results(server, model_file, data_file, tmp_path, capsys):
+    out = tmp_path / "results"
+    code, stdout, _ = run(capsys, "submit", "--server", server.address, "--json", "--out", out,
+                          *job_flags(model_file, data_file, "--max-accuracy-drop", 100))
+    report = json.loads(stdout)
+    assert code == 0 and report["exit_code"] == 0 and report["state"] == "SUCCEEDED"
+    assert report["result"]["gate"] == {**report["result"]["gate"], "evaluated": True, "passed": True}
+    assert {p.name for p in out.iterdir()} >= {"plan.json", "weights.pt", "model.onnx", "report.json"}
+    job_id = report["id"]
+
+    code, stdout, _ = run(capsys, "get", job_id, "--server", server.address, "--json")
+    assert code == 0 and json.loads(stdout)["spec"]["model"]["arch"] == "demo/small_cnn"
+    code, stdout, _ = run(capsys, "list", "--server", server.address, "--state", "succeeded")
+    assert code == 0 and job_id in stdout
+    code, stdout, _ = run(capsys, "watch", job_id, "--server", server.address)
+    assert code == 0 and "SUCCEEDED" in stdout
+    code, _, err = run(capsys, "cancel", job_id, "--server", server.address)
+    assert code == 2 and "already SUCCEEDED" in err
+    target = tmp_path / "again.onnx"
+    code, _, _ = run(capsys, "download", report["result"]["outputs"]["onnx"], "--out", target,
+                     "--server", server.address)
+    assert code == 0 and target.read_bytes() == (out / "model.onnx").read_bytes()
+
+
+def test_submit_exits_4_when_the_gate_fails(server, model_file, data_file, capsys):
+    code, stdout, err = run(capsys, "submit", "--server", server.address,
+                            *job_flags(model_file, data_file, "--max-accuracy-drop", -100))
+    assert code == 4 and "quality gate FAILED" in stdout
+    assert "SUCCEEDED" in err                                            # progress lines go to stderr
+
+
+def test_submit_exits_3_when_the_job_fails(server, model_file, tmp_path, capsys):
+    from tests.service_helpers import make_npz
+
+    rgb = make_npz(tmp_path / "rgb.npz", channels=3)
+    code, stdout, _ = run(capsys, "submit", "--server", server.address, "--json", *job_flags(model_file, rgb))
+    report = json.loads(stdout)
+    assert code == 3 and report["state"] == "FAILED" and "3-channel images" in report["failure"]["message"]
+
+
+def test_submit_exits_5_when_no_server_listens(model_file, data_file, capsys):
+    code, stdout, _ = run(capsys, "submit", "--server", f"127.0.0.1:{free_port()}", "--json",
+                          *job_flags(model_file, data_file))
+    assert code == 5 and json.loads(stdout)["exit_code"] == 5 and "cannot reach" in json.loads(stdout)["error"]
+
+
+@pytest.mark.parametrize("extra,needle", [(["--arch", "cifar/resnet57"], "unknown architecture"),
+                                          (["--target-macs", "1.5"], "impossible")])
+def test_submit_exits_2_on_bad_input(server, model_file, data_file, capsys, extra, needle):
+    code, _, err = run(capsys, "submit", "--server", server.address, *job_flags(model_file, data_file, *extra))
+    assert code == 2 and needle in err
+
+
+def test_a_folder_is_not_uploaded(server, model_file, tmp_path, capsys):
+    code, _, err = run(capsys, "submit", "--server", server.address, *job_flags(model_file, tmp_path))
+    assert code == 2 and "pack a folder" in err
+
+
+def test_a_wrong_token_exits_2(make_server, tmp_path, capsys):
+    srv = make_server(run_jobs=False, tokens=frozenset({"right"}))
+    token = tmp_path / "token"
+    token.write_text("wrong\n")
+    code, _, err = run(capsys, "list", "--server", srv.address, "--token-file", token)
+    assert code == 2 and "refused the credentials" in err
+    token.write_text("right\n")
+    assert run(capsys, "list", "--server", srv.address, "--token-file", token)[0] == 0

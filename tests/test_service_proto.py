@@ -1,0 +1,27 @@
+"""The contract: committed stubs match the .proto, and the messages stay typed (no JSON strings)."""
+from __future__ import annotations
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from service import gen_proto
+from service._proto.interprune.v1 import compression_pb2 as pb
+
+
+def test_committed_stubs_match_a_fresh_generation():
+    drift = gen_proto.differences()
+    assert not drift, f"stubs out of date: {drift}; run python -m service.gen_proto"
+
+
+def test_the_service_has_the_contracted_methods_and_streaming_kinds():
+    service = pb.DESCRIPTOR.services_by_name["Compression"]
+    kinds = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
+    assert kinds == {"UploadArtifact": (True, False), "GetArtifact": (False, False),
+                     "DownloadArtifact": (False, True), "SubmitJob": (False, False), "GetJob": (False, False),
+                     "ListJobs": (False, False), "WatchJob": (False, True), "CancelJob": (False, False)}
+
+
+def test_no_json_strings_in_the_contract():
+    for message in pb.DESCRIPTOR.message_types_by_name.values():
+        for field in message.fields:
+            if field.type == FieldDescriptor.TYPE_STRING:
+                assert not field.name.endswith("json"), f"{message.name}.{field.name} looks like a JSON string"
