@@ -201,3 +201,52 @@ def allocate_blocks(block_scores: dict[str, float], block_costs: dict[str, float
             chosen.append(block)
             spent += block_costs[block]
     return chosen
+
+
+@dataclass
+class LatencySearch:
+    reduction: float
+    steps: list[dict]          # every probe: {reduction, latency_ms, meets_budget}
+
+
+def search_latency_budget(latency_at, budget_ms: float, probes: tuple[float, ...] = (0.25, 0.5, 0.75),
+                          max_reduction: float = 0.9, step: float = 0.02) -> LatencySearch:
+    """Smallest MACs reduction whose measured latency meets ``budget_ms``: a few probes, linear interpolation
+    between the two that bracket the budget, then a verified probe (nudged up by ``step`` until it meets it).
+
+    ``latency_at(reduction)`` prunes to that reduction and returns the measured latency in ms (or raises
+    ``SpecError`` when the reduction cannot be reached).
+    """
+    steps: list[dict] = []
+
+    def probe(reduction: float) -> float:
+        latency = float(latency_at(reduction))
+        steps.append({"reduction": round(reduction, 4), "latency_ms": latency, "meets_budget": latency <= budget_ms})
+        return latency
+
+    points = [(0.0, probe(0.0))]
+    if points[0][1] <= budget_ms:
+        return LatencySearch(0.0, steps)
+    for reduction in probes:
+        if reduction > max_reduction:
+            break
+        try:
+            points.append((reduction, probe(reduction)))
+        except SpecError:
+            break
+        if points[-1][1] <= budget_ms:
+            break
+    meeting = [p for p in points if p[1] <= budget_ms]
+    if not meeting:
+        best = min(points, key=lambda p: p[1])
+        raise SpecError(f"latency budget {budget_ms:.3g} ms is unreachable: the fastest probe (-{best[0]:.0%} MACs) "
+                        f"measured {best[1]:.3g} ms; raise the budget or the batch size, or pick a faster target")
+    hi = min(meeting)
+    lo = max(p for p in points if p[0] < hi[0])
+    reduction = lo[0] + (hi[0] - lo[0]) * (lo[1] - budget_ms) / max(lo[1] - hi[1], 1e-9)
+    reduction = min(hi[0], math.ceil(reduction * 100) / 100)
+    while reduction < hi[0]:
+        if probe(reduction) <= budget_ms:
+            return LatencySearch(reduction, steps)
+        reduction = min(hi[0], reduction + step)
+    return LatencySearch(hi[0], steps)

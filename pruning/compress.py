@@ -72,6 +72,10 @@ class PruneSpec:
     layer_criterion: str | None = None      # a block criterion run first (e.g. "layer_probe"), then `criterion`
     layer_criterion_params: Mapping[str, Any] = field(default_factory=dict)
     layer_share: float = 0.5                # share of the target that block removal may take when combined
+    latency_budget_ms: float | None = None  # instead of a fixed reduction: p90 latency to reach (measured by
+                                            # the caller's latency probe), searched over MACs reductions
+    latency_batch: int = 1
+    latency_target: str = "local:cpu"
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class CompressResult:
     fits: list[LayerFit] = field(default_factory=list)
     finetune: FinetuneReport | None = None
     layers: list[dict] = field(default_factory=list)             # per group: kept / original width
+    latency_search: list[dict] = field(default_factory=list)     # probes of a latency-budget search
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -215,9 +220,19 @@ def load_inputs(spec: CompressSpec) -> tuple[nn.Module, zoo.ModelEntry, data_mod
     return model, entry, splits, preprocess, input_shape
 
 
+LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]   # (model, C,H,W, batch) -> p90 ms
+
+
 def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
-             should_stop: Callable[[], bool] | None = None) -> CompressResult:
-    """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given."""
+             should_stop: Callable[[], bool] | None = None,
+             latency_probe: LatencyProbe | None = None) -> CompressResult:
+    """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given.
+
+    With ``spec.prune.latency_budget_ms`` set, ``latency_probe`` measures candidate models on the target and the
+    MACs reduction is searched (``allocate.search_latency_budget``); the probes are in ``result.latency_search``.
+    """
+    if spec.prune.latency_budget_ms is not None and latency_probe is None:
+        raise SpecError("a latency budget needs a latency probe for the target (run it through the pipeline)")
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -261,17 +276,18 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     with run.stage("allocate"):
         kept, original_widths = {}, {}
         current = count_cost(model, input_shape)
+        if result.scores is not None and spec.prune.latency_budget_ms is not None:
+            target = _search_latency(spec, run, result, original, model, groups, input_shape, base_cost, current,
+                                     latency_probe)
         if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
                 < target.reduction - 0.005:
-            cost_model = CostModel(model, input_shape, current.macs, current.params)
-            allocation = allocate(groups, result.scores.channels, cost_model, target,
-                                  getattr(base_cost, target.metric), mode=spec.prune.allocation,
-                                  round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost, target)
             kept, original_widths = allocation.kept, allocation.original
         plan = PruningPlan(spec.model.arch, num_classes, input_shape, kept, original_widths, removed_blocks,
                            criterion=spec.prune.criterion,
                            notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
-                                  "layer_criterion": spec.prune.layer_criterion})
+                                  "layer_criterion": spec.prune.layer_criterion,
+                                  "target": {"metric": target.metric, "reduction": target.reduction}})
         result.plan = plan
 
     with run.stage("prune"):
@@ -294,7 +310,42 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     return result
 
 
+def _allocate(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
+              input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target):
+    cost_model = CostModel(model, input_shape, current.macs, current.params)
+    return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
+                    mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+
+
+def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+                    model: nn.Module, groups: list, input_shape: tuple[int, int, int], base_cost: Cost,
+                    current: Cost, probe: LatencyProbe) -> Target:
+    """Search the MACs reduction that meets the latency budget on the target (probes measured, not modelled)."""
+    from pruning.allocate import search_latency_budget
+
+    budget, batch = spec.prune.latency_budget_ms, spec.prune.latency_batch
+
+    def latency_at(reduction: float) -> float:
+        run.check()
+        candidate = copy.deepcopy(model)
+        if reduction > 0:
+            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost,
+                                   Target("macs", reduction))
+            plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, allocation.kept,
+                               allocation.original)
+            candidate = apply_plan(candidate, plan)
+        latency = probe(candidate.eval(), input_shape, batch)
+        run.emit("allocate", 0.5, f"probe -{reduction:.0%} MACs: p90 {latency:.3g} ms (budget {budget:.3g} ms)")
+        return latency
+
+    search = search_latency_budget(latency_at, budget)
+    result.latency_search = search.steps
+    return Target("macs", search.reduction)
+
+
 def _validate_prune_spec(prune: PruneSpec) -> None:
+    if prune.latency_budget_ms is not None and prune.latency_budget_ms <= 0:
+        raise SpecError("the latency budget must be a positive number of milliseconds")
     if prune.round_to < 1:
         raise SpecError("round_to must be >= 1")
     create_criterion(prune.criterion, **dict(prune.criterion_params))   # unknown name / bad params -> SpecError

@@ -56,6 +56,10 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-macs", type=float, help="fraction of MACs to remove, e.g. 0.5")
     target.add_argument("--target-params", type=float, help="fraction of parameters to remove")
+    target.add_argument("--latency-budget", type=float, metavar="MS",
+                        help="instead of a fraction: p90 latency to reach at --latency-batch on --latency-target")
+    p.add_argument("--latency-batch", type=int, default=1)
+    p.add_argument("--latency-target", default="local:cpu")
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
     p.add_argument("--round-to", type=int, default=8, help="keep widths at multiples of this (1 = off)")
     p.add_argument("--min-channels", type=int, default=1)
@@ -100,7 +104,8 @@ def spec_from_args(args: argparse.Namespace):
                       args.mean, args.std),
         prune=PruneSpec(args.criterion, _params(args.criterion_param), metric, reduction, args.allocation,
                         args.round_to, args.min_channels, tuple(args.protect), args.layer_criterion,
-                        _params(args.layer_param)),
+                        _params(args.layer_param), latency_budget_ms=args.latency_budget,
+                        latency_batch=args.latency_batch, latency_target=args.latency_target),
         reconstruct=ReconstructSpec(enabled=not args.no_reconstruct, batchnorm=args.batchnorm),
         finetune=FinetuneSpec(epochs=args.finetune or None, steps=args.finetune_steps,
                               images=args.finetune_images, minutes=args.finetune_minutes, lr=args.lr,

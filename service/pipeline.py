@@ -99,7 +99,9 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda event: None)
-    result = compress(spec.compress, out, progress, should_stop)
+    probe = latency_probe(spec.compress.prune.latency_target, spec.benchmark.threads, out) \
+        if spec.compress.prune.latency_budget_ms is not None else None
+    result = compress(spec.compress, out, progress, should_stop, latency_probe=probe)
     timings = dict(result.timings)
     exported: dict[str, Any] = {}
     if spec.export.onnx:
@@ -129,8 +131,28 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
     from service.report import build_report, write_reports
 
     report = build_report(spec, result, exported, latency, speedups, target_errors, timings, environment())
+    report["latency_search"] = result.latency_search
     write_reports(report, out, result)
     return report
+
+
+def latency_probe(target: str, threads: int | None, out: Path, seconds: float = 2.0):
+    """p90 latency (ms) of a candidate model at a batch size on ``target``, through an ONNX export."""
+    from exporters import benchmark_onnxruntime, export_onnx
+
+    provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
+    if provider is None:
+        raise SpecError(f"latency budgets can be measured on local:cpu, local:cuda or local:tensorrt, not {target!r}")
+    scratch = out / ".latency-probe.onnx"
+
+    def measure(model: torch.nn.Module, input_shape: tuple[int, int, int], batch: int) -> float:
+        export_onnx(model, scratch, torch.zeros(1, *input_shape))
+        rows = benchmark_onnxruntime(scratch, input_shape, (batch,), provider=provider, threads=threads,
+                                     warmup_seconds=0.3, min_seconds_per_batch=min(1.0, seconds),
+                                     max_seconds_per_batch=seconds)
+        scratch.unlink(missing_ok=True)
+        return rows[0].p90_ms
+    return measure
 
 
 class _Acc:

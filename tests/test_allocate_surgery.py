@@ -94,3 +94,24 @@ def test_torchvision_residual_channels_are_prunable():
     plan = PruningPlan("torchvision/resnet18", 10, (3, 64, 64), kept, {g.name: g.size for g in groups})
     pruned = surgery.apply_plan(model, plan)
     assert pruned(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_latency_search_finds_the_smallest_reduction_meeting_the_budget():
+    curve = lambda r: 10.0 * (1.0 - 0.8 * r)                  # noqa: E731  ms, falls linearly with pruning
+    search = allocate.search_latency_budget(curve, budget_ms=6.0)
+    assert curve(search.reduction) <= 6.0
+    assert search.reduction <= 0.52                            # exact answer 0.5; interpolation + 0.01 rounding
+    assert [s["reduction"] for s in search.steps][:3] == [0.0, 0.25, 0.5]
+    assert search.steps[-1]["meets_budget"] is True
+
+
+def test_latency_search_without_pruning_and_unreachable():
+    assert allocate.search_latency_budget(lambda r: 1.0, budget_ms=5.0).reduction == 0.0
+    with pytest.raises(SpecError, match="unreachable.*5 ms"):
+        allocate.search_latency_budget(lambda r: 5.0 + r, budget_ms=2.0)
+
+
+def test_latency_search_nudges_up_when_interpolation_undershoots():
+    curve = lambda r: 10.0 if r < 0.6 else 4.0                 # noqa: E731  a step: interpolation lands too low
+    search = allocate.search_latency_budget(curve, budget_ms=5.0, step=0.05)
+    assert search.reduction >= 0.6 and curve(search.reduction) <= 5.0
