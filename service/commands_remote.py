@@ -48,6 +48,8 @@ def add_remote_commands(subparsers) -> None:
     serve.add_argument("--quota-gb", type=_positive_float, default=100, help="all artifacts together (GiB)")
     serve.add_argument("--workers", type=_positive_int, default=1, help="jobs run at once (one per GPU; 1 on CPU)")
     serve.add_argument("--job-timeout", type=_positive_float, help="default wall-time budget of a job (seconds)")
+    serve.add_argument("--no-spare-worker", action="store_true",
+                       help="do not keep a worker process started for the next job (saves its memory)")
     serve.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
     serve.add_argument("--tls-key", help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
@@ -171,7 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("no tokens configured: anyone who can reach %s can submit jobs (use --token-file)", args.listen)
     settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                               quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
-                              job_timeout_s=args.job_timeout, tokens=tokens, tls_cert=args.tls_cert,
+                              job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens, tls_cert=args.tls_cert,
                               tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
     def ready(server) -> None:

@@ -103,6 +103,12 @@ class Scheduler:
         running = self._running.get(job_id)
         return running.process.pid if running else None
 
+    @property
+    def spare_pid(self) -> int | None:
+        """The pid of the started worker waiting for the next job, if any."""
+        spare = self._spare
+        return spare.pid if spare is not None and spare.poll() is None else None
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop claiming jobs, stop running workers, and record them as recovery would (failed or re-queued)."""
         with self._wake:

@@ -59,6 +59,7 @@ class ServerSettings:
     job_workers: int = 1                     # concurrent jobs (worker processes)
     job_timeout_s: float | None = None       # default wall-time budget of a job
     threads_per_job: int | None = None
+    warm_spare: bool = True                  # keep one worker process started for the next job
     rpc_threads: int = 64                    # a WatchJob stream holds one while it is open
     max_concurrent_rpcs: int = 256           # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     watch_poll_s: float = 0.2
@@ -241,7 +242,7 @@ class InterpruneServer:
         self.recovery = self._recover()
         self.scheduler = Scheduler(self.store, self.state_dir, SchedulerSettings(
             max_workers=settings.job_workers, default_timeout_s=settings.job_timeout_s,
-            threads_per_job=settings.threads_per_job,
+            threads_per_job=settings.threads_per_job, warm_spare=settings.warm_spare,
             artifact_limits=(settings.max_upload_bytes, settings.quota_bytes)))
         self.stopping = threading.Event()
         self.health = health.HealthServicer()

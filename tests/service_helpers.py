@@ -80,9 +80,9 @@ def make_server(tmp_path):
 
     servers = []
 
-    def make(**settings):
+    def make(**settings):         # no spare worker unless asked: it competes for the two CPU cores of CI
         srv, port = create_server("127.0.0.1:0", tmp_path / f"state{len(servers)}",
-                                  **{"watch_poll_s": 0.05, **settings})
+                                  **{"watch_poll_s": 0.05, "warm_spare": False, **settings})
         srv.start()
         srv.address = f"127.0.0.1:{port}"
         servers.append(srv)

@@ -24,11 +24,14 @@ from tests.service_helpers import (big_data_file, client, data_file, long_finetu
                                    make_server, model_file, process_gone, server, tiny_spec, wait_for)
 
 
-def test_upload_submit_watch_download_and_run_the_onnx(server, client, model_file, big_data_file, tmp_path):
+def test_upload_submit_watch_download_and_run_the_onnx(make_server, model_file, big_data_file, tmp_path):
     import onnxruntime as ort
 
     from pruning.surgery import load_compressed
 
+    server = make_server(warm_spare=True)
+    client = Client(server.address)
+    spare = wait_for(lambda: server.scheduler.spare_pid, timeout_s=10, what="a spare worker")
     data = client.upload(big_data_file, kind="dataset")
     assert data.size_bytes == big_data_file.stat().st_size > 4 << 20
     assert data.id == hashlib.sha256(big_data_file.read_bytes()).hexdigest()
@@ -49,6 +52,8 @@ def test_upload_submit_watch_download_and_run_the_onnx(server, client, model_fil
     job = client.get(job.id)
     result = job.result
     assert job.state == JobState.SUCCEEDED and job.finished >= job.started >= job.created
+    assert server.store.get(job.id).worker_pid == spare, "the job ran in the spare worker"
+    wait_for(lambda: process_gone(spare), timeout_s=10, what="the worker to exit")
     assert {"original", "pruned", "reconstructed", "exported"} <= set(result.accuracy)
     assert result.compressed_cost.macs < result.original_cost.macs and 0.3 < result.macs_reduction < 0.7
     assert {(row.model, row.batch_size) for row in result.latency} == {("compressed", 1), ("original", 1)}

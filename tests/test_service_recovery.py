@@ -47,6 +47,20 @@ class ServerProcess:
         return code
 
 
+def workers_of(state: Path) -> list[int]:
+    """Live worker processes (running or spare) started for ``state``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"service.jobs" in cmdline and str(state).encode() in cmdline and status != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_kill_9_of_the_server_then_restart(tmp_path, model_file, data_file):
     state, log = tmp_path / "state", tmp_path / "server.log"
     first = ServerProcess(state, log)
@@ -64,7 +78,8 @@ def test_kill_9_of_the_server_then_restart(tmp_path, model_file, data_file):
         assert worker and not process_gone(worker)
     finally:
         first.stop(signal.SIGKILL)
-    wait_for(lambda: process_gone(worker), timeout_s=10, what=f"orphaned worker {worker} to exit")
+    wait_for(lambda: process_gone(worker) and not workers_of(state), timeout_s=10,
+             what=f"orphaned worker {worker} and the spare to exit")
 
     second = ServerProcess(state, log)
     try:
