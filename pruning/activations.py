@@ -170,8 +170,12 @@ def quantile_rows(values: torch.Tensor, q: float) -> torch.Tensor:
     position = q * (n - 1)
     lo = int(position)
     hi = min(lo + 1, n - 1)
-    v_lo = torch.kthvalue(values, lo + 1, dim=1).values                 # [C]
-    v_hi = torch.kthvalue(values, hi + 1, dim=1).values if hi != lo else v_lo
+    if n - lo <= n // 4:                                                # upper tail: a small top-k is cheaper
+        top = torch.topk(values, n - lo, dim=1).values                  # [C, n - lo], descending
+        v_lo, v_hi = top[:, -1], top[:, n - 1 - hi]
+    else:
+        v_lo = torch.kthvalue(values, lo + 1, dim=1).values             # [C]
+        v_hi = torch.kthvalue(values, hi + 1, dim=1).values if hi != lo else v_lo
     return v_lo + (v_hi - v_lo) * (position - lo)
 
 
@@ -196,7 +200,7 @@ class ChannelStats:
         self._sum = torch.zeros(channels, dtype=torch.float64)
         self._sum_sq = torch.zeros(channels, dtype=torch.float64)
         self._max = torch.full((channels,), float("-inf"))
-        self._sample = torch.empty(channels, 0)               # [C, k], k <= max_samples
+        self._rows = torch.empty(0, channels)                 # [k, C], k <= max_samples: one row per position
         self._keys = torch.empty(0, dtype=torch.float64)      # [k]
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []   # chunks not merged yet (until filled)
         self._pending_size = 0
@@ -222,9 +226,9 @@ class ChannelStats:
         if self._filled:                                              # only keys below the largest can enter
             pos = (keys < self._keys.max()).nonzero().flatten()
             keys = keys[pos]
-            values = x[pos // hw, :, pos % hw].T                      # [C, n'], only the candidates are copied
+            values = x[pos // hw, :, pos % hw]                        # [n', C], only the candidates are copied
         else:
-            values = x.transpose(0, 1).reshape(self.channels, -1)     # [C, N*HW], position = n * HW + j
+            values = x.transpose(1, 2).reshape(-1, self.channels)     # [N*HW, C], position = n * HW + j
         self._pending.append((keys, values))
         self._pending_size += keys.numel()
         if self._pending_size > self.max_samples or self._filled:
@@ -233,16 +237,16 @@ class ChannelStats:
     def _merge(self) -> None:
         """Fold the pending chunks into the sample, keeping the ``max_samples`` smallest keys."""
         keys = torch.cat([k for k, _ in self._pending])
-        values = torch.cat([v for _, v in self._pending], dim=1)      # [C, n]
+        values = torch.cat([v for _, v in self._pending])             # [n, C]
         self._pending, self._pending_size = [], 0
         if not self._filled:                                          # first time over the bound (or a read)
             keys = torch.cat([self._keys, keys])
-            values = torch.cat([self._sample, values], dim=1)         # [C, k + n]
+            values = torch.cat([self._rows, values])                  # [k + n, C]
             if keys.numel() > self.max_samples:
                 keep = torch.topk(keys, self.max_samples, largest=False, sorted=False).indices
-                keys, values = keys[keep], values[:, keep]
+                keys, values = keys[keep], values[keep]
                 self._filled = True
-            self._keys, self._sample = keys, values.contiguous()
+            self._keys, self._rows = keys, values.contiguous()
             return
         old = self._keys.numel()
         combined = torch.cat([self._keys, keys])
@@ -251,7 +255,7 @@ class ChannelStats:
         freed = (~keep[:old]).nonzero().flatten()                     # as many as enter
         enter = keep[old:].nonzero().flatten()
         self._keys[freed] = keys[enter]
-        self._sample[:, freed] = values[:, enter]
+        self._rows[freed] = values[enter]
 
     @property
     def mean(self) -> torch.Tensor:
@@ -277,7 +281,7 @@ class ChannelStats:
         """The kept values [C, k], k = min(count, max_samples)."""
         if self._pending:
             self._merge()
-        return self._sample
+        return self._rows.T                                           # [C, k] (a view)
 
     @property
     def exact(self) -> bool:
@@ -286,7 +290,7 @@ class ChannelStats:
 
     def quantile(self, q: float) -> torch.Tensor:
         """q-quantile per channel [C] of the subsample (of all values while ``exact``)."""
-        return quantile_rows(self.sample, q)
+        return quantile_rows(self.sample.contiguous(), q)
 
 
 def stable_seed(seed: int, name: str) -> int:

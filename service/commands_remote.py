@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from enum import Enum
@@ -173,8 +172,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning("no tokens configured: anyone who can reach %s can submit jobs (use --token-file)", args.listen)
     settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                               quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
-                              job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens, tls_cert=args.tls_cert,
-                              tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                              job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
     def ready(server) -> None:
         host_part = args.listen.rpartition(":")[0]

@@ -4,6 +4,7 @@ ONNX export, parity check and CPU benchmark)."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -42,27 +43,58 @@ def train_demo_model(path: Path, epochs: int = 30, seed: int = 0) -> float:
     return accuracy
 
 
-def demo_spec(weights: Path):
+def demo_spec(weights: Path, data: Path):
     from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
     from service.pipeline import BenchmarkSpec, GateSpec, JobSpec
 
     return JobSpec(
-        CompressSpec(model=ModelSpec(DEMO_ARCH, str(weights)), data=DataSpec(None, calibration_images=500),
+        CompressSpec(model=ModelSpec(DEMO_ARCH, str(weights)), data=DataSpec(str(data), calibration_images=500),
                      prune=PruneSpec("l1", target_reduction=0.5), finetune=FinetuneSpec(epochs=3, augment=False)),
         benchmark=BenchmarkSpec(batch_sizes=(1, 64), seconds_per_batch=1.0),
         gate=GateSpec(max_accuracy_drop=0.03))
 
 
-def run_demo(out: Path, as_json: bool = False) -> int:
-    from service.cli import finish, run_into_folder
+def write_digits_npz(path: Path) -> Path:
+    """The bundled digits as an .npz upload (same images, same order as ``digits_sample``)."""
+    import numpy as np
+
+    source = data_mod.digits_sample().train
+    np.savez_compressed(path, images=source.images, labels=source.labels)
+    return path
+
+
+def run_demo(out: Path, as_json: bool = False, state_dir: Path | None = None) -> int:
+    """Start the service on its embedded defaults (SQLite store, local artifact folder, one worker process) on a
+    free loopback port, submit the sample job through the client, watch it, download the outputs to ``out``."""
+    import argparse
+
+    from service.client import Client
+    from service.commands_remote import _download_outputs, _follow, _report
+    from service.server import create_server
 
     if out.exists():
         shutil.rmtree(out)
-    weights = out.parent / f".{out.name}-input" / "small_cnn.pt"
+    inputs = out.parent / f".{out.name}-input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    weights = inputs / "small_cnn.pt"
     accuracy = train_demo_model(weights)
-    if not as_json:
-        print(f"trained {DEMO_ARCH} on the bundled digits: held-out top-1 {accuracy:.2%}")
-    report = run_into_folder(demo_spec(weights), out, quiet=as_json)
-    shutil.copy2(weights, out / "input_model.pt")
-    shutil.rmtree(weights.parent, ignore_errors=True)
-    return finish(report, out, as_json)
+    data = write_digits_npz(inputs / "digits.npz")
+    say = (lambda text: None) if as_json else (lambda text: print(text, file=sys.stderr))
+    say(f"trained {DEMO_ARCH} on the bundled digits: held-out top-1 {accuracy:.2%}")
+    state_dir = state_dir or out.parent / f".{out.name}-state"
+    server, port = create_server("127.0.0.1:0", state_dir, warm_spare=False)
+    server.start()
+    say(f"service listening on 127.0.0.1:{port} (state in {state_dir})")
+    args = argparse.Namespace(json=as_json, server=f"127.0.0.1:{port}")
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            job = client.submit(demo_spec(weights, data))
+            say(f"job {job.id} submitted")
+            job = _follow(client, job.id, args)
+            files = _download_outputs(client, job, out) if job.result else {}
+        code = _report(job, files, args)
+    finally:
+        server.stop()
+    shutil.copy2(weights, out / "input_model.pt") if out.exists() else None
+    shutil.rmtree(inputs, ignore_errors=True)
+    return code

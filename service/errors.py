@@ -16,7 +16,7 @@ from typing import Any, Callable
 import grpc
 
 from pruning.errors import Cancelled as EngineCancelled
-from pruning.errors import DataError, InterpruneError, ModelError, SpecError
+from pruning.errors import InterpruneError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,11 @@ class Internal(ServiceError):
 
 
 def from_engine(exc: InterpruneError) -> ServiceError:
-    """The service error for an engine error: bad model, data or spec is the caller's input to fix."""
+    """The service error for an engine error. A bad model, data set or spec (``ModelError``, ``DataError``,
+    ``SpecError``, and any other ``InterpruneError``) is input for the caller to fix: INVALID_ARGUMENT, whatever
+    the server's state. A stop the caller asked for is CANCELLED."""
     if isinstance(exc, EngineCancelled):
         return Cancelled(str(exc))
-    if isinstance(exc, (ModelError, DataError, SpecError)):
-        return InvalidArgument(str(exc))
     return InvalidArgument(str(exc))
 
 

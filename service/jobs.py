@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.store import (CRASHED, EXPORT_CHECK, INTERNAL, INVALID_INPUT, TIMED_OUT, Failure, JobRecord, JobState,
@@ -258,7 +258,10 @@ class Scheduler:
 def _crash(code: int | None) -> tuple[str, Failure]:
     if code is not None and code < 0:
         number = -code
-        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
         hint = " (often the out-of-memory killer: give the job less data or a smaller batch size)" \
             if number == signal.SIGKILL else ""
         message = f"the worker process was killed by {name}{hint}"

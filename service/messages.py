@@ -129,7 +129,8 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None
     from service.errors import NotFound
 
     if not spec.model.arch:
-        raise InvalidArgument(f"spec.model.arch is empty; name an architecture, e.g. {', '.join(zoo.list_models()[:4])}")
+        examples = ", ".join(zoo.list_models()[:4])
+        raise InvalidArgument(f"spec.model.arch is empty; name an architecture, e.g. {examples}")
     if not zoo.is_model(spec.model.arch):
         try:
             zoo.get_entry(spec.model.arch)
@@ -185,7 +186,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (f.HasField("batch_size") and f.batch_size < 1, "spec.finetune.batch_size must be >= 1"),
         (f.HasField("lr") and not f.lr > 0, "spec.finetune.lr must be > 0"),
         (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
-        (b.HasField("seconds_per_batch") and not b.seconds_per_batch > 0, "spec.benchmark.seconds_per_batch must be > 0"),
+        (b.HasField("seconds_per_batch") and not b.seconds_per_batch > 0,
+         "spec.benchmark.seconds_per_batch must be > 0"),
         (any(not _TARGET.match(t) for t in b.targets),
          f"spec.benchmark.targets {list(b.targets)}: each must be local:cpu, local:cuda, local:tensorrt or agent:NAME"),
         (spec.gate.HasField("max_accuracy_drop") and not math.isfinite(spec.gate.max_accuracy_drop),
@@ -194,7 +196,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "spec.execution.timeout_seconds must be > 0 (leave it unset for the server's default)"),
         (x.HasField("threads") and x.threads < 1, "spec.execution.threads must be >= 1"),
         (spec.export.HasField("opset") and not 7 <= spec.export.opset <= 30, "spec.export.opset must be in 7..30"),
-        (spec.export.HasField("parity_atol") and not spec.export.parity_atol > 0, "spec.export.parity_atol must be > 0"),
+        (spec.export.HasField("parity_atol") and not spec.export.parity_atol > 0,
+         "spec.export.parity_atol must be > 0"),
     ]
     for failed, message in checks:
         if failed:

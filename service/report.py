@@ -5,7 +5,9 @@ activation-maximization grids the criteria produced.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +93,17 @@ def write_reports(report: dict, out: Path, result: CompressResult) -> None:
     try:
         from service.report_html import render_html
 
-        (out / "report.html").write_text(render_html(report, out))
+        # The images themselves (not only the grids on disk) let the page show kept and removed filters apart.
+        am_images = result.scores.visualizations if result.scores is not None else None
+        (out / "report.html").write_text(render_html(report, out, am_images))
         report["files"]["report_html"] = "report.html"
     except ImportError:
         pass
     write_json(out / "report.json", report)
+    if os.environ.get("INTERPRUNE_VALIDATE_REPORTS") == "1":   # set by tests/conftest.py: every report is checked
+        from service.report_schema import validate_report
+
+        validate_report(json.loads((out / "report.json").read_text()))
 
 
 def _save_visualizations(result: CompressResult, out: Path) -> dict[str, str]:

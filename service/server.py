@@ -38,7 +38,7 @@ from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.artifacts import ArtifactStore, VerifyReport, check_id
 from service.auth import BearerTokenInterceptor, server_credentials
-from service.errors import FailedPrecondition, InvalidArgument, Unavailable, rpc
+from service.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable, rpc
 from service.jobs import Scheduler, SchedulerSettings
 from service.messages import (KIND_FROM_PROTO, STATE_FROM_PROTO, artifact_to_proto, event_to_proto, job_to_proto,
                               spec_to_dict, validate_spec)
@@ -61,6 +61,7 @@ class ServerSettings:
     threads_per_job: int | None = None
     warm_spare: bool = True                  # keep one worker process started for the next job
     rpc_threads: int = 64                    # a WatchJob stream holds one while it is open
+    max_watchers: int | None = None          # open WatchJob streams; default rpc_threads - 8 (leaves room)
     max_concurrent_rpcs: int = 256           # beyond this, calls fail fast with RESOURCE_EXHAUSTED
     watch_poll_s: float = 0.2
     cancel_wait_s: float = 5.0               # CancelJob waits this long for a running job to stop
@@ -85,6 +86,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
                  settings: ServerSettings, stopping: threading.Event) -> None:
         self.store, self.artifacts, self.scheduler = store, artifacts, scheduler
         self.settings, self.stopping = settings, stopping
+        self._watchers = threading.BoundedSemaphore(settings.max_watchers or max(1, settings.rpc_threads - 8))
 
     # --- artifacts -------------------------------------------------------------------------------
 
@@ -159,7 +161,15 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence must be >= 0")
         self.store.get(job_id)
-        after = request.after_sequence
+        if not self._watchers.acquire(blocking=False):
+            raise ResourceExhausted("too many open WatchJob streams on this server; retry in a few seconds, or poll "
+                                    "GetJob")
+        try:
+            yield from self._watch(job_id, request.after_sequence, context)
+        finally:
+            self._watchers.release()
+
+    def _watch(self, job_id: str, after: int, context) -> Iterator[pb.JobEvent]:
         while context.is_active():
             events = self.store.events(job_id, after)
             for event in events:
@@ -185,6 +195,13 @@ class CompressionServicer(pb_grpc.CompressionServicer):
                 time.sleep(0.05)
                 job = self.store.get(job.id)
         return job_to_proto(job)
+
+
+def _warm_imports() -> None:
+    """Import what SubmitJob validates with now, so the first calls do not wait seconds for torch."""
+    import pruning.criteria  # noqa: F401
+    import pruning.zoo  # noqa: F401
+    import service.pipeline  # noqa: F401
 
 
 def _chunks(request_iterator) -> Iterator[bytes]:
@@ -240,6 +257,7 @@ class InterpruneServer:
         self.store = SqliteJobStore(self.state_dir / "jobs.db")
         self.artifacts = ArtifactStore(self.state_dir / "artifacts", settings.max_upload_bytes, settings.quota_bytes)
         self.recovery = self._recover()
+        _warm_imports()
         self.scheduler = Scheduler(self.store, self.state_dir, SchedulerSettings(
             max_workers=settings.job_workers, default_timeout_s=settings.job_timeout_s,
             threads_per_job=settings.threads_per_job, warm_spare=settings.warm_spare,

@@ -11,6 +11,7 @@ import torch
 SHARED_DATA = Path(os.environ.get("INTERPRUNE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("INTERPRUNE_VALIDATE_REPORTS", "1")   # service.report checks every report.json against its schema
 
 
 @pytest.fixture(scope="session")

@@ -160,7 +160,8 @@ def test_bad_uploads_get_precise_codes(make_server):
             artifact_id=hashlib.sha256(data).hexdigest())))[0] == grpc.StatusCode.NOT_FOUND
         code, message = _code(lambda: _raw_upload(stub, os.urandom(3 << 20)))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-upload-mb" in message
-        assert _raw_upload(stub, data).size_bytes == len(data)
+        first = _raw_upload(stub, data)
+        assert first.size_bytes == len(data) and _raw_upload(stub, data).id == first.id      # stored once
         code, message = _code(lambda: _raw_upload(stub, os.urandom(1_700_000)))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "store is full" in message
         code, message = _code(lambda: _raw_upload(stub, data[:100], kind=pb.ARTIFACT_KIND_UNSPECIFIED))
@@ -218,3 +219,26 @@ def test_bad_files_fail_the_job_with_a_clear_message_and_the_server_keeps_servin
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
     assert client.get(jobs["corrupt"]).state == JobState.FAILED
+
+
+def test_open_watch_streams_are_bounded(make_server, model_file, data_file):
+    server = make_server(run_jobs=False, max_watchers=1)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        job = Client(channel).submit(tiny_spec(model_file, data_file))
+        first = stub.WatchJob(pb.WatchJobRequest(job_id=job.id))
+        assert next(first).sequence == 1                                  # open, waiting for more
+        code, message = _code(lambda: next(stub.WatchJob(pb.WatchJobRequest(job_id=job.id))))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "GetJob" in message
+        first.cancel()
+        wait_for(lambda: _watch_opens(stub, job.id), timeout_s=5, what="the slot to free up")
+
+
+def _watch_opens(stub, job_id) -> bool:
+    stream = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+    try:
+        return next(stream).sequence == 1
+    except grpc.RpcError:
+        return False
+    finally:
+        stream.cancel()

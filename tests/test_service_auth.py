@@ -64,7 +64,8 @@ def test_the_right_token_passes(channel):
 
 
 def test_health_and_reflection_need_no_token(channel):
-    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="interprune.v1.Compression"))
+    request = health_pb2.HealthCheckRequest(service="interprune.v1.Compression")
+    status = health_pb2_grpc.HealthStub(channel).Check(request)
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
@@ -86,3 +87,23 @@ def test_tokens_from_a_file_and_the_environment(tmp_path):
     path.chmod(0o600)
     assert load_tokens(path, env={"INTERPRUNE_TOKENS": "gamma, delta"}) == {"alpha", "beta", "gamma", "delta"}
     assert load_tokens(None, env={}) == frozenset()
+
+
+def test_tls_with_a_private_ca(make_server, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed; it makes the test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    from service.auth import channel_credentials
+
+    server = make_server(run_jobs=False, tls_cert=str(cert), tls_key=str(key), tokens=frozenset({TOKEN}))
+    with Client(server.address, token=TOKEN, credentials=channel_credentials(cert)) as client:
+        assert client.list().jobs == []
+    with Client(server.address, token=TOKEN) as plaintext, pytest.raises(InterpruneRPCError) as error:
+        plaintext.list()
+    assert error.value.status == StatusCode.UNAVAILABLE

@@ -11,8 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from service.client import Client, JobState
 from service.store import SqliteJobStore
 from tests.service_helpers import (data_file, long_finetune, make_server, model_file, process_gone,  # noqa: F401
@@ -123,6 +121,10 @@ def test_graceful_stop_fails_or_requeues_running_jobs_and_ends_watchers(make_ser
     time.sleep(0.3)
     start = time.monotonic()
     server.stop(grace_s=2)
+    from grpc_health.v1 import health_pb2
+
+    status = server.health.Check(health_pb2.HealthCheckRequest(service=""), None).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert time.monotonic() - start < 15
     error = watched.get(timeout=10)
     assert error.status == StatusCode.UNAVAILABLE and "after_sequence" in error.message

@@ -24,7 +24,8 @@ Concept masks L_c(x), chosen by ``masks``:
   ``gradcam_top`` (20%) of pixels. The last conv stage is the last module, in the order forward hooks fire (a
   container fires after its children), whose output is 4-D with more than one spatial position, excluding the
   model itself: the block or stage output just before global pooling (``layer3`` of a CIFAR ResNet, ``features``
-  of VGG / SmallCNN, ``layer4`` of a torchvision ResNet). Images whose Grad-CAM is zero everywhere do not vote.
+  of SmallCNN / MobileNetV2, ``layer4`` of a torchvision ResNet; for torchvision VGG its adaptive 7x7 ``avgpool``,
+  a resampling of ``features``). Images whose Grad-CAM is zero everywhere do not vote.
 - ``"whole"`` (control): an all-ones mask for the image's class.
 - ``"random"`` (control): a random ``gradcam_top`` fraction of pixels per image for the image's class, from a
   generator seeded with ``seed``.
@@ -75,8 +76,10 @@ def iou(unit_masks: torch.Tensor, concept_masks: torch.Tensor) -> torch.Tensor:
     """
     m = unit_masks.flatten(2).float()                                   # [P, C, HW]
     c = concept_masks.flatten(1).float()                                # [P, HW]
-    inter = torch.bmm(m, c.unsqueeze(2)).squeeze(2)                     # [P, C]
-    union = m.sum(2) + c.sum(1, keepdim=True) - inter                   # [P, C]
+    both = torch.stack([c, torch.ones_like(c)], dim=2)                  # [P, HW, 2]: concept, all pixels
+    counts = torch.bmm(m, both)                                         # [P, C, 2]: |M ∩ L|, |M| in one pass
+    inter, area = counts[..., 0], counts[..., 1]                        # [P, C] each
+    union = area + c.sum(1, keepdim=True) - inter                       # [P, C]
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
 
 

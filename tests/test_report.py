@@ -1,0 +1,269 @@
+"""The job report: report.html shows the verdict, the numbers, real plots and why each filter or block went, and
+needs no network; report.json follows service/schemas/report.schema.json."""
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
+from service.pipeline import BenchmarkSpec, ExportSpec, GateSpec, JobSpec, run_pipeline
+from service.report_html import command_line, render_html
+from service.report_schema import SCHEMA_PATH, ReportSchemaError, validate_report
+
+DATA_URI = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+FIGURE = re.compile(r'<figure(?: class="wide")?><img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"')
+
+
+def job(weights: Path, criterion: str, **prune) -> JobSpec:
+    return JobSpec(CompressSpec(model=ModelSpec("demo/small_cnn", str(weights)),
+                                data=DataSpec(None, calibration_images=300),
+                                prune=PruneSpec(criterion, **prune), finetune=FinetuneSpec(steps=3, augment=False)),
+                   benchmark=BenchmarkSpec(batch_sizes=(1,), seconds_per_batch=0.2),
+                   gate=GateSpec(max_accuracy_drop=0.5))
+
+
+@pytest.fixture(scope="module")
+def l1_run(digits_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report-l1")
+    report = run_pipeline(job(digits_weights, "l1", target_reduction=0.4), out)
+    return report, out, (out / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def probe_run(digits_weights, tmp_path_factory):
+    from pruning.criteria import is_criterion
+
+    if not is_criterion("layer_probe"):
+        pytest.skip("criterion layer_probe is not registered")
+    out = tmp_path_factory.mktemp("report-probe")
+    report = run_pipeline(job(digits_weights, "layer_probe", target_reduction=0.3), out)
+    return report, out, (out / "report.html").read_text()
+
+
+def decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def assert_real_picture(image: Image.Image, min_width: int = 100) -> None:
+    assert image.width > min_width and image.height > 50, image.size
+    assert len(np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)) > 2, "a single-colour image"
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+def test_header_shows_the_verdict_and_the_key_numbers(l1_run):
+    report, _, page = l1_run
+    acc, cost = report["accuracy"], report["cost"]
+    head = page[:page.index('<section id="summary"')]
+    assert "QUALITY GATE PASSED" in head
+    assert f"{acc['original']['top1']:.2%}" in head and f"{acc[report['final_stage']]['top1']:.2%}" in head
+    assert f"{cost['original']['macs']:,}" in head and f"{cost['compressed']['macs']:,}" in head
+    speed = report["speedup"][0]
+    assert f"{speed['measured_speedup']:.2f}×" in head and f"{speed['macs_ratio']:.2f}×" in head
+    for stage in ("original", "pruned", "reconstructed", "finetuned", "exported"):
+        assert f"<td>{stage}</td><td>{acc[stage]['top1']:.2%}</td>" in page
+    assert f"{report['export']['parity']['max_abs_error']:.2e}" in page
+
+
+def test_a_failed_gate_is_shown_as_failed(l1_run, tmp_path):
+    report = copy.deepcopy(l1_run[0])
+    report["gate"].update(passed=False, max_accuracy_drop=0.0)
+    page = render_html(report, tmp_path)
+    assert "QUALITY GATE FAILED" in page and "QUALITY GATE PASSED" not in page
+
+
+def test_every_plot_is_an_embedded_png_of_a_real_picture(l1_run):
+    _, _, page = l1_run
+    figures = dict((alt, b64) for b64, alt in FIGURE.findall(page))
+    assert {"Kept vs original width per layer", "Accuracy per stage",
+            "Latency before and after, per target and batch"} <= set(figures)
+    for alt, b64 in figures.items():
+        image = decode(b64)
+        assert image.format == "PNG", alt
+        assert_real_picture(image, min_width=400)
+
+
+def test_the_page_is_self_contained(l1_run):
+    _, _, page = l1_run
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page
+    for target in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert target.startswith(("data:image/png;base64,", "#")), target
+
+
+def test_removed_filters_are_listed_per_layer_with_score_and_reason(l1_run):
+    report, _, page = l1_run
+    groups = report["criterion"]["groups"]
+    assert groups
+    for group in groups:
+        removed = [c for c in group["channels"] if not c["kept"]]
+        kept = len(group["channels"]) - len(removed)
+        assert f"<code>{group['layer']}</code> — kept {kept} of {len(group['channels'])}, removed {len(removed)}" \
+               in page
+        for channel in removed:
+            norm = channel["reason"]["norm"]
+            assert f"<td>#{channel['index']}</td><td>{channel['score']:.4g}</td><td>norm {norm:.4g}</td>" in page
+    assert page.count("<details><summary><code>") == len(groups)   # no images: collapsed per layer
+
+
+def test_kept_and_removed_filters_are_shown_apart_with_their_images(l1_run, tmp_path):
+    report = copy.deepcopy(l1_run[0])
+    group = report["criterion"]["groups"][0]
+    size = len(group["channels"])
+    removed = [c for c in group["channels"] if not c["kept"]]
+    removed[0]["reason"] = {"cluster": 2, "representative": 5, "is_representative": False}
+    rng = np.random.default_rng(0)
+    images = {group["layer"]: rng.random((size, 1, 8, 8)).astype(np.float32)}
+    page = render_html(report, tmp_path, visualizations=images)
+    block = page[page.index(f"<code>{group['layer']}</code>"):]
+    block = block[:block.index("</details>")]
+    assert f"kept ({size - len(removed)})" in block and f"removed ({len(removed)})" in block
+    tiles = re.findall(r'<figure class="tile[^"]*">(.*?)</figure>', block)
+    assert len(tiles) == len(removed)
+    assert 'title="filter #5"' in block and "duplicates #5 (cluster 2)" in block   # the partner beside it
+    for b64 in DATA_URI.findall(block):
+        image = decode(b64)
+        assert image.width >= 48 and image.height >= 48
+    mosaic = decode(DATA_URI.findall(block)[0])
+    assert_real_picture(mosaic)
+
+
+def test_saved_grids_are_embedded_when_images_are_not_passed(l1_run, tmp_path):
+    import torch
+
+    from pruning.visualize import save_grid
+
+    report = copy.deepcopy(l1_run[0])
+    layer = report["criterion"]["groups"][0]["layer"]
+    save_grid(torch.rand(len(report["criterion"]["groups"][0]["channels"]), 1, 8, 8), tmp_path / "grid.png")
+    report["files"]["visualizations"] = {layer: "grid.png"}
+    page = render_html(report, tmp_path)
+    assert 'alt="activation maximization of ' + layer + '"' in page
+
+
+def test_latency_search_probes_are_plotted_when_present(l1_run, tmp_path):
+    report = copy.deepcopy(l1_run[0])
+    report["latency_search"] = [{"reduction": 0.0, "latency_ms": 2.0, "meets_budget": False},
+                                {"reduction": 0.5, "latency_ms": 1.1, "meets_budget": False},
+                                {"reduction": 0.6, "latency_ms": 0.9, "meets_budget": True}]
+    report["spec"]["compress"]["prune"]["latency_budget_ms"] = 1.0
+    page = render_html(report, tmp_path)
+    figures = dict((alt, b64) for b64, alt in FIGURE.findall(page))
+    assert_real_picture(decode(figures["Latency-budget search: the probes"]))
+    validate_report(report)
+
+
+def test_the_command_line_gives_back_the_exact_spec(l1_run):
+    report, _, page = l1_run
+    command, differences = command_line(report["spec"])
+    assert differences == []
+    assert command.startswith("interprune compress --arch demo/small_cnn") and "--target-macs 0.4" in command
+    assert "Checked: parsing this command gives back the spec below exactly." in page
+    spec_block = page[page.index("<h3>Spec</h3>"):]
+    spec_json = html.unescape(re.search(r"<pre>(.*?)</pre>", spec_block, re.S).group(1))
+    assert json.loads(spec_json) == json.loads(json.dumps(report["spec"]))
+
+
+def test_compress_prints_where_the_html_report_is(l1_run, capsys):
+    from service.cli import finish
+
+    report, out, _ = l1_run
+    finish(report, out, as_json=False)
+    assert str(out / "report.html") in capsys.readouterr().out
+
+
+# --- layer pruning -------------------------------------------------------------------------------
+
+def test_removed_blocks_are_shown_with_their_probe_gains(probe_run):
+    report, _, page = probe_run
+    blocks = report["criterion"]["blocks"]
+    assert blocks and any(b["removed"] for b in blocks)
+    assert report["removed_blocks"] == [b["block"] for b in blocks if b["removed"]]
+    section = page[page.index('<section id="removed-blocks-layer-pruning"'):]
+    section = section[:section.index("</section>")]
+    for b in blocks:
+        status = "removed" if b["removed"] else "kept"
+        row = f'<tr class="{status if b["removed"] else ""}"><td>{b["block"]}</td><td>{status}</td>' \
+              f'<td>{b["reason"]["gain"]:.4g}</td><td>{b["reason"]["probe_accuracy"]:.2%}</td>'
+        assert row in section
+    figures = dict((alt, b64) for b64, alt in FIGURE.findall(page))
+    assert_real_picture(decode(figures["Probe gain per block"]))
+
+
+# --- report.json and its schema ------------------------------------------------------------------
+
+def test_report_json_follows_the_schema(l1_run, probe_run):
+    for report, out, _ in (l1_run, probe_run):
+        on_disk = json.loads((out / "report.json").read_text())
+        validate_report(on_disk)
+        assert on_disk["files"]["report_html"] == "report.html"
+
+
+def test_the_schema_file_is_a_valid_draft_2020_12_schema():
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+
+
+def _set(path: str, value):
+    def mutate(report):
+        *parents, last = path.split(".")
+        node = report
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+    return mutate
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("mutate, path", [
+    (_set("accuracy.original.top1", "high"), "$.accuracy.original.top1"),
+    (_set("accuracy.original.top1", 1.5), "$.accuracy.original.top1"),
+    (_set("gate", _DELETE), "'gate' is a required property"),
+    (_set("gate.passed", "yes"), "$.gate.passed"),
+    (_set("schema", "interprune.report/v0"), "$.schema"),
+    (_set("cost.compressed.macs", -1), "$.cost.compressed.macs"),
+    (_set("latency.0.batch_size", 0), "$.latency[0].batch_size"),
+    (_set("criterion.groups.0.channels.0.kept", 1), "$.criterion.groups[0].channels[0].kept"),
+    (_set("final_stage", "deployed"), "$.final_stage"),
+])
+def test_a_broken_report_fails_with_the_failing_path(l1_run, mutate, path):
+    report = copy.deepcopy(l1_run[0])
+    mutate(report)
+    with pytest.raises(ReportSchemaError) as info:
+        validate_report(report)
+    assert path in str(info.value)
+
+
+# --- images from a visualizing criterion, end to end ---------------------------------------------
+
+def test_a_visualizing_criterion_puts_its_filter_images_in_the_page(digits_weights, tmp_path):
+    spec = JobSpec(CompressSpec(model=ModelSpec("demo/small_cnn", str(digits_weights)),
+                                data=DataSpec(None, calibration_images=200),
+                                prune=PruneSpec("functionality", {"steps": 4, "max_batches": 1, "mean": [0.5],
+                                                                  "std": [0.5]}, target_reduction=0.3)),
+                   export=ExportSpec(onnx=False), benchmark=BenchmarkSpec(targets=()))
+    report = run_pipeline(spec, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert report["files"]["visualizations"]
+    removed = sum(not c["kept"] for g in report["criterion"]["groups"] for c in g["channels"])
+    assert removed and len(re.findall(r'<figure class="tile', page)) == removed
+    assert page.count("<h4>kept (") == len(report["criterion"]["groups"])
