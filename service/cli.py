@@ -1,4 +1,4 @@
-"""The ``interprune`` command.
+"""interprune: prune CNNs by what their filters detect, re-fit, fine-tune, export to ONNX and measure.
 
 Local commands (no server): ``compress`` runs the whole pipeline in this process; ``demo`` trains the bundled
 sample model and compresses it. Service commands (``serve``, ``submit``, ``watch``, ...) live in
