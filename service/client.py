@@ -32,9 +32,9 @@ from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.store import JobState
 
-__all__ = ["Accuracy", "Artifact", "Client", "Cost", "Failure", "GateVerdict", "InterpruneClientError",
+__all__ = ["Accuracy", "Artifact", "Client", "Cost", "Device", "Failure", "GateVerdict", "InterpruneClientError",
            "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState", "LatencyRow", "Progress",
-           "StatusCode"]
+           "StatusCode", "TargetAccuracy"]
 
 CHUNK_BYTES = 1 << 20
 _DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})$")
@@ -152,6 +152,28 @@ class GateVerdict:
 
 
 @dataclass(frozen=True)
+class TargetAccuracy:
+    """Accuracy of the artifact a target built (e.g. a TensorRT engine on a device agent)."""
+
+    original: Accuracy | None
+    compressed: Accuracy | None
+    backend: str
+    precision: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device agent the server knows; ``info`` (DeviceInfo fields) when it answered just now."""
+
+    name: str
+    address: str
+    healthy: bool
+    error: str
+    info: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class JobResult:
     accuracy: dict[str, Accuracy]
     final_stage: str
@@ -165,6 +187,7 @@ class JobResult:
     layers: list[dict]
     outputs: dict[str, str]            # plan, weights, onnx, report_json, report_html -> artifact id
     target_errors: dict[str, str]
+    target_accuracy: dict[str, TargetAccuracy] = field(default_factory=dict)   # agent target -> accuracy there
 
 
 @dataclass(frozen=True)
@@ -237,7 +260,16 @@ def _result(m: pb.JobResult) -> JobResult:
                          gate.accuracy_drop, gate.stage),
         timings=dict(m.timings_seconds), layers=[{"layer": l.layer, "kept": l.kept, "original": l.original}
                                                  for l in m.layers],
-        outputs=outputs, target_errors=dict(m.target_errors))
+        outputs=outputs, target_errors=dict(m.target_errors),
+        target_accuracy={target: TargetAccuracy(_accuracy(t, "original"), _accuracy(t, "compressed"), t.backend,
+                                                t.precision, t.device) for target, t in m.target_accuracy.items()})
+
+
+def _accuracy(message, name: str) -> Accuracy | None:
+    if not message.HasField(name):
+        return None
+    a = getattr(message, name)
+    return Accuracy(a.top1, a.top5, a.num_images)
 
 
 def _job(m: pb.Job) -> Job:
@@ -443,6 +475,14 @@ class Client:
                 if error.status != StatusCode.UNAVAILABLE or time.monotonic() > give_up:
                     raise error from None
                 time.sleep(0.5)
+
+    def list_devices(self, timeout_s: float = 30.0) -> list[Device]:
+        """The device agents the server knows, each asked for its description now."""
+        from service.agent_client import info_to_dict
+
+        response = self._unary(self._stub.ListDevices, pb.ListDevicesRequest(), timeout_s)
+        return [Device(d.name, d.address, d.healthy, d.error, info_to_dict(d.info) if d.HasField("info") else None)
+                for d in response.devices]
 
     def wait(self, job_id: str) -> Job:
         """Block until the job ends; return it."""

@@ -1,5 +1,5 @@
-"""The service commands of ``interprune``: ``serve``, ``submit``, ``watch``, ``get``, ``list``, ``cancel``,
-``download``. ``service.cli`` adds them with ``add_remote_commands(subparsers)``.
+"""The service commands of ``interprune``: ``serve``, ``agent``, ``submit``, ``watch``, ``get``, ``list``,
+``cancel``, ``download``, ``devices``. ``service.cli`` adds them with ``add_remote_commands(subparsers)``.
 
 Exit codes (as for every ``interprune`` command): 0 success (and the quality gate passed), 2 usage or bad input
 (including what the server rejected: unknown architecture, bad token, file too large), 3 the job failed or was
@@ -29,6 +29,7 @@ from service.cli import (EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_UNREACHABLE, EXIT
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_AGENT = "127.0.0.1:50052"
 OUTPUT_NAMES = {"plan": "plan.json", "weights": "weights.pt", "onnx": "model.onnx", "report_json": "report.json",
                 "report_html": "report.html"}
 _UNREACHABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
@@ -52,7 +53,25 @@ def add_remote_commands(subparsers) -> None:
     serve.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
     serve.add_argument("--tls-key", help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    serve.add_argument("--agent", action="append", default=[], metavar="NAME=HOST:PORT",
+                       help="a device agent jobs can benchmark on as target agent:NAME (repeatable)")
+    serve.add_argument("--agents-file", help='device agents as JSON: {"edge0": "HOST:PORT", "jetson1": {"address": '
+                                             '"HOST:PORT", "token_file": "..."}}')
+    serve.add_argument("--agent-token-file", help="token the server sends to agents without a token_file of their "
+                                                  "own (first line; default $INTERPRUNE_AGENT_TOKEN)")
     serve.set_defaults(func=cmd_serve)
+
+    agent = subparsers.add_parser("agent", help="run the device agent: benchmarks models on this machine for a server")
+    agent.add_argument("--listen", default=DEFAULT_AGENT, metavar="HOST:PORT",
+                       help="address to listen on (default %(default)s; 0.0.0.0:50052 for other machines)")
+    agent.add_argument("--name", required=True, help="this device's name; jobs name it as target agent:NAME")
+    agent.add_argument("--token-file", help="accepted bearer tokens, one per line (also $INTERPRUNE_TOKENS); "
+                                            "none = no authentication")
+    agent.add_argument("--max-model-mb", type=_positive_float, default=2048, help="largest ONNX model (MiB)")
+    agent.add_argument("--max-data-mb", type=_positive_float, default=64,
+                       help="largest evaluation / calibration data (MiB)")
+    agent.add_argument("--work-dir", help="temporary files (default: the system's temp folder)")
+    agent.set_defaults(func=cmd_agent)
 
     submit = subparsers.add_parser("submit", help="upload, submit, watch and download a job on a server")
     add_compress_arguments(submit)
@@ -85,6 +104,10 @@ def add_remote_commands(subparsers) -> None:
     download.add_argument("--out", required=True, help="file to write")
     _client_arguments(download)
     download.set_defaults(func=cmd_download)
+
+    devices = subparsers.add_parser("devices", help="list the server's device agents and whether they answer")
+    _client_arguments(devices)
+    devices.set_defaults(func=cmd_devices)
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +193,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.listen.rpartition(":")[0].strip("[]")
     if not tokens and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no tokens configured: anyone who can reach %s can submit jobs (use --token-file)", args.listen)
-    settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+    from service.agent_client import parse_agents
+
+    try:
+        agents = parse_agents(args.agent, args.agents_file, args.agent_token_file)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), agents=agents,
                               quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
                               job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
@@ -178,7 +207,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(server) -> None:
         host_part = args.listen.rpartition(":")[0]
         print(f"interprune: serving on {host_part}:{server.port} (state {server.state_dir}, "
-              f"{'token auth' if tokens else 'no auth'}, {'TLS' if args.tls_cert else 'plaintext'})", flush=True)
+              f"{'token auth' if tokens else 'no auth'}, {'TLS' if args.tls_cert else 'plaintext'}"
+              + (f", agents {', '.join(agents)}" if agents else "") + ")", flush=True)
 
     try:
         serve(args.listen, args.state_dir, settings, ready=ready)
@@ -186,6 +216,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(exc.message, EXIT_USAGE) from None
     except AuthConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    return EXIT_OK
+
+
+# --- agent -------------------------------------------------------------------------------------------------
+
+@_client_command
+def cmd_agent(args: argparse.Namespace) -> int:
+    import re
+
+    from service.agent import AgentSettings, serve_agent
+    from service.errors import ServiceError
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        raise CliError(f"--name {args.name!r}: use 1-64 letters, digits, '_', '.', '-' (jobs name it agent:NAME)",
+                       EXIT_USAGE)
+    settings = AgentSettings(max_model_bytes=int(args.max_model_mb * (1 << 20)),
+                             max_data_bytes=int(args.max_data_mb * (1 << 20)), work_dir=args.work_dir)
+
+    def ready(server) -> None:
+        from service.device_info import describe_device
+
+        info = describe_device(args.name)
+        print(f"interprune agent {args.name}: serving on {args.listen.rpartition(':')[0]}:{server.port} "
+              f"({info.summary()}; backends {', '.join(info.backends)}; "
+              f"{'token auth' if server.settings.tokens else 'no auth'})", flush=True)
+        host = args.listen.rpartition(":")[0].strip("[]")
+        if not server.settings.tokens and host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("no tokens configured: anyone who can reach %s can run models here (use --token-file)",
+                        args.listen)
+
+    try:
+        serve_agent(args.listen, args.name, args.token_file, settings, ready=ready)
+    except ServiceError as exc:
+        raise CliError(exc.message, EXIT_USAGE) from None
+    return EXIT_OK
+
+
+@_client_command
+def cmd_devices(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        devices = client.list_devices()
+    if args.json:
+        print(json.dumps({"devices": [_plain(d) for d in devices]}))
+        return EXIT_OK
+    if not devices:
+        print("no device agents configured on this server (interprune serve --agent NAME=HOST:PORT)")
+        return EXIT_OK
+    print(f"{'TARGET':<20} {'ADDRESS':<22} {'STATUS':<11} DEVICE")
+    for d in devices:
+        if d.healthy:
+            from service.device_info import DeviceInfo
+
+            info = DeviceInfo(**d.info)
+            what = f"{info.summary()}; {', '.join(info.backends)}"
+        else:
+            what = d.error
+        print(f"{'agent:' + d.name:<20} {d.address:<22} {'healthy' if d.healthy else 'UNHEALTHY':<11} {what}")
     return EXIT_OK
 
 

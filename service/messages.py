@@ -105,7 +105,9 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
                 **_present(spec.execution, ("seed", "threads"))}
     export = _present(spec.export, ("onnx", "opset", "slim", "parity_atol", "parity_images"))
     b = spec.benchmark
-    benchmark = _present(b, ("threads", "seconds_per_batch", "original"))
+    benchmark = _present(b, ("threads", "seconds_per_batch", "original", "agent_eval_images"))
+    if b.precision:
+        benchmark["precision"] = b.precision
     if b.skip:
         benchmark["targets"] = []
     elif b.targets:
@@ -188,6 +190,10 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
         (b.HasField("seconds_per_batch") and not b.seconds_per_batch > 0,
          "spec.benchmark.seconds_per_batch must be > 0"),
+        (b.HasField("agent_eval_images") and b.agent_eval_images < 0,
+         "spec.benchmark.agent_eval_images must be >= 0 (0 = no accuracy measured on agents)"),
+        (b.precision not in ("", "fp32", "fp16", "int8"),
+         f"spec.benchmark.precision {b.precision!r}: choose fp32, fp16 or int8 (fp16/int8 need TensorRT on the agent)"),
         (any(not _TARGET.match(t) for t in b.targets),
          f"spec.benchmark.targets {list(b.targets)}: each must be local:cpu, local:cuda, local:tensorrt or agent:NAME"),
         (spec.gate.HasField("max_accuracy_drop") and not math.isfinite(spec.gate.max_accuracy_drop),
@@ -266,7 +272,10 @@ def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "
     out.benchmark.skip = not b.targets
     out.benchmark.targets.extend(b.targets)
     out.benchmark.batch_sizes.extend(b.batch_sizes)
-    _set(out.benchmark, threads=b.threads, seconds_per_batch=b.seconds_per_batch, original=getattr(b, "original", None))
+    _set(out.benchmark, threads=b.threads, seconds_per_batch=b.seconds_per_batch, original=getattr(b, "original", None),
+         agent_eval_images=getattr(b, "agent_eval_images", None))
+    if getattr(b, "precision", "fp32") != "fp32":
+        out.benchmark.precision = b.precision
     _set(out.gate, max_accuracy_drop=spec.gate.max_accuracy_drop)
     _set(out.execution, seed=c.seed, threads=c.threads, timeout_seconds=execution.timeout_seconds)
     out.execution.retry_on_crash = execution.retry_on_crash
@@ -355,4 +364,13 @@ def result_to_proto(result: dict) -> pb.JobResult:
                                           if f"{k}_artifact_id" in pb.JobOutputs.DESCRIPTOR.fields_by_name}))
     for target, error in (result.get("target_errors") or {}).items():
         out.target_errors[target] = str(error)
+    for target, entry in (result.get("target_accuracy") or {}).items():
+        message = out.target_accuracy[target]
+        message.backend, message.precision = entry.get("backend") or "", entry.get("precision") or ""
+        message.device = entry.get("device") or ""
+        for model in ("original", "compressed"):
+            acc = entry.get(model)
+            if acc:
+                getattr(message, model).CopyFrom(pb.Accuracy(top1=_num(acc.get("top1")), top5=_num(acc.get("top5")),
+                                                              num_images=int(acc.get("num_images") or 0)))
     return out

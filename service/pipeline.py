@@ -43,6 +43,10 @@ class BenchmarkSpec:
     threads: int | None = None
     seconds_per_batch: float = 3.0
     original: bool = True                          # also benchmark the unpruned model, for the speedup
+    agent_eval_images: int = 2000                  # agent targets measure accuracy on this many evaluation images
+    precision: str = "fp32"                        # on agents with TensorRT: fp32 | fp16 | int8
+    agents: dict[str, str] = field(default_factory=dict)             # agent name -> HOST:PORT (set by the server)
+    agent_token_files: dict[str, str] = field(default_factory=dict)  # agent name -> token file (set by the server)
 
 
 @dataclass(frozen=True)
@@ -123,15 +127,16 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
         result.accuracy["exported"] = _Acc(accuracy.top1, accuracy.top5, accuracy.num_images)
         timings["export"] = time.perf_counter() - start
         emit(ProgressEvent("export", 1.0, f"exported top-1 {accuracy.top1:.2%}"))
-    latency, speedups, target_errors = [], [], {}
+    latency, speedups, target_errors, target_accuracy = [], [], {}, {}
     if spec.export.onnx and spec.benchmark.targets:
         start = time.perf_counter()
-        latency, speedups, target_errors = _benchmark(spec, result, out, emit, should_stop)
+        latency, speedups, target_errors, target_accuracy = _benchmark(spec, result, out, emit, should_stop)
         timings["benchmark"] = time.perf_counter() - start
     from service.report import build_report, write_reports
 
     report = build_report(spec, result, exported, latency, speedups, target_errors, timings, environment())
     report["latency_search"] = result.latency_search
+    report["target_accuracy"] = target_accuracy
     write_reports(report, out, result)
     return report
 
@@ -181,8 +186,10 @@ def _check_stop(should_stop: Callable[[], bool] | None) -> None:
 
 
 def _benchmark(spec: JobSpec, result: CompressResult, out: Path, emit, should_stop):
-    """Latency rows for every target, original and compressed; a failing target records its error only."""
+    """Latency rows for every target, original and compressed; a failing target records its error only. Agent
+    targets also return the accuracy they measured (target -> ``service.agent_targets`` accuracy entry)."""
     from exporters import BackendUnavailable, benchmark_onnxruntime, export_onnx, speedup_table
+    from service.agent_targets import AgentTargets
 
     bench = spec.benchmark
     original_onnx = None
@@ -190,31 +197,43 @@ def _benchmark(spec: JobSpec, result: CompressResult, out: Path, emit, should_st
         original_onnx = export_onnx(result.original, out / "original.onnx", torch.zeros(1, *result.input_shape),
                                     opset=spec.export.opset).path
     macs_ratio = result.cost["original"].macs / max(result.cost["compressed"].macs, 1)
-    rows, speedups, errors = [], [], {}
-    for target in bench.targets:
-        _check_stop(should_stop)
-        emit(ProgressEvent("benchmark", 0.0, f"benchmarking on {target}"))
-        provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
-        if provider is None:
-            errors[target] = (f"target {target!r} is not available in this pipeline (agents are reached through "
-                              "the service)")
-            continue
-        try:
-            kwargs = dict(provider=provider, threads=bench.threads, warmup_seconds=0.5,
-                          min_seconds_per_batch=min(1.0, bench.seconds_per_batch),
-                          max_seconds_per_batch=bench.seconds_per_batch)
-            pruned = benchmark_onnxruntime(out / "model.onnx", result.input_shape, bench.batch_sizes, **kwargs)
-            original = (benchmark_onnxruntime(original_onnx, result.input_shape, bench.batch_sizes, **kwargs)
-                        if original_onnx else [])
-        except BackendUnavailable as exc:
-            errors[target] = str(exc)
-            continue
-        rows += [dict(r.to_dict(), target=target, model="compressed") for r in pruned]
-        rows += [dict(r.to_dict(), target=target, model="original") for r in original]
-        if original:
-            speedups += [dict(row, target=target) for row in speedup_table(original, pruned, macs_ratio)]
-        emit(ProgressEvent("benchmark", 1.0, f"{target} done"))
-    return rows, speedups, errors
+    rows, speedups, errors, accuracy = [], [], {}, {}
+    with AgentTargets(bench, result, result.input_shape) as agents:
+        for target in bench.targets:
+            _check_stop(should_stop)
+            emit(ProgressEvent("benchmark", 0.0, f"benchmarking on {target}"))
+            if target.startswith("agent:"):
+                models = {"compressed": out / "model.onnx", **({"original": original_onnx} if original_onnx else {})}
+                got = agents.run(target, models)
+                rows += got.rows
+                if "original" in got.latency and "compressed" in got.latency:
+                    speedups += [dict(row, target=target) for row in
+                                 speedup_table(got.latency["original"], got.latency["compressed"], macs_ratio)]
+                accuracy.update({target: got.accuracy} if got.accuracy else {})
+                errors.update({target: got.error} if got.error else {})
+                emit(ProgressEvent("benchmark", 1.0, f"{target} {'failed' if got.error else 'done'}"))
+                continue
+            provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
+            if provider is None:
+                errors[target] = (f"unknown benchmark target {target!r}; use local:cpu, local:cuda, local:tensorrt "
+                                  "or agent:NAME")
+                continue
+            try:
+                kwargs = dict(provider=provider, threads=bench.threads, warmup_seconds=0.5,
+                              min_seconds_per_batch=min(1.0, bench.seconds_per_batch),
+                              max_seconds_per_batch=bench.seconds_per_batch)
+                pruned = benchmark_onnxruntime(out / "model.onnx", result.input_shape, bench.batch_sizes, **kwargs)
+                original = (benchmark_onnxruntime(original_onnx, result.input_shape, bench.batch_sizes, **kwargs)
+                            if original_onnx else [])
+            except BackendUnavailable as exc:
+                errors[target] = str(exc)
+                continue
+            rows += [dict(r.to_dict(), target=target, model="compressed") for r in pruned]
+            rows += [dict(r.to_dict(), target=target, model="original") for r in original]
+            if original:
+                speedups += [dict(row, target=target) for row in speedup_table(original, pruned, macs_ratio)]
+            emit(ProgressEvent("benchmark", 1.0, f"{target} done"))
+    return rows, speedups, errors, accuracy
 
 
 def write_json(path: Path, data: dict) -> None:

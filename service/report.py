@@ -149,6 +149,11 @@ def summary_table(report: dict) -> str:
             speed = f"{row['measured_speedup']:.2f}x" if row.get("measured_speedup") else "n/a"
             lines.append(f"{row['target']:<11} {row['batch_size']:>5}  {_ms(row.get('original_p50_ms'))}"
                          f"     {_ms(row.get('pruned_p50_ms'))}     {speed:>7}   {row['macs_ratio']:.2f}x")
+    for target, entry in (report.get("target_accuracy") or {}).items():     # measured on a device agent
+        top1 = [f"{model} {entry[model]['top1']:.2%}" for model in ("original", "compressed") if entry.get(model)]
+        images = next((entry[m]["num_images"] for m in ("compressed", "original") if entry.get(m)), 0)
+        lines.append(f"{target} top-1 on {entry.get('device') or 'the device'} ({entry.get('backend')} "
+                     f"{entry.get('precision')}, {images} images): {', '.join(top1) or 'n/a'}")
     for target, error in report.get("target_errors", {}).items():
         lines.append(f"{target}: not measured: {error}")
     gate = report["gate"]

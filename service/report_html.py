@@ -97,8 +97,9 @@ def _header(report: dict, title: str) -> str:
         what += f" after block criterion <b>{_e(crit['layer_criterion'])}</b>"
     what += (f", target −{_pct(crit['target']['reduction'], 0)} {_e(crit['target']['metric'])}, "
              f"{_e(crit['allocation'])} allocation")
-    return (f'<header><h1>{_e(title)}</h1>{verdict}<p class="sub">{what}; '
-            f'{len(report["layers"])} layers narrowed, {len(report.get("removed_blocks", []))} blocks removed</p>'
+    narrowed = sum(layer["kept"] < layer["original"] for layer in report["layers"])
+    return (f'<header><h1>{_e(title)}</h1>{verdict}<p class="sub">{what}; {narrowed} layers narrowed, '
+            f'{len(report.get("removed_blocks", []))} blocks removed</p>'
             f'<div class="cards">{items}</div>{warnings}{notes}</header>')
 
 
@@ -348,10 +349,11 @@ def _kept_and_removed(vis: np.ndarray, channels: list[dict]) -> str:
     removed = sorted((c for c in channels if not c["kept"]), key=lambda c: c["score"])
     scale = max(1, math.ceil(48 / vis.shape[2]))
     left = (f'<div class="col"><h4>kept ({len(kept)})</h4>'
-            f'<img class="grid" src="{_data_uri(_png(_mosaic(vis[kept], scale)))}" alt="kept filters"></div>'
-            if kept else "")
+            f'<img class="grid" src="{_data_uri(_png(_mosaic(vis[kept], scale)))}" alt="kept filters">'
+            f'<p class="d">row by row: {_e(", ".join(f"#{k}" for k in kept))}</p></div>' if kept else "")
     cards = "".join(_removed_card(vis, c, scale) for c in removed)
-    right = f'<div class="col"><h4>removed ({len(removed)})</h4><div class="tiles">{cards}</div></div>'
+    right = (f'<div class="col"><h4>removed ({len(removed)})</h4><p class="d">lowest score first; red frame: the '
+             f'removed filter, green frame: the filter its reason names</p><div class="tiles">{cards}</div></div>')
     return f'<div class="pair">{left}{right}</div>'
 
 
@@ -454,7 +456,7 @@ def _compress_argv(spec: dict) -> list[str]:
     add("--mean", d.get("mean"))
     add("--std", d.get("std"))
     add("--criterion", p["criterion"], "l1")
-    argv += [a for k, v in p.get("criterion_params", {}).items() for a in ("--criterion-param", f"{k}={json.dumps(v)}")]
+    argv += _pairs("--criterion-param", p.get("criterion_params", {}))
     if p.get("latency_budget_ms") is not None:
         add("--latency-budget", p["latency_budget_ms"])
     else:
@@ -466,7 +468,7 @@ def _compress_argv(spec: dict) -> list[str]:
     add("--min-channels", p.get("min_channels"), 1)
     argv += [a for layer in p.get("protected", []) for a in ("--protect", layer)]
     add("--layer-criterion", p.get("layer_criterion"))
-    argv += [a for k, v in p.get("layer_criterion_params", {}).items() for a in ("--layer-param", f"{k}={json.dumps(v)}")]
+    argv += _pairs("--layer-param", p.get("layer_criterion_params", {}))
     if not r.get("enabled", True):
         argv.append("--no-reconstruct")
     add("--batchnorm", r.get("batchnorm"), "auto")
@@ -492,6 +494,10 @@ def _compress_argv(spec: dict) -> list[str]:
     add("--seed", c.get("seed"), 0)
     add("--threads", c.get("threads"))
     return argv + ["--out", "OUT"]
+
+
+def _pairs(flag: str, params: dict) -> list[str]:
+    return [a for key, value in params.items() for a in (flag, f"{key}={json.dumps(value)}")]
 
 
 def _arg(value) -> str:

@@ -70,6 +70,7 @@ class ServerSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    agents: dict = field(default_factory=dict)    # name -> service.agent_client.AgentEndpoint (serve --agent)
 
 
 @dataclass
@@ -128,6 +129,8 @@ class CompressionServicer(pb_grpc.CompressionServicer):
             raise InvalidArgument("request_id is longer than 200 characters")
         validate_spec(request.spec, self.artifacts.has)
         spec, execution = spec_to_dict(request.spec)
+        benchmark = request.spec.benchmark
+        _add_agents(spec, [] if benchmark.skip else benchmark.targets, self.settings.agents)
         normalized = _normalize(spec)
         job, created = self.store.create(normalized, request=request.spec.SerializeToString(deterministic=True),
                                          request_id=request.request_id or None,
@@ -195,6 +198,29 @@ class CompressionServicer(pb_grpc.CompressionServicer):
                 time.sleep(0.05)
                 job = self.store.get(job.id)
         return job_to_proto(job)
+
+    # --- devices ---------------------------------------------------------------------------------
+
+    @rpc
+    def ListDevices(self, request, context):
+        from service.agent_client import list_devices
+
+        return pb.ListDevicesResponse(devices=list_devices(self.settings.agents))
+
+
+def _add_agents(spec: dict, targets, agents: dict) -> None:
+    """Give the job the addresses (and token files) of the agents its targets name; unknown names are refused."""
+    named = [t.split(":", 1)[1] for t in targets if t.startswith("agent:")]
+    unknown = [name for name in named if name not in agents]
+    if unknown:
+        known = ", ".join(f"agent:{n}" for n in agents) or "none (start the server with --agent NAME=HOST:PORT)"
+        raise InvalidArgument(f"spec.benchmark.targets: unknown agent {', '.join(unknown)}; this server knows "
+                              f"{known}")
+    if named:
+        spec["benchmark"]["agents"] = {n: agents[n].address for n in named}
+        tokens = {n: agents[n].token_file for n in named if agents[n].token_file}
+        if tokens:
+            spec["benchmark"]["agent_token_files"] = tokens
 
 
 def _warm_imports() -> None:

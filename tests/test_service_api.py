@@ -31,7 +31,7 @@ def test_upload_submit_watch_download_and_run_the_onnx(make_server, model_file, 
 
     server = make_server(warm_spare=True)
     client = Client(server.address)
-    spare = wait_for(lambda: server.scheduler.spare_pid, timeout_s=10, what="a spare worker")
+    spare = wait_for(lambda: server.scheduler.spare_pid, timeout_s=30, what="a spare worker")
     data = client.upload(big_data_file, kind="dataset")
     assert data.size_bytes == big_data_file.stat().st_size > 4 << 20
     assert data.id == hashlib.sha256(big_data_file.read_bytes()).hexdigest()
@@ -53,7 +53,7 @@ def test_upload_submit_watch_download_and_run_the_onnx(make_server, model_file, 
     result = job.result
     assert job.state == JobState.SUCCEEDED and job.finished >= job.started >= job.created
     assert server.store.get(job.id).worker_pid == spare, "the job ran in the spare worker"
-    wait_for(lambda: process_gone(spare), timeout_s=10, what="the worker to exit")
+    wait_for(lambda: process_gone(spare), timeout_s=30, what="the worker to exit")
     assert {"original", "pruned", "reconstructed", "exported"} <= set(result.accuracy)
     assert result.compressed_cost.macs < result.original_cost.macs and 0.3 < result.macs_reduction < 0.7
     assert {(row.model, row.batch_size) for row in result.latency} == {("compressed", 1), ("original", 1)}

@@ -30,6 +30,7 @@ def calls(stub):
         "GetJob": lambda md: stub.GetJob(pb.GetJobRequest(job_id="job-x"), metadata=md),
         "ListJobs": lambda md: stub.ListJobs(pb.ListJobsRequest(), metadata=md),
         "CancelJob": lambda md: stub.CancelJob(pb.CancelJobRequest(job_id="job-x"), metadata=md),
+        "ListDevices": lambda md: stub.ListDevices(pb.ListDevicesRequest(), metadata=md),
     }
 
 

@@ -17,7 +17,8 @@ def test_the_service_has_the_contracted_methods_and_streaming_kinds():
     kinds = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert kinds == {"UploadArtifact": (True, False), "GetArtifact": (False, False),
                      "DownloadArtifact": (False, True), "SubmitJob": (False, False), "GetJob": (False, False),
-                     "ListJobs": (False, False), "WatchJob": (False, True), "CancelJob": (False, False)}
+                     "ListJobs": (False, False), "WatchJob": (False, True), "CancelJob": (False, False),
+                     "ListDevices": (False, False)}
 
 
 def test_no_json_strings_in_the_contract():

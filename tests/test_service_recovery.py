@@ -76,7 +76,7 @@ def test_kill_9_of_the_server_then_restart(tmp_path, model_file, data_file):
         assert worker and not process_gone(worker)
     finally:
         first.stop(signal.SIGKILL)
-    wait_for(lambda: process_gone(worker) and not workers_of(state), timeout_s=10,
+    wait_for(lambda: process_gone(worker) and not workers_of(state), timeout_s=30,
              what=f"orphaned worker {worker} and the spare to exit")
 
     second = ServerProcess(state, log)

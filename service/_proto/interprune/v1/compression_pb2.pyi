@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from service._proto.interprune.v1 import device_pb2 as _device_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -296,20 +297,24 @@ class ExportSpec(_message.Message):
     def __init__(self, onnx: _Optional[bool] = ..., opset: _Optional[int] = ..., slim: _Optional[bool] = ..., parity_atol: _Optional[float] = ..., parity_images: _Optional[int] = ...) -> None: ...
 
 class BenchmarkSpec(_message.Message):
-    __slots__ = ("skip", "targets", "batch_sizes", "threads", "seconds_per_batch", "original")
+    __slots__ = ("skip", "targets", "batch_sizes", "threads", "seconds_per_batch", "original", "agent_eval_images", "precision")
     SKIP_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_PER_BATCH_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_EVAL_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     skip: bool
     targets: _containers.RepeatedScalarFieldContainer[str]
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     threads: int
     seconds_per_batch: float
     original: bool
-    def __init__(self, skip: _Optional[bool] = ..., targets: _Optional[_Iterable[str]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., threads: _Optional[int] = ..., seconds_per_batch: _Optional[float] = ..., original: _Optional[bool] = ...) -> None: ...
+    agent_eval_images: int
+    precision: str
+    def __init__(self, skip: _Optional[bool] = ..., targets: _Optional[_Iterable[str]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., threads: _Optional[int] = ..., seconds_per_batch: _Optional[float] = ..., original: _Optional[bool] = ..., agent_eval_images: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class GateSpec(_message.Message):
     __slots__ = ("max_accuracy_drop",)
@@ -466,7 +471,7 @@ class JobOutputs(_message.Message):
     def __init__(self, plan_artifact_id: _Optional[str] = ..., weights_artifact_id: _Optional[str] = ..., onnx_artifact_id: _Optional[str] = ..., report_json_artifact_id: _Optional[str] = ..., report_html_artifact_id: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("accuracy", "final_stage", "original_cost", "compressed_cost", "macs_reduction", "params_reduction", "latency", "gate", "timings_seconds", "layers", "outputs", "target_errors")
+    __slots__ = ("accuracy", "final_stage", "original_cost", "compressed_cost", "macs_reduction", "params_reduction", "latency", "gate", "timings_seconds", "layers", "outputs", "target_errors", "target_accuracy")
     class AccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -488,6 +493,13 @@ class JobResult(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TargetAccuracyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TargetAccuracy
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TargetAccuracy, _Mapping]] = ...) -> None: ...
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
     FINAL_STAGE_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_COST_FIELD_NUMBER: _ClassVar[int]
@@ -500,6 +512,7 @@ class JobResult(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     accuracy: _containers.MessageMap[str, Accuracy]
     final_stage: str
     original_cost: Cost
@@ -512,7 +525,22 @@ class JobResult(_message.Message):
     layers: _containers.RepeatedCompositeFieldContainer[LayerWidth]
     outputs: JobOutputs
     target_errors: _containers.ScalarMap[str, str]
-    def __init__(self, accuracy: _Optional[_Mapping[str, Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    target_accuracy: _containers.MessageMap[str, TargetAccuracy]
+    def __init__(self, accuracy: _Optional[_Mapping[str, Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ..., target_accuracy: _Optional[_Mapping[str, TargetAccuracy]] = ...) -> None: ...
+
+class TargetAccuracy(_message.Message):
+    __slots__ = ("original", "compressed", "backend", "precision", "device")
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSED_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    original: Accuracy
+    compressed: Accuracy
+    backend: str
+    precision: str
+    device: str
+    def __init__(self, original: _Optional[_Union[Accuracy, _Mapping]] = ..., compressed: _Optional[_Union[Accuracy, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "state", "spec", "request_id", "create_time", "start_time", "end_time", "progress", "failure", "message", "result", "cancel_requested", "last_sequence")
@@ -609,3 +637,27 @@ class CancelJobRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("name", "address", "healthy", "error", "info")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    healthy: bool
+    error: str
+    info: _device_pb2.DeviceInfo
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., error: _Optional[str] = ..., info: _Optional[_Union[_device_pb2.DeviceInfo, _Mapping]] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...

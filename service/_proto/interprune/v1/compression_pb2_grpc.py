@@ -74,6 +74,11 @@ class CompressionStub:
                 request_serializer=interprune_dot_v1_dot_compression__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=interprune_dot_v1_dot_compression__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/interprune.v1.Compression/ListDevices',
+                request_serializer=interprune_dot_v1_dot_compression__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=interprune_dot_v1_dot_compression__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class CompressionServicer:
@@ -136,6 +141,14 @@ class CompressionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """The device agents this server knows (serve --agent / --agents-file), each asked for its description now
+        (a few seconds at most): healthy with its DeviceInfo, or unhealthy with the reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompressionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +191,11 @@ def add_CompressionServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=interprune_dot_v1_dot_compression__pb2.CancelJobRequest.FromString,
                     response_serializer=interprune_dot_v1_dot_compression__pb2.Job.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=interprune_dot_v1_dot_compression__pb2.ListDevicesRequest.FromString,
+                    response_serializer=interprune_dot_v1_dot_compression__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -396,6 +414,33 @@ class Compression:
             '/interprune.v1.Compression/CancelJob',
             interprune_dot_v1_dot_compression__pb2.CancelJobRequest.SerializeToString,
             interprune_dot_v1_dot_compression__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interprune.v1.Compression/ListDevices',
+            interprune_dot_v1_dot_compression__pb2.ListDevicesRequest.SerializeToString,
+            interprune_dot_v1_dot_compression__pb2.ListDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
