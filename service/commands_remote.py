@@ -345,6 +345,10 @@ def _report(job, files: dict[str, str], args: argparse.Namespace) -> int:
         print(_result_lines(job))
     if files:
         print(f"\nwritten to {Path(next(iter(files.values()))).parent}/")
+        if files.get("report_html"):
+            print(f"report: {files['report_html']}")
+    elif job.result and job.result.outputs.get("report_html"):
+        print(f"report: artifact {job.result.outputs['report_html']} (interprune download ARTIFACT --out PATH)")
     return code
 
 
