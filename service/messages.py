@@ -84,13 +84,16 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
         data["mean"] = [float(v) for v in d.mean]
     if d.std:
         data["std"] = [float(v) for v in d.std]
-    prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share")),
+    prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
+                            "latency_batch")),
              "criterion_params": _params(p.criterion_params),
              "layer_criterion_params": _params(p.layer_criterion_params)}
     if p.criterion:
         prune["criterion"] = p.criterion
     if p.layer_criterion:
         prune["layer_criterion"] = p.layer_criterion
+    if p.latency_target:
+        prune["latency_target"] = p.latency_target
     if p.protected_layers:
         prune["protected"] = list(p.protected_layers)
     for key, value in (("target_metric", _METRIC.get(p.target_metric)), ("allocation", _ALLOCATION.get(p.allocation))):
@@ -174,6 +177,12 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (p.HasField("round_to") and p.round_to < 1, "spec.prune.round_to must be >= 1 (1 = no rounding)"),
         (p.HasField("min_channels") and p.min_channels < 1, "spec.prune.min_channels must be >= 1"),
         (p.HasField("layer_share") and not 0.0 <= p.layer_share <= 1.0, "spec.prune.layer_share must be in [0, 1]"),
+        (p.HasField("latency_budget_ms") and not p.latency_budget_ms > 0,
+         "spec.prune.latency_budget_ms must be a positive number of milliseconds"),
+        (p.HasField("latency_batch") and p.latency_batch < 1, "spec.prune.latency_batch must be >= 1"),
+        (p.latency_target not in ("", "local:cpu", "local:cuda", "local:tensorrt"),
+         f"spec.prune.latency_target {p.latency_target!r}: latency budgets are measured on local:cpu, local:cuda or "
+         "local:tensorrt"),
         (spec.model.HasField("num_classes") and spec.model.num_classes < 1, "spec.model.num_classes must be >= 1"),
         (any(d.HasField(n) and getattr(d, n) < 0 for n in ("calibration_images", "evaluation_images",
                                                            "finetune_images")), "spec.data image counts must be >= 0"),
@@ -255,7 +264,8 @@ def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "
     out.prune.allocation = {"uniform": pb.ALLOCATION_UNIFORM, "global": pb.ALLOCATION_GLOBAL}.get(
         p.allocation, pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
-         layer_share=p.layer_share, layer_criterion=p.layer_criterion)
+         layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
+         latency_batch=p.latency_batch, latency_target=p.latency_target)
     out.prune.protected_layers.extend(p.protected)
     for key, value in dict(p.layer_criterion_params).items():
         out.prune.layer_criterion_params[key].CopyFrom(_param_value(key, value))

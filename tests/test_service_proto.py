@@ -26,3 +26,15 @@ def test_no_json_strings_in_the_contract():
         for field in message.fields:
             if field.type == FieldDescriptor.TYPE_STRING:
                 assert not field.name.endswith("json"), f"{message.name}.{field.name} looks like a JSON string"
+
+
+def test_latency_budget_round_trips_through_the_contract():
+    from pruning.compress import CompressSpec, ModelSpec, PruneSpec
+    from service.messages import spec_to_dict, spec_to_proto
+    from service.pipeline import JobSpec
+
+    spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"),
+                                prune=PruneSpec("l1", latency_budget_ms=2.5, latency_batch=64)))
+    back = JobSpec.from_dict(spec_to_dict(spec_to_proto(spec, "w" * 64, "d" * 64))[0])
+    assert back.compress.prune.latency_budget_ms == 2.5
+    assert back.compress.prune.latency_batch == 64 and back.compress.prune.latency_target == "local:cpu"

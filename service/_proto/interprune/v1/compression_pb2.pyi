@@ -207,7 +207,7 @@ class ParamValue(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class PruneSpec(_message.Message):
-    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share")
+    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target")
     class CriterionParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,9 @@ class PruneSpec(_message.Message):
     LAYER_CRITERION_FIELD_NUMBER: _ClassVar[int]
     LAYER_CRITERION_PARAMS_FIELD_NUMBER: _ClassVar[int]
     LAYER_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BATCH_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_TARGET_FIELD_NUMBER: _ClassVar[int]
     criterion: str
     criterion_params: _containers.MessageMap[str, ParamValue]
     target_metric: TargetMetric
@@ -244,7 +247,10 @@ class PruneSpec(_message.Message):
     layer_criterion: str
     layer_criterion_params: _containers.MessageMap[str, ParamValue]
     layer_share: float
-    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ...) -> None: ...
+    latency_budget_ms: float
+    latency_batch: int
+    latency_target: str
+    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[str] = ...) -> None: ...
 
 class ReconstructSpec(_message.Message):
     __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm")
