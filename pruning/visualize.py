@@ -28,9 +28,11 @@ What is computed, for a layer with K output channels (or the ``channels`` asked 
 Returned: the images de-normalised to [0, 1] [K, C, H, W] and the achieved activation ``a_k`` of each final image
 (no jitter) [K]. The model is not modified (its parameters receive no gradients; its train/eval mode is restored).
 
-Cost: one truncated forward + backward of a batch of K images per step. On 2 CPU cores all 27 prunable layers of
-ResNet-56 take about 2.1 s per step in total (≈ 9 minutes at 256 steps), which is why the criteria default to
-fewer steps (see their ``steps`` parameter).
+Cost: one truncated forward + backward (input gradient only) of a batch of K images per step, ≈ 160 GMAC per step
+for all 27 prunable layers of ResNet-56 (16/32/64 filters; the stage-3 layers are 3/4 of it). Measured on the
+project's 2-core CPU machine: ≈ 6 CPU-seconds per step (one thread), i.e. ≈ 26 minutes at 256 steps — which is why
+the criteria default to ``steps=32`` (≈ 3.3 minutes; see their ``steps`` parameter). On shared cores prefer
+``torch.set_num_threads(1)``: two intra-op threads competing with other processes ran 3x slower than one.
 
 Example::
 

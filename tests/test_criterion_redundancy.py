@@ -1,4 +1,4 @@
-"""``redundancy``: near-duplicate filters go first, the order equals bisection on τ, merging is exact when it can be."""
+"""``redundancy``: near-duplicates go first, the order equals bisection on τ, merging is exact where it can be."""
 from __future__ import annotations
 
 import numpy as np

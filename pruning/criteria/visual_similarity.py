@@ -4,9 +4,10 @@ Yao, Cao, Leung, Liang, "Deep neural network compression through interpretabilit
 Pattern Recognition 119 (2021) 108056; ``../shared/CRITERIA.md`` §5. Layer by layer, shallow to deep (forward
 order of the groups' root layers):
 
-1. Visualize every filter of the layer by activation maximization (``pruning.visualize.visualize_layer``,
-   pre-ReLU response after the conv's BatchNorm), on the model *as already pruned in the layers before it*. The
-   pruning of earlier layers is emulated on a working copy: when ``ctx.keep_fraction`` is set, each earlier
+1. Visualize every filter of the layer by activation maximization (``pruning.visualize.visualize_layer``:
+   leaky-ReLU of the response after the conv's BatchNorm, ``steps`` Adam steps), on the model *as already pruned
+   in the layers before it*. The pruning of earlier layers is emulated on a working copy: when
+   ``ctx.keep_fraction`` is set, each earlier
    group's K - ceil(keep_fraction x K) lowest-scored channels are silenced by setting their BatchNorm weight and
    bias to 0 (the conv's weight and bias when no BatchNorm follows), which makes those channels exactly 0 after
    the ReLU — the same function as removing them. With ``keep_fraction`` None the unpruned model is visualized.
@@ -191,7 +192,7 @@ def silence_channels(model: nn.Module, group: ChannelGroup, channels: Sequence[i
 class VisualSimilarityScorer(Scorer):
     """MMR over AM images: strong, visually distinct filters first (see module docstring).
 
-    ``steps``: AM steps per layer (32 keeps ResNet-56 on 2 CPU cores near 2-3 minutes; 256 = the shared
+    ``steps``: AM steps per layer (default 32: ResNet-56 in ≈ 3.5 minutes on one CPU core; 256 = the shared
     machinery's setting at 8x the cost). ``beta``: colour weight; ``gamma``: redundancy penalty;
     ``mean`` / ``std``: the model's input normalisation (``pruning.zoo.get_entry(arch).mean / .std``).
     """
