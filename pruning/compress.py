@@ -13,6 +13,7 @@ function and then the exporters. From Python::
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -264,7 +265,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         groups = channel_groups(model, input_shape, protected, graph=graph)
         if spec.prune.target_reduction > 0 and not groups and not removed_blocks:
             raise SpecError("nothing to prune: every layer is protected")
-        scorer = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
+        scorer = create_criterion(spec.prune.criterion,
+                                  **_with_normalisation(spec.prune.criterion, spec.prune.criterion_params, preprocess))
         if scorer.kind != "channel":
             scorer = None
         if scorer is not None and groups:
@@ -291,7 +293,12 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         result.plan = plan
 
     with run.stage("prune"):
-        pruned = apply_plan(copy.deepcopy(original), plan)
+        pruned = copy.deepcopy(original)
+        if result.scores is not None and spec.prune.criterion == "redundancy" \
+                and spec.prune.criterion_params.get("merge"):
+            merges = _merge_duplicates(pruned, groups, plan, result.scores)
+            result.notes.append(f"redundancy merge: {len(merges)} removed filter(s) folded into their representatives")
+        pruned = apply_plan(pruned, plan)
         result.model = pruned
         result.cost["compressed"] = count_cost(pruned, input_shape)
         result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
@@ -341,6 +348,31 @@ def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, or
     search = search_latency_budget(latency_at, budget)
     result.latency_search = search.steps
     return Target("macs", search.reduction)
+
+
+def _with_normalisation(name: str, params: Mapping[str, Any], preprocess: data_mod.Preprocess) -> dict:
+    """Criteria that draw images in input space (activation maximization) get the model's mean/std unless set."""
+    from pruning.criteria.base import criterion_class
+
+    params = dict(params)
+    accepted = inspect.signature(criterion_class(name).__init__).parameters
+    for key, value in (("mean", preprocess.mean), ("std", preprocess.std)):
+        if key in accepted and key not in params:
+            params[key] = tuple(value)
+    return params
+
+
+def _merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: ScoreResult) -> list[dict]:
+    """``redundancy`` with ``merge=True``: fold each removed near-duplicate into its representative first."""
+    from pruning.criteria.redundancy import merge_into_representative
+
+    merges = []
+    for group in groups:
+        if group.name in plan.kept and plan.removed(group.name):
+            partners = [reason.get("partner") for reason in scores.reasons[group.name]]
+            merges += [dict(m, layer=group.name) for m in
+                       merge_into_representative(model, group, plan.removed(group.name), partners)]
+    return merges
 
 
 def _validate_prune_spec(prune: PruneSpec) -> None:

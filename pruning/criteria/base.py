@@ -127,6 +127,13 @@ def is_criterion(name: str) -> bool:
     return name in _CRITERIA
 
 
+def criterion_class(name: str) -> type[Scorer]:
+    try:
+        return _CRITERIA[name]
+    except KeyError:
+        raise SpecError(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}") from None
+
+
 def create_criterion(name: str, **params: Any) -> Scorer:
     try:
         cls = _CRITERIA[name]
