@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import tempfile
 import threading
 from concurrent import futures
@@ -217,16 +216,7 @@ def create_agent_server(address: str, name: str, token_file: str | None = None,
 def serve_agent(address: str, name: str, token_file: str | None = None, settings: AgentSettings | None = None,
                 ready: Callable[[AgentServer], None] | None = None) -> None:
     """Run until SIGTERM / SIGINT. ``ready(server)`` is called once listening."""
+    from service.server import run_until_signalled
+
     server, _ = create_agent_server(address, name, token_file, settings)
-    server.start()
-    done = threading.Event()
-    previous = {sig: signal.signal(sig, lambda signum, frame: done.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        if ready is not None:
-            ready(server)
-        while not done.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    run_until_signalled(server, ready)

@@ -383,6 +383,12 @@ def create_server(address: str = "127.0.0.1:0", state_dir: str | Path = "interpr
 def serve(address: str, state_dir: str | Path, settings: ServerSettings, ready=None) -> None:
     """Run until SIGTERM / SIGINT, then shut down gracefully. ``ready(server)`` is called once listening."""
     server, _ = create_server(address, state_dir, settings)
+    run_until_signalled(server, ready)
+
+
+def run_until_signalled(server, ready=None) -> None:
+    """Start ``server`` (anything with start/stop), call ``ready(server)``, block until SIGTERM or SIGINT, stop it,
+    and put the previous signal handlers back."""
     server.start()
     done = threading.Event()
 
