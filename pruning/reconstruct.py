@@ -75,6 +75,14 @@ class _Stop(Exception):
     pass
 
 
+def _stop_at_input(store: dict[str, torch.Tensor]):
+    """A forward pre-hook that records the module's input in ``store["x"]`` and stops the forward pass."""
+    def on_input(module, inputs):
+        store["x"] = inputs[0]
+        raise _Stop
+    return on_input
+
+
 def _positions(name: str, batch_index: int, count: int, spatial: int, per_image: int, seed: int) -> torch.Tensor:
     """Deterministic sampled output positions [count, per_image] for one batch of one layer."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()) + batch_index)
@@ -196,12 +204,7 @@ class _BlockInputs:
     def _prefix(self, stop_at: nn.Module, name: str, block: str | None, pre: bool = False):
         """Run the whole model on each batch, stopping at ``stop_at``'s input."""
         captured: dict[str, torch.Tensor] = {}
-
-        def on_input(module, inputs):
-            captured["x"] = inputs[0]
-            raise _Stop
-
-        handles = [stop_at.register_forward_pre_hook(on_input)]
+        handles = [stop_at.register_forward_pre_hook(_stop_at_input(captured))]
         if block is not None and not pre:
             handles.append(self.model.get_submodule(block).register_forward_pre_hook(
                 lambda m, inputs: captured.__setitem__("block_in", inputs[0])))
@@ -220,12 +223,7 @@ class _BlockInputs:
 
 def _run_until(block: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     captured: dict[str, torch.Tensor] = {}
-
-    def on_input(module, inputs):
-        captured["x"] = inputs[0]
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(on_input)
+    handle = layer.register_forward_pre_hook(_stop_at_input(captured))
     try:
         block(x)
     except _Stop:
@@ -381,8 +379,3 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
         for m, momentum in saved.items():
             m.momentum = momentum
     return len(norms)
-
-
-def image_batches(batches: Iterator) -> Iterator[torch.Tensor]:
-    for item in batches:
-        yield item[0] if isinstance(item, (tuple, list)) else getattr(item, "images", item)

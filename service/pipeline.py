@@ -23,6 +23,7 @@ from pruning import data as data_mod
 from pruning.compress import (CompressResult, CompressSpec, DataSpec, FinetuneSpec, ModelSpec, ProgressEvent,
                               PruneSpec, ReconstructSpec, compress)
 from pruning.errors import InterpruneError, SpecError
+from pruning.measure import Accuracy
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ def _build(cls, values: dict):
     return cls(**clean)
 
 
+LOCAL_PROVIDERS = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}   # target -> ORT provider
+
+
 class ExportCheckFailed(InterpruneError):
     """The exported model does not reproduce the PyTorch model within the tolerance."""
 
@@ -124,7 +128,7 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
                                     f"{spec.export.parity_atol:.0e}")
         emit(ProgressEvent("export", 0.5, f"parity max abs error {parity.max_abs_error:.1e}; evaluating ONNX"))
         accuracy = evaluate_onnx(onnx_export.path, _numpy_batches(result))
-        result.accuracy["exported"] = _Acc(accuracy.top1, accuracy.top5, accuracy.num_images)
+        result.accuracy["exported"] = Accuracy(accuracy.top1, accuracy.top5, accuracy.num_images)
         timings["export"] = time.perf_counter() - start
         emit(ProgressEvent("export", 1.0, f"exported top-1 {accuracy.top1:.2%}"))
     latency, speedups, target_errors, target_accuracy = [], [], {}, {}
@@ -145,7 +149,7 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds: float = 
     """p90 latency (ms) of a candidate model at a batch size on ``target``, through an ONNX export."""
     from exporters import benchmark_onnxruntime, export_onnx
 
-    provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
+    provider = LOCAL_PROVIDERS.get(target)
     if provider is None:
         raise SpecError(f"latency budgets can be measured on local:cpu, local:cuda or local:tensorrt, not {target!r}")
     scratch = out / ".latency-probe.onnx"
@@ -158,14 +162,6 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds: float = 
         scratch.unlink(missing_ok=True)
         return rows[0].p90_ms
     return measure
-
-
-class _Acc:
-    def __init__(self, top1: float, top5: float, num_images: int) -> None:
-        self.top1, self.top5, self.num_images = top1, top5, num_images
-
-    def to_dict(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images}
 
 
 def _plain(obj) -> dict:
@@ -213,7 +209,7 @@ def _benchmark(spec: JobSpec, result: CompressResult, out: Path, emit, should_st
                 errors.update({target: got.error} if got.error else {})
                 emit(ProgressEvent("benchmark", 1.0, f"{target} {'failed' if got.error else 'done'}"))
                 continue
-            provider = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}.get(target)
+            provider = LOCAL_PROVIDERS.get(target)
             if provider is None:
                 errors[target] = (f"unknown benchmark target {target!r}; use local:cpu, local:cuda, local:tensorrt "
                                   "or agent:NAME")

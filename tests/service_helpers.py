@@ -125,3 +125,22 @@ def process_gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return True
+
+
+@pytest.fixture
+def make_agent():
+    """Start device agents on free loopback ports; each gets ``.address``. Stopped after the test."""
+    from service.agent import AgentSettings, DeviceAgentServicer, create_agent_server
+
+    agents = []
+
+    def make(name="edge0", token_file=None, servicer_class=DeviceAgentServicer, **settings):
+        agent, port = create_agent_server("127.0.0.1:0", name, token_file, AgentSettings(**settings),
+                                          servicer_class=servicer_class)
+        agent.start()
+        agent.address = f"127.0.0.1:{port}"
+        agents.append(agent)
+        return agent
+    yield make
+    for agent in agents:
+        agent.stop(0)

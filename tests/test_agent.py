@@ -11,8 +11,8 @@ import torch
 
 from service._proto.interprune.v1 import device_agent_pb2 as apb
 from service._proto.interprune.v1 import device_agent_pb2_grpc as apb_grpc
-from service.agent import AgentSettings, create_agent_server
 from service.agent_client import AgentClient, AgentError
+from tests.service_helpers import make_agent  # noqa: F401  (fixture)
 
 TOKEN = "agent-s3cret"
 
@@ -38,21 +38,6 @@ def eval_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("agent-data") / "eval.npz"
     np.savez(path, images=np.ascontiguousarray(images), labels=digits.labels[:120].astype(np.int64))
     return path
-
-
-@pytest.fixture
-def make_agent():
-    agents = []
-
-    def make(name="edge0", token_file=None, **settings):
-        agent, port = create_agent_server("127.0.0.1:0", name, token_file, AgentSettings(**settings))
-        agent.start()
-        agent.address = f"127.0.0.1:{port}"
-        agents.append(agent)
-        return agent
-    yield make
-    for agent in agents:
-        agent.stop(0)
 
 
 def test_describe_returns_this_machine(make_agent):

@@ -8,11 +8,11 @@ import socket
 
 import pytest
 
-from service.agent import AgentSettings, DeviceAgentServicer, create_agent_server
+from service.agent import DeviceAgentServicer
 from service.agent_client import AgentEndpoint, parse_agents
 from service.client import Client, InterpruneRPCError, JobState, StatusCode
 from service.pipeline import BenchmarkSpec
-from tests.service_helpers import data_file, make_server, model_file, tiny_spec  # noqa: F401
+from tests.service_helpers import data_file, make_agent, make_server, model_file, tiny_spec  # noqa: F401
 
 TARGETS = ("local:cpu", "agent:edge0")
 
@@ -26,22 +26,6 @@ class DiesAfterReceiving(DeviceAgentServicer):
         self.server.stop(0)
         self.server.stopped.set()
         raise Unavailable("gone")            # nothing more runs here, as after a crash
-
-
-@pytest.fixture
-def make_agent():
-    agents = []
-
-    def make(name="edge0", servicer_class=DeviceAgentServicer, **settings):
-        agent, port = create_agent_server("127.0.0.1:0", name, None, AgentSettings(**settings),
-                                          servicer_class=servicer_class)
-        agent.start()
-        agent.address = f"127.0.0.1:{port}"
-        agents.append(agent)
-        return agent
-    yield make
-    for agent in agents:
-        agent.stop(0)
 
 
 def free_address() -> str:
