@@ -174,6 +174,13 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, steps)
 
 
+def reachable_reduction(groups: list[ChannelGroup], cost_model: CostModel, metric: str, base_cost: float, *,
+                        round_to: int = 8, min_channels: int = 1, min_keep_fraction: float = 0.1) -> float:
+    """The largest reduction ``allocate`` can reach: every group at its floor width (same rules as ``allocate``)."""
+    counts = {g.name: g.size - _floor(g.size, round_to, min_channels, min_keep_fraction) for g in groups}
+    return 1.0 - cost_model.cost(metric, widths_removed(groups, counts)) / base_cost
+
+
 def _floor(size: int, round_to: int, min_channels: int, min_keep_fraction: float) -> int:
     return min(size, max(min_channels, round_to, math.ceil(min_keep_fraction * size)))
 
@@ -215,7 +222,8 @@ def search_latency_budget(latency_at, budget_ms: float, probes: tuple[float, ...
     between the two that bracket the budget, then a verified probe (nudged up by ``step`` until it meets it).
 
     ``latency_at(reduction)`` prunes to that reduction and returns the measured latency in ms (or raises
-    ``SpecError`` when the reduction cannot be reached).
+    ``SpecError`` when the reduction cannot be reached). Probes above ``max_reduction`` (the most the allocator
+    can remove, ``reachable_reduction``) are replaced by one probe at ``max_reduction``.
     """
     steps: list[dict] = []
 
@@ -228,19 +236,21 @@ def search_latency_budget(latency_at, budget_ms: float, probes: tuple[float, ...
     if points[0][1] <= budget_ms:
         return LatencySearch(0.0, steps)
     for reduction in probes:
-        if reduction > max_reduction:
+        reduction = min(reduction, max_reduction)
+        if reduction <= points[-1][0]:
             break
         try:
             points.append((reduction, probe(reduction)))
         except SpecError:
             break
-        if points[-1][1] <= budget_ms:
+        if points[-1][1] <= budget_ms or reduction >= max_reduction:
             break
     meeting = [p for p in points if p[1] <= budget_ms]
     if not meeting:
         best = min(points, key=lambda p: p[1])
-        raise SpecError(f"latency budget {budget_ms:.3g} ms is unreachable: the fastest probe (-{best[0]:.0%} MACs) "
-                        f"measured {best[1]:.3g} ms; raise the budget or the batch size, or pick a faster target")
+        raise SpecError(f"latency budget {budget_ms:.3g} ms is unreachable: the fastest probe (-{best[0]:.0%} MACs, "
+                        f"the most this model allows is -{max_reduction:.0%}) measured {best[1]:.3g} ms; raise the "
+                        "budget, lower the rounding or the protected layers, or pick a faster target")
     hi = min(meeting)
     lo = max(p for p in points if p[0] < hi[0])
     reduction = lo[0] + (hi[0] - lo[0]) * (lo[1] - budget_ms) / max(lo[1] - hi[1], 1e-9)

@@ -328,7 +328,7 @@ def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, or
                     model: nn.Module, groups: list, input_shape: tuple[int, int, int], base_cost: Cost,
                     current: Cost, probe: LatencyProbe) -> Target:
     """Search the MACs reduction that meets the latency budget on the target (probes measured, not modelled)."""
-    from pruning.allocate import search_latency_budget
+    from pruning.allocate import reachable_reduction, search_latency_budget
 
     budget, batch = spec.prune.latency_budget_ms, spec.prune.latency_batch
 
@@ -345,7 +345,10 @@ def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, or
         run.emit("allocate", 0.5, f"probe -{reduction:.0%} MACs: p90 {latency:.3g} ms (budget {budget:.3g} ms)")
         return latency
 
-    search = search_latency_budget(latency_at, budget)
+    cost_model = CostModel(model, input_shape, current.macs, current.params)
+    most = reachable_reduction(groups, cost_model, "macs", base_cost.macs, round_to=spec.prune.round_to,
+                               min_channels=spec.prune.min_channels)
+    search = search_latency_budget(latency_at, budget, max_reduction=max(0.0, most - 0.005))
     result.latency_search = search.steps
     return Target("macs", search.reduction)
 

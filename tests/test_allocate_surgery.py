@@ -115,3 +115,25 @@ def test_latency_search_nudges_up_when_interpolation_undershoots():
     curve = lambda r: 10.0 if r < 0.6 else 4.0                 # noqa: E731  a step: interpolation lands too low
     search = allocate.search_latency_budget(curve, budget_ms=5.0, step=0.05)
     assert search.reduction >= 0.6 and curve(search.reduction) <= 5.0
+
+
+def test_reachable_reduction_is_the_allocators_limit():
+    entry, model, groups, base, cm = _setup()
+    most = allocate.reachable_reduction(groups, cm, "macs", base.macs, round_to=8)
+    assert 0.6 < most < 0.8                  # option A: only block-internal widths move, 16/32/64 -> 8
+    scores = {g.name: torch.arange(g.size, dtype=torch.float32) for g in groups}
+    allocate.allocate(groups, scores, cm, allocate.Target("macs", most - 0.01), base.macs, round_to=8)
+    with pytest.raises(SpecError, match="unreachable"):
+        allocate.allocate(groups, scores, cm, allocate.Target("macs", most + 0.02), base.macs, round_to=8)
+
+
+def test_latency_search_probes_the_reachable_maximum_instead_of_giving_up():
+    def curve(r):
+        if r > 0.6:
+            raise SpecError("unreachable")
+        return 10.0 * (1.0 - r)                                  # 4.0 ms at the most that is reachable
+    search = allocate.search_latency_budget(curve, budget_ms=4.2, max_reduction=0.6)
+    assert [s["reduction"] for s in search.steps][:4] == [0.0, 0.25, 0.5, 0.6]
+    assert 0.55 < search.reduction <= 0.6 and search.steps[-1]["meets_budget"]
+    with pytest.raises(SpecError, match="most this model allows is -60%"):
+        allocate.search_latency_budget(curve, budget_ms=3.0, max_reduction=0.6)
