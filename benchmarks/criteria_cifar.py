@@ -8,6 +8,10 @@ split of the training shards, allocation to the target (uniform, widths rounded 
 ONNX Runtime CPU latency at batch 64. Writes ``criteria_cifar.md``, ``criteria_cifar.csv`` and
 ``criteria_cifar.png`` (accuracy vs MACs per criterion) to --out, and prints the table.
 
+``--append`` keeps the rows already in --out (a new row replaces one with the same criterion, target and budget),
+so a table can be built over several runs. Everything below the line ``<!-- notes -->`` in ``criteria_cifar.md``
+is kept when the table is rewritten.
+
 ``--scoring-only`` instead measures each criterion's scoring time and peak memory (RSS of a fresh subprocess per
 criterion) with --calibration-images images.
 """
@@ -58,8 +62,40 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     }
 
 
+NOTES_MARKER = "<!-- notes -->"
+KEY = ("criterion", "target", "finetune_images")
+
+
+def read_rows(out: Path) -> list[dict]:
+    """Rows of an earlier run's CSV, typed back (numbers as numbers, empty as None)."""
+    path = out / "criteria_cifar.csv"
+    if not path.exists():
+        return []
+    def typed(value: str):
+        if value == "":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    with open(path, newline="") as f:
+        return [{k: typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with every row that ``new`` re-measured replaced, then the new ones, order kept."""
+    fresh = {tuple(r[k] for k in KEY): r for r in new}
+    merged = [fresh.pop(tuple(r[k] for k in KEY), r) for r in old]
+    return merged + list(fresh.values())
+
+
 def write_outputs(rows: list[dict], out: Path, original_top1: float | None) -> str:
     out.mkdir(parents=True, exist_ok=True)
+    md = out / "criteria_cifar.md"
+    notes = md.read_text().split(NOTES_MARKER, 1)[1] if md.exists() and NOTES_MARKER in md.read_text() else "\n"
     with open(out / "criteria_cifar.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -73,7 +109,7 @@ def write_outputs(rows: list[dict], out: Path, original_top1: float | None) -> s
     header = "# Criteria on ResNet-56 / CIFAR-10\n\n"
     if original_top1 is not None:
         header += f"Unpruned model: top-1 {original_top1:.2%} on the same evaluation images.\n\n"
-    (out / "criteria_cifar.md").write_text(header + table + "\n")
+    md.write_text(header + table + "\n\n" + NOTES_MARKER + notes)
     _plot(rows, out / "criteria_cifar.png")
     return table
 
@@ -85,13 +121,17 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for criterion in dict.fromkeys(r["criterion"] for r in rows):
-        points = sorted((r["macs_reduction"], r["top1_exported"]) for r in rows
-                        if r["criterion"] == criterion and not r["finetune_images"])
-        if points:
-            ax.plot([p[0] * 100 for p in points], [p[1] * 100 for p in points], marker="o", label=criterion)
+    for index, criterion in enumerate(dict.fromkeys(r["criterion"] for r in rows)):
+        colour = f"C{index % 10}"
+        mine = [r for r in rows if r["criterion"] == criterion]
+        plain = sorted({(r["macs_reduction"], r["top1_reconstructed"] or r["top1_exported"]) for r in mine})
+        tuned = sorted((r["macs_reduction"], r["top1_finetuned"]) for r in mine if r["top1_finetuned"])
+        ax.plot([p[0] * 100 for p in plain], [p[1] * 100 for p in plain], marker="o", color=colour, label=criterion)
+        if tuned:
+            ax.plot([p[0] * 100 for p in tuned], [p[1] * 100 for p in tuned], marker="^", linestyle="--",
+                    color=colour)
     ax.set_xlabel("MACs removed (%)")
-    ax.set_ylabel("top-1 of the exported model, no fine-tuning (%)")
+    ax.set_ylabel("top-1 (%): o reconstructed, no fine-tuning; ^ after KD")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -137,10 +177,12 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--scoring-only", action="store_true")
+    parser.add_argument("--append", action="store_true", help="keep the rows already in --out")
     args = parser.parse_args()
     if args.scoring_only:
         scoring_only(args)
         return
+    earlier = read_rows(args.out) if args.append else []
     rows, original = [], None
     work = Path("/tmp/interprune-criteria")
     for target in (float(t) for t in args.targets.split(",")):
@@ -153,12 +195,12 @@ def main() -> None:
                     continue
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                write_outputs(rows, args.out, original)
+                write_outputs(merge_rows(earlier, rows), args.out, original)
         if original is None:
             report = json.loads((work / f"{rows[0]['criterion']}-{target}-{rows[0]['finetune_images']}" /
                                  "report.json").read_text()) if rows else None
             original = report["accuracy"]["original"]["top1"] if report else None
-    print(write_outputs(rows, args.out, original))
+    print(write_outputs(merge_rows(earlier, rows), args.out, original))
 
 
 if __name__ == "__main__":

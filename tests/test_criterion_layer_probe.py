@@ -138,3 +138,15 @@ def test_stratified_split_and_gains() -> None:
     assert torch.equal(stratified_split(labels, 0.7, seed=0)[0], train)
     gains = probe_gains({"a:input": 0.3, "a": 0.5, "b": 0.45}, {"a": "a:input", "b": "a"})
     assert gains == {"a": 0.5 - 0.3, "b": 0.45 - 0.5}
+
+
+def test_random_blocks_control_is_seeded_and_covers_every_block() -> None:
+    blocks = ["blocks.0", "blocks.1", "blocks.2"]
+    ctx = ScoringContext(model=ProbeNet(), groups=[], blocks=blocks, batches=lambda: iter([]),
+                         input_shape=(WIDTH, SIZE, SIZE), num_classes=4, seed=3)
+    scorer = create_criterion("random_blocks")
+    first, again = scorer.score(ctx), scorer.score(ctx)
+    assert scorer.kind == "block" and set(first.blocks) == set(blocks)
+    assert first.blocks == again.blocks and len(set(first.blocks.values())) == 3
+    ctx.seed = 4
+    assert scorer.score(ctx).blocks != first.blocks

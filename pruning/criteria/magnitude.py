@@ -85,6 +85,22 @@ class L2Scorer(MagnitudeScorer):
 
 
 @register_criterion
+class RandomBlocksScorer(Scorer):
+    """Control for layer pruning: a uniform random ranking of the removable blocks (compare with ``layer_probe``)."""
+
+    name = "random_blocks"
+    kind = "block"
+    paper = "uniform random ranking of residual blocks (control)"
+    needs_data = False
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        values = torch.rand(len(ctx.blocks), generator=gen).tolist()
+        return ScoreResult(blocks=dict(zip(ctx.blocks, values)),
+                           block_reasons={b: {"random": v} for b, v in zip(ctx.blocks, values)})
+
+
+@register_criterion
 class RandomScorer(Scorer):
     name = "random"
     paper = "uniform random ranking (control)"

@@ -1,0 +1,27 @@
+"""Pure helpers of the benchmark scripts (the scripts themselves need ../shared/data and run outside the suite)."""
+import torch
+
+from benchmarks.criteria_cifar import merge_rows
+from benchmarks.ranking_ablation import greedy_elimination_order, order_to_scores
+
+
+def test_greedy_elimination_drops_the_duplicate_and_the_unused_channel_first():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 4, generator=gen, dtype=torch.float64)          # 4 channels, 1x1 kernels
+    x[:, 2] = x[:, 0]                                                      # channel 2 duplicates channel 0
+    w = torch.tensor([[1.0, 2.0, 1.0, 0.0], [0.5, -1.0, 0.5, 0.0]], dtype=torch.float64)   # channel 3 unused
+    y = x @ w.T
+    order = greedy_elimination_order(x.T @ x, x.T @ y, channels=4, ridge=1e-9)
+    assert set(order[:2]) == {3, 0} or set(order[:2]) == {3, 2}           # free removals first
+    assert order[-1] == 1                                                  # the channel carrying the most stays
+    assert order_to_scores(order)[order[0]] == 0 and order_to_scores(order)[order[-1]] == 3
+
+
+def test_merge_rows_replaces_remeasured_rows_and_keeps_order():
+    old = [{"criterion": "l1", "target": 0.5, "finetune_images": 0, "top1": 0.1},
+           {"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.2}]
+    new = [{"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.3},
+           {"criterion": "l1", "target": 0.3, "finetune_images": 0, "top1": 0.4}]
+    merged = merge_rows(old, new)
+    assert [(r["criterion"], r["target"], r["top1"]) for r in merged] == [
+        ("l1", 0.5, 0.1), ("random", 0.5, 0.3), ("l1", 0.3, 0.4)]
