@@ -4,12 +4,19 @@ Protocol (`measure_latency`, used by ONNX Runtime, PyTorch and TensorRT engines 
 
 1. warm-up: run repeatedly for `warmup_seconds` (at least one run);
 2. timed runs: each run is timed alone with `time.perf_counter_ns`, the run including the device
-   synchronisation (so GPU work is finished when the clock stops); runs continue until both `min_runs`
-   runs and `min_seconds_per_batch` seconds are reached, but stop at `max_seconds_per_batch` (the cap
-   wins, and is logged, if it comes first);
-3. statistics over the per-run times in milliseconds: p50/p90/p99 (linear interpolation), mean, std
-   (sample, ddof=1), min; throughput in images per second = batch * 1000 / p50_ms (the median, not the
-   mean, so a few slow outliers do not move it).
+   synchronisation (so GPU work is finished when the clock stops). When at least `min_runs` runs and
+   `min_seconds_per_batch` seconds are first done (n runs), the window size is fixed at
+   w = max(5, ceil(min_runs / 2), n // 3) runs, so a fast model's windows hold thousands of runs and a slow
+   one's at least `min_runs` together. From then on, every w runs, the measurement is *stable* when the medians
+   of the last 3 windows (3w runs) are within `stability` of each other ((max - min) / min <= stability, 5% by
+   default); it stops when stable, or at `max_seconds_per_batch` (then `stable` is False and a warning is
+   logged). A clock that keeps drifting
+   (thermal throttling, a busy neighbour, caches still filling) thus shows up as "not stable" instead of a
+   quiet average over a moving target;
+3. statistics over the runs of those last 3 windows only (earlier runs were still settling: they are counted
+   as extended warm-up in `warmup_runs`; when the cap hits before 3 windows exist, every run is used), in milliseconds: p50/p90/p99
+   (linear interpolation), mean, std (sample, ddof=1), min; throughput in images per second =
+   batch * 1000 / p50_ms (the median, not the mean, so a few slow outliers do not move it).
 
 Inputs are random normal float32 from a seeded generator: latency of a dense CNN does not depend on values.
 """
@@ -58,7 +65,8 @@ class LatencyResult:
     `batch_size * 1000 / p50_ms`. `threads` is the CPU intra-op thread count used (ONNX Runtime session
     or torch), `device` a human description (CPU model or GPU name), `precision` the numeric precision of
     the run ("fp32", "fp16", "int8"). When a batch size could not be run (e.g. out of memory), `runs` is 0,
-    the numbers are NaN and `error` says why.
+    the numbers are NaN and `error` says why. `stable` is False when the time cap came before the window
+    medians settled (see the module docstring): read such numbers as approximate.
     """
 
     backend: str
@@ -76,6 +84,7 @@ class LatencyResult:
     precision: str = "fp32"
     device: str = ""
     error: str | None = None
+    stable: bool | None = None   # the protocol's stability rule was met; None when not judged (failed, remote)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict (NaN becomes None)."""
@@ -107,10 +116,36 @@ class OnnxAccuracy:
 
 @dataclass(frozen=True)
 class Timings:
-    """Raw output of `measure_latency`: per-run times in ms and the number of warm-up runs."""
+    """Raw output of `measure_latency`.
+
+    `times_ms` are the per-run times the statistics use (the last 3 complete windows, or every run when the
+    cap came before 3 windows); `warmup_runs` counts the warm-up runs and the earlier timed runs that were
+    discarded; `stable` says whether the last 3 window medians agreed within the tolerance;
+    `window_medians_ms` are the medians of the 3 windows that decided `stable` (empty if none was judged).
+    """
 
     times_ms: list[float]
     warmup_runs: int
+    stable: bool
+    window_medians_ms: list[float]
+
+
+def window_size(min_runs: int) -> int:
+    """Smallest stability window: max(5, ceil(min_runs / 2)) runs, so 3 windows always hold at least `min_runs`."""
+    return max(5, math.ceil(min_runs / 2))
+
+
+def window_medians(times: Sequence[float], w: int) -> list[float]:
+    """Medians of consecutive windows of ``w`` runs (an incomplete last window is ignored)."""
+    return [float(np.median(times[i:i + w])) for i in range(0, len(times) - w + 1, w)]
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """(max - min) / min of positive numbers; 0 when all are equal, inf when the minimum is 0 and others are not."""
+    low, high = min(values), max(values)
+    if high == low:
+        return 0.0
+    return (high - low) / low if low > 0 else math.inf
 
 
 def measure_latency(
@@ -120,12 +155,18 @@ def measure_latency(
     min_runs: int = 20,
     min_seconds_per_batch: float = 1.0,
     max_seconds_per_batch: float = 10.0,
+    stability: float = 0.05,
 ) -> Timings:
-    """Time `run_once` by the protocol in the module docstring; `run_once` must synchronise its device."""
+    """Time `run_once` by the protocol in the module docstring; `run_once` must synchronise its device.
+
+    `stability` is the largest accepted relative spread of the last 3 window medians (0.05 = 5%).
+    """
     if min_runs < 1:
         raise ValueError(f"min_runs must be >= 1, got {min_runs}")
     if max_seconds_per_batch <= 0:
         raise ValueError(f"max_seconds_per_batch must be > 0, got {max_seconds_per_batch}")
+    if not stability >= 0:
+        raise ValueError(f"stability must be >= 0 (a fraction, 0.05 = 5%), got {stability}")
     warmup_runs = 0
     deadline = time.perf_counter_ns() + int(warmup_seconds * 1e9)
     while warmup_runs == 0 or time.perf_counter_ns() < deadline:
@@ -134,6 +175,9 @@ def measure_latency(
     min_ns = int(min(min_seconds_per_batch, max_seconds_per_batch) * 1e9)
     max_ns = int(max_seconds_per_batch * 1e9)
     times_ns: list[int] = []
+    w: int | None = None                   # window size, fixed when min_runs and min_seconds are first reached
+    medians_ns: list[float] = []           # medians of the last 3 windows at the latest check
+    stable = False
     started = time.perf_counter_ns()
     while True:
         t0 = time.perf_counter_ns()
@@ -141,14 +185,23 @@ def measure_latency(
         t1 = time.perf_counter_ns()
         times_ns.append(t1 - t0)
         elapsed = t1 - started
-        if len(times_ns) >= min_runs and elapsed >= min_ns:
-            break
+        if w is None and len(times_ns) >= min_runs and elapsed >= min_ns:
+            w = max(window_size(min_runs), len(times_ns) // 3)
+        if w is not None and len(times_ns) >= 3 * w and len(times_ns) % w == 0:
+            medians_ns = window_medians(times_ns[-3 * w:], w)
+            if relative_spread(medians_ns) <= stability:
+                stable = True
+                break
         if elapsed >= max_ns:
-            if len(times_ns) < min_runs:
-                log.warning("stopped after %d of %d runs: max_seconds_per_batch=%.3g reached",
-                            len(times_ns), min_runs, max_seconds_per_batch)
             break
-    return Timings(times_ms=[t / 1e6 for t in times_ns], warmup_runs=warmup_runs)
+    if not stable:
+        log.warning("latency not stable after %d runs: max_seconds_per_batch=%.3g reached %s", len(times_ns),
+                    max_seconds_per_batch,
+                    f"with the last 3 window medians {relative_spread(medians_ns):.1%} apart (tolerance "
+                    f"{stability:.1%})" if medians_ns else f"before {min_runs} runs in {min_seconds_per_batch:.3g} s")
+    used = times_ns[-3 * w:] if w is not None and len(times_ns) >= 3 * w else times_ns
+    return Timings(times_ms=[t / 1e6 for t in used], warmup_runs=warmup_runs + len(times_ns) - len(used),
+                   stable=stable, window_medians_ms=[m / 1e6 for m in medians_ns])
 
 
 def summarize(
@@ -172,6 +225,7 @@ def summarize(
         threads=threads,
         precision=precision,
         device=device,
+        stable=timings.stable,
     )
 
 

@@ -16,7 +16,7 @@ import copy
 import inspect
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -37,6 +37,7 @@ from pruning.surgery import apply_plan, build_graph, channel_groups, remove_bloc
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "score", "allocate", "prune", "reconstruct", "finetune", "save")
+DEFAULT_ROUND_TO = 8    # width multiple when PruneSpec.round_to is None and no caller chose one: tensor cores' multiple
 
 
 # --- the spec -----------------------------------------------------------------------------------
@@ -67,7 +68,9 @@ class PruneSpec:
     target_metric: str = "macs"             # "macs" | "params"
     target_reduction: float = 0.5           # fraction of the original model's cost to remove
     allocation: str = "uniform"             # "uniform" | "global"
-    round_to: int = 8                       # kept widths are multiples of this (1 = no rounding)
+    round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
+                                            # the service picks by target and precision (32 for int8 on a GPU,
+                                            # else 8), ``compress`` alone uses DEFAULT_ROUND_TO
     min_channels: int = 1
     protected: tuple[str, ...] = ()         # layers whose output channels stay (beyond the architecture's)
     layer_criterion: str | None = None      # a block criterion run first (e.g. "layer_probe"), then `criterion`
@@ -234,6 +237,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     """
     if spec.prune.latency_budget_ms is not None and latency_probe is None:
         raise SpecError("a latency budget needs a latency probe for the target (run it through the pipeline)")
+    spec, rounding_note = _resolve_round_to(spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -246,6 +250,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape),
                                 splits, preprocess, input_shape)
+        result.notes.extend([rounding_note] if rounding_note else [])
         result.cost["original"] = base_cost
         result.accuracy["original"] = evaluate(original, eval_batches())
         run.emit("load", 1.0, f"original top-1 {result.accuracy['original'].top1:.2%}")
@@ -317,6 +322,17 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     return result
 
 
+def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
+    """``spec`` with ``prune.round_to`` None replaced by ``DEFAULT_ROUND_TO``, and a note saying so (None when set).
+
+    ``service.pipeline`` resolves it first, by the job's targets and precision; this covers calls from Python.
+    """
+    if spec.prune.round_to is not None:
+        return spec, None
+    resolved = replace(spec, prune=replace(spec.prune, round_to=DEFAULT_ROUND_TO))
+    return resolved, f"widths rounded to multiples of {DEFAULT_ROUND_TO} (round_to not set: the engine default)"
+
+
 def _allocate(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
               input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target):
     cost_model = CostModel(model, input_shape, current.macs, current.params)
@@ -381,8 +397,8 @@ def _merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores:
 def _validate_prune_spec(prune: PruneSpec) -> None:
     if prune.latency_budget_ms is not None and prune.latency_budget_ms <= 0:
         raise SpecError("the latency budget must be a positive number of milliseconds")
-    if prune.round_to < 1:
-        raise SpecError("round_to must be >= 1")
+    if prune.round_to is not None and prune.round_to < 1:
+        raise SpecError("round_to must be >= 1 (1 = no rounding; None = automatic)")
     create_criterion(prune.criterion, **dict(prune.criterion_params))   # unknown name / bad params -> SpecError
     if prune.layer_criterion:
         layer = create_criterion(prune.layer_criterion, **dict(prune.layer_criterion_params))

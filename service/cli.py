@@ -61,7 +61,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-batch", type=int, default=1)
     p.add_argument("--latency-target", default="local:cpu")
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
-    p.add_argument("--round-to", type=int, default=8, help="keep widths at multiples of this (1 = off)")
+    p.add_argument("--round-to", type=int, default=None,
+                   help="keep widths at multiples of this (1 = off); default: automatic by target and precision, "
+                        "32 for --precision int8 with a GPU or agent target, else 8 (the reason is in the report)")
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--protect", action="append", default=[], metavar="LAYER",
                    help="never prune this layer's output channels")
@@ -85,6 +87,11 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "'' = no benchmark")
     e.add_argument("--batch-sizes", type=_ints, default=(1, 64))
     e.add_argument("--bench-seconds", type=float, default=3.0, help="at most this long per batch size")
+    e.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="precision of the engines agents build (fp16/int8 need TensorRT on the agent); also picks "
+                        "the automatic --round-to")
+    e.add_argument("--agent-eval-images", type=_non_negative_int, default=2000, metavar="N",
+                   help="agent targets measure top-1 on the first N evaluation images (0 = none)")
     parser.add_argument("--max-accuracy-drop", type=float,
                         help="quality gate: largest accepted top-1 drop, in points (0.5 = half a point)")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,7 +122,8 @@ def spec_from_args(args: argparse.Namespace):
     drop = None if args.max_accuracy_drop is None else args.max_accuracy_drop / 100.0
     return JobSpec(compress_spec, ExportSpec(onnx=not args.no_export, opset=args.opset, slim=args.slim),
                    BenchmarkSpec(targets=targets, batch_sizes=tuple(args.batch_sizes), threads=args.threads,
-                                 seconds_per_batch=args.bench_seconds),
+                                 seconds_per_batch=args.bench_seconds, agent_eval_images=args.agent_eval_images,
+                                 precision=args.precision),
                    GateSpec(drop))
 
 
@@ -144,6 +152,16 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -4,7 +4,8 @@ One self-contained page (inline CSS, every image a base64 ``data:`` URI, no scri
 
 1. the verdict (quality gate PASSED / FAILED) and the key numbers;
 2. the summary tables: accuracy at every stage, cost, latency per target and batch with the measured speedup beside
-   the MACs ratio, export parity, target errors;
+   the MACs ratio (rows whose runs never settled marked "not stable"), the top-1 device agents measured on the
+   artifact they built, export parity, target errors;
 3. plots (matplotlib, rendered in memory): kept vs original width per layer, accuracy per stage, latency before and
    after, the probes of a latency-budget search, the probe gains of layer pruning;
 4. removed blocks with their probe gains;
@@ -118,6 +119,7 @@ def _summary(report: dict) -> str:
         ["size", _bytes(cost["original"]["size_bytes"]), _bytes(cost["compressed"]["size_bytes"]),
          _pct(1 - cost["compressed"]["size_bytes"] / max(cost["original"]["size_bytes"], 1), 1)]])]
     parts += _latency_summary(report)
+    parts += _target_accuracy(report)
     export = report.get("export") or {}
     if export:
         onnx, parity = export["onnx"], export["parity"]
@@ -158,11 +160,22 @@ def _latency_summary(report: dict) -> list[str]:
                      f"{s['macs_ratio']:.2f}×" if s.get("macs_ratio") else "n/a",
                      f"{comp['throughput_ips']:,.0f}" if comp and comp.get("throughput_ips") else "n/a"])
     device = next((r.get("device") for r in rows_in if r.get("device")), "")
-    return [f"<h3>Latency per target and batch</h3><p class='d'>ms per batch, p50 / p90; {_e(device)}; "
-            "the measured speedup is original p50 / compressed p50, the MACs ratio is what the MAC count alone "
-            "predicts.</p>",
-            _table(["target", "batch", "original", "compressed", "measured speedup", "MACs ratio",
-                    "images/s (compressed)"], rows)]
+    unstable = {(r["target"], r["batch_size"]) for r in rows_in if r.get("stable") is False}
+    parts = [f"<h3>Latency per target and batch</h3><p class='d'>ms per batch, p50 / p90; {_e(device)}; "
+             "the measured speedup is original p50 / compressed p50, the MACs ratio is what the MAC count alone "
+             "predicts.</p>",
+             _table(["target", "batch", "original", "compressed", "measured speedup", "MACs ratio",
+                     "images/s (compressed)"], rows,
+                    row_class=lambda row: "unstable" if (row[0], row[1]) in unstable else "")]
+    if unstable:
+        parts.append(f"<p class='d'>{_UNSTABLE}: the time cap (--bench-seconds) came before the medians of the "
+                     "last three windows of runs agreed within the stability tolerance (5% by default); the "
+                     "latency was still moving (a busy machine, clocks or caches settling), so read these numbers "
+                     "as approximate.</p>")
+    return parts
+
+
+_UNSTABLE = "not stable"
 
 
 def _lat(row: dict | None) -> str:
@@ -170,7 +183,26 @@ def _lat(row: dict | None) -> str:
         return "n/a"
     if row.get("error"):
         return f"failed: {row['error']}"
-    return f"{row['p50_ms']:.3f} / {row['p90_ms']:.3f}"
+    return f"{row['p50_ms']:.3f} / {row['p90_ms']:.3f}" + (f" ({_UNSTABLE})" if row.get("stable") is False else "")
+
+
+def _target_accuracy(report: dict) -> list[str]:
+    """Top-1 the device agents measured on the artifact they built (engine precision and device included)."""
+    entries = report.get("target_accuracy") or {}
+    if not entries:
+        return []
+    rows = []
+    for target, entry in sorted(entries.items()):
+        original, compressed = entry.get("original"), entry.get("compressed")
+        images = next((a["num_images"] for a in (compressed, original) if a), None)
+        rows.append([target, entry.get("backend") or "n/a", entry.get("precision") or "n/a",
+                     entry.get("device") or "n/a", _pct(original["top1"]) if original else "n/a",
+                     _pct(compressed["top1"]) if compressed else "n/a",
+                     f"{images:,}" if images is not None else "n/a"])
+    return ["<h3>Accuracy measured on device agents</h3><p class='d'>top-1 of the artifact each agent built and "
+            "ran (its backend and precision), on the first images of the evaluation split.</p>",
+            _table(["target", "backend", "precision", "device", "original top-1", "compressed top-1", "images"],
+                   rows)]
 
 
 # --- plots --------------------------------------------------------------------------------------
@@ -464,7 +496,7 @@ def _compress_argv(spec: dict) -> list[str]:
     add("--latency-batch", p.get("latency_batch"), 1)
     add("--latency-target", p.get("latency_target"), "local:cpu")
     add("--allocation", p.get("allocation"), "uniform")
-    add("--round-to", p.get("round_to"), 8)
+    add("--round-to", p.get("round_to"))   # None = automatic; a resolved value is given explicitly
     add("--min-channels", p.get("min_channels"), 1)
     argv += [a for layer in p.get("protected", []) for a in ("--protect", layer)]
     add("--layer-criterion", p.get("layer_criterion"))
@@ -489,6 +521,8 @@ def _compress_argv(spec: dict) -> list[str]:
         argv += ["--targets", targets]
     add("--batch-sizes", b.get("batch_sizes"), [1, 64])
     add("--bench-seconds", b.get("seconds_per_batch"), 3.0)
+    add("--precision", b.get("precision"), "fp32")
+    add("--agent-eval-images", b.get("agent_eval_images"), 2000)
     if g.get("max_accuracy_drop") is not None:
         argv += ["--max-accuracy-drop", f"{g['max_accuracy_drop'] * 100:.10g}"]
     add("--seed", c.get("seed"), 0)
@@ -623,7 +657,7 @@ h3{font-size:15px;margin:18px 0 6px}h4{margin:4px 0;font-size:13px}
 .note{color:#57606a}
 table{border-collapse:collapse;margin:6px 0;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}tr.removed td{background:#ffebe9}
+th{background:#f6f8fa}tr.removed td{background:#ffebe9}tr.unstable td{background:#fff8c5}
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eaeef2}
 figcaption{color:#57606a;font-size:12px}
 details{margin:6px 0;border:1px solid #d0d7de;border-radius:6px;padding:4px 10px}

@@ -123,3 +123,31 @@ def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
     (out / "keep.txt").write_text("mine")
     code, _, err = run(capsys, "compress", "--arch", "demo/small_cnn", "--out", str(out))
     assert code == 2 and "--force" in err and (out / "keep.txt").read_text() == "mine"
+
+
+# --- flags -> spec (shared by `compress` and `submit`) --------------------------------------------
+
+@pytest.mark.parametrize("command", [["compress", "--out", "o"], ["submit"]])
+def test_precision_agent_images_and_round_to_reach_the_spec(command):
+    from service.cli import build_parser, spec_from_args
+
+    if command[0] == "submit":
+        pytest.importorskip("grpc", reason="the service commands need grpcio")
+    parser = build_parser()
+    base = [*command, "--arch", "demo/small_cnn"]
+    default = spec_from_args(parser.parse_args(base))
+    assert (default.benchmark.precision, default.benchmark.agent_eval_images) == ("fp32", 2000)
+    assert default.compress.prune.round_to is None                  # automatic, resolved by the pipeline
+    spec = spec_from_args(parser.parse_args([*base, "--precision", "int8", "--agent-eval-images", "300",
+                                             "--round-to", "16", "--targets", "agent:jetson"]))
+    assert (spec.benchmark.precision, spec.benchmark.agent_eval_images) == ("int8", 300)
+    assert spec.compress.prune.round_to == 16 and spec.benchmark.targets == ("agent:jetson",)
+
+
+@pytest.mark.parametrize("extra", [["--precision", "fp64"], ["--agent-eval-images", "-1"],
+                                   ["--agent-eval-images", "many"]])
+def test_bad_precision_or_agent_images_is_a_usage_error(capsys, extra):
+    with pytest.raises(SystemExit) as info:
+        main(["compress", "--arch", "demo/small_cnn", "--out", "o", *extra])
+    assert info.value.code == 2
+    assert extra[0] in capsys.readouterr().err

@@ -23,7 +23,7 @@ from exporters import (
     measure_latency,
     speedup_table,
 )
-from exporters.benchmark import Timings, summarize
+from exporters.benchmark import Timings, failed_result, relative_spread, summarize, window_size
 
 INPUT_SHAPE = (3, 16, 16)
 FAST = dict(warmup_seconds=0.1, min_runs=10, min_seconds_per_batch=0.1, max_seconds_per_batch=1.0)
@@ -83,19 +83,66 @@ def test_torch_results_follow_the_protocol_and_leave_the_model_alone():
     assert torch.get_num_threads() == threads_before
 
 
-def test_measure_latency_warms_up_then_stops_at_min_runs_and_min_time():
+def test_measure_latency_stops_once_three_window_medians_agree():
     calls = []
-    timings = measure_latency(lambda: calls.append(1), warmup_seconds=0.05, min_runs=7,
-                              min_seconds_per_batch=0.0, max_seconds_per_batch=5.0)
-    assert len(timings.times_ms) == 7
-    assert len(calls) == 7 + timings.warmup_runs
+
+    def run_once():
+        calls.append(1)
+        time.sleep(0.005)
+
+    started = time.perf_counter()
+    timings = measure_latency(run_once, warmup_seconds=0.0, min_runs=7, min_seconds_per_batch=0.0,
+                              max_seconds_per_batch=2.0)
+    w = window_size(7)
+    assert w == 5
+    assert timings.stable is True
+    assert len(timings.times_ms) == 3 * w                       # the statistics use the last 3 windows only
+    assert len(calls) == timings.warmup_runs + 3 * w             # earlier windows count as extended warm-up
+    assert len(timings.window_medians_ms) == 3
+    last3 = timings.window_medians_ms
+    assert (max(last3) - min(last3)) / min(last3) <= 0.05
+    assert [float(np.median(timings.times_ms[i * w:(i + 1) * w])) for i in range(3)] == pytest.approx(last3)
+    assert min(timings.times_ms) >= 4.9
+    assert time.perf_counter() - started < 2.0
+
+
+def test_fast_runs_get_windows_as_long_as_the_minimum_time():
+    timings = measure_latency(lambda: time.sleep(0.0005), warmup_seconds=0.0, min_runs=20,
+                              min_seconds_per_batch=0.2, max_seconds_per_batch=3.0)
+    # about 0.2 s / 0.6 ms = 300 runs when the window is fixed: w = n // 3, not the minimum of 10
+    assert timings.stable is True
+    assert len(timings.times_ms) >= 150 and len(timings.times_ms) % 3 == 0
+    n = len(timings.times_ms)
+    assert timings.window_medians_ms == pytest.approx(
+        [float(np.median(timings.times_ms[k * n // 3:(k + 1) * n // 3])) for k in range(3)])
+
+
+def test_measure_latency_that_keeps_drifting_is_not_stable(caplog):
+    calls = []
+
+    def run_once():                      # the i-th call sleeps i ms: every window is slower than the last
+        calls.append(1)
+        time.sleep(0.001 * len(calls))
+
+    timings = measure_latency(run_once, warmup_seconds=0.0, min_runs=5, min_seconds_per_batch=0.0,
+                              max_seconds_per_batch=0.3)
+    assert timings.stable is False
+    assert "not stable" in caplog.text
+    # 1 warm-up call, then about 23 timed runs fit in 0.3 s; windows of 5, judged at 15 and 20 runs
+    medians = timings.window_medians_ms
+    assert len(medians) == 3 and medians == sorted(medians)
+    assert (medians[-1] - medians[0]) / medians[0] > 0.05
+    assert len(timings.times_ms) == 15 and timings.warmup_runs == len(calls) - 15
+    assert min(timings.times_ms) >= 6.9                           # only the last 15 runs are kept
+    assert summarize(timings, backend="x", batch_size=1, threads=1).stable is False
 
 
 def test_measure_latency_cap_wins_over_min_runs():
     started = time.perf_counter()
     timings = measure_latency(lambda: time.sleep(0.02), warmup_seconds=0.0, min_runs=1000,
                               min_seconds_per_batch=1.0, max_seconds_per_batch=0.2)
-    assert 5 <= len(timings.times_ms) < 1000
+    assert 5 <= len(timings.times_ms) < 1000                     # fewer than 3 windows: every run is kept
+    assert timings.stable is False and timings.window_medians_ms == []
     assert time.perf_counter() - started < 1.0
     assert min(timings.times_ms) >= 19.0  # each run is timed on its own, in ms
 
@@ -105,16 +152,26 @@ def test_measure_latency_rejects_bad_settings():
         measure_latency(lambda: None, min_runs=0)
     with pytest.raises(ValueError):
         measure_latency(lambda: None, max_seconds_per_batch=0)
+    with pytest.raises(ValueError):
+        measure_latency(lambda: None, stability=-0.01)
 
 
 def test_summary_statistics_of_known_times():
-    result = summarize(Timings(times_ms=[float(v) for v in range(1, 102)], warmup_runs=3),
-                       backend="x", batch_size=8, threads=2)
+    result = summarize(Timings(times_ms=[float(v) for v in range(1, 102)], warmup_runs=3, stable=True,
+                               window_medians_ms=[]), backend="x", batch_size=8, threads=2)
     assert (result.p50_ms, result.p90_ms, result.p99_ms) == (51.0, 91.0, 100.0)
     assert result.mean_ms == 51.0 and result.min_ms == 1.0
     assert result.std_ms == pytest.approx(np.std(np.arange(1, 102), ddof=1))
     assert result.throughput_ips == pytest.approx(8 * 1000 / 51.0)
     assert (result.runs, result.warmup_runs) == (101, 3)
+    assert result.stable is True and result.to_dict()["stable"] is True
+    assert failed_result(backend="x", batch_size=8, threads=2, error="out of memory").stable is None
+
+
+def test_relative_spread_and_window_size():
+    assert relative_spread([2.0, 2.1, 1.9]) == pytest.approx(0.2 / 1.9)
+    assert relative_spread([3.0, 3.0, 3.0]) == 0.0 and relative_spread([0.0, 1.0, 1.0]) == math.inf
+    assert [window_size(n) for n in (1, 10, 11, 20, 100)] == [5, 5, 6, 10, 50]
 
 
 def one_hot_images(labels: np.ndarray) -> np.ndarray:

@@ -175,6 +175,72 @@ def test_the_command_line_gives_back_the_exact_spec(l1_run):
     assert json.loads(spec_json) == json.loads(json.dumps(report["spec"]))
 
 
+def test_the_command_line_carries_precision_agent_images_and_automatic_rounding(l1_run):
+    spec = copy.deepcopy(l1_run[0]["spec"])
+    spec["benchmark"].update(precision="int8", agent_eval_images=300, targets=["agent:jetson"])
+    spec["compress"]["prune"]["round_to"] = None                    # automatic: no flag, and parsing keeps None
+    command, differences = command_line(spec)
+    assert differences == []
+    assert "--precision int8" in command and "--agent-eval-images 300" in command and "--round-to" not in command
+    spec["compress"]["prune"]["round_to"] = 8                       # a resolved value is given explicitly
+    spec["benchmark"].update(precision="fp32", agent_eval_images=2000)
+    command, differences = command_line(spec)
+    assert differences == []
+    assert "--round-to 8" in command and "--precision" not in command and "--agent-eval-images" not in command
+
+
+def test_automatic_rounding_is_resolved_into_the_spec_and_explained_in_the_notes(l1_run):
+    report, _, page = l1_run
+    assert report["spec"]["compress"]["prune"]["round_to"] == 8       # job() leaves round_to unset
+    assert report["criterion"]["round_to"] == 8
+    note = next(n for n in report["notes"] if n.startswith("widths rounded to multiples of 8 (automatic;"))
+    assert "CPU-only targets" in note
+    assert f'<p class="note">{html.escape(note)}</p>' in page
+    assert all(layer["kept"] % 8 == 0 for layer in report["layers"] if layer["kept"] < layer["original"])
+
+
+def test_latency_rows_that_never_settled_are_marked_not_stable(l1_run, tmp_path):
+    report = copy.deepcopy(l1_run[0])
+    assert all(row["stable"] in (True, False) for row in report["latency"])   # local rows are judged
+    for row in report["latency"]:
+        row["stable"] = True
+    calm = render_html(report, tmp_path)
+    assert "not stable" not in calm and 'class="unstable"' not in calm
+    shaky = next(r for r in report["latency"] if r["model"] == "compressed")
+    shaky["stable"] = False
+    page = render_html(report, tmp_path)
+    summary = page[page.index("<h3>Latency per target and batch</h3>"):]
+    row = re.search(r'<tr class="unstable"><td>([^<]*)</td><td>(\d+)</td><td>[^<]*</td><td>([^<]*)</td>', summary)
+    assert row and (row.group(1), int(row.group(2))) == (shaky["target"], shaky["batch_size"])
+    assert row.group(3) == f"{shaky['p50_ms']:.3f} / {shaky['p90_ms']:.3f} (not stable)"
+    assert summary.count('class="unstable"') == 1
+    assert "the time cap (--bench-seconds) came before" in summary
+    validate_report(report)
+
+
+def test_accuracy_measured_on_device_agents_is_tabled(l1_run, tmp_path):
+    report = copy.deepcopy(l1_run[0])
+    report["target_accuracy"] = {
+        "agent:jetson": {"original": {"top1": 0.9512, "top5": 0.99, "num_images": 1500},
+                         "compressed": {"top1": 0.9387, "top5": 0.98, "num_images": 1500},
+                         "backend": "tensorrt:cuda", "precision": "int8", "device": "Orin <GPU>"},
+        "agent:cpu-box": {"original": None, "compressed": {"top1": 0.5, "top5": 0.75, "num_images": 200},
+                          "backend": "onnxruntime:cpu", "precision": "fp32", "device": ""},
+    }
+    validate_report(report)
+    page = render_html(report, tmp_path)
+    section = page[page.index("<h3>Accuracy measured on device agents</h3>"):]
+    section = section[:section.index("</table>")]
+    assert ("<th>target</th><th>backend</th><th>precision</th><th>device</th><th>original top-1</th>"
+            "<th>compressed top-1</th><th>images</th>") in section
+    assert ("<td>agent:jetson</td><td>tensorrt:cuda</td><td>int8</td><td>Orin &lt;GPU&gt;</td><td>95.12%</td>"
+            "<td>93.87%</td><td>1,500</td>") in section
+    assert ("<td>agent:cpu-box</td><td>onnxruntime:cpu</td><td>fp32</td><td>n/a</td><td>n/a</td>"
+            "<td>50.00%</td><td>200</td>") in section
+    assert page.index("<h3>Latency per target and batch</h3>") < page.index("<h3>Accuracy measured on device agents")
+    assert "Accuracy measured on device agents" not in l1_run[2]      # no agents, no table
+
+
 def test_compress_prints_where_the_html_report_is(l1_run, capsys):
     from service.cli import finish
 
@@ -242,6 +308,7 @@ _DELETE = object()
     (_set("schema", "interprune.report/v0"), "$.schema"),
     (_set("cost.compressed.macs", -1), "$.cost.compressed.macs"),
     (_set("latency.0.batch_size", 0), "$.latency[0].batch_size"),
+    (_set("latency.0.stable", "yes"), "$.latency[0].stable"),
     (_set("criterion.groups.0.channels.0.kept", 1), "$.criterion.groups[0].channels[0].kept"),
     (_set("final_stage", "deployed"), "$.final_stage"),
 ])
