@@ -102,7 +102,7 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
             out.latency.append(pb.LatencyRow(
                 backend=r.backend, batch_size=r.batch_size, runs=r.runs, p50_ms=r.p50_ms, p90_ms=r.p90_ms,
                 p99_ms=r.p99_ms, mean_ms=r.mean_ms, throughput_ips=r.throughput_ips, threads=r.threads,
-                precision=r.precision, device=r.device, error=r.error or ""))
+                precision=r.precision, device=r.device, error=r.error or "", stable=r.stable))
         if outcome.accuracy is not None:
             a = outcome.accuracy
             out.accuracy.CopyFrom(pb.Accuracy(top1=a.top1, top5=a.top5, num_images=a.num_images))

@@ -134,7 +134,8 @@ def _latency_result(row):
                          p50_ms=row.p50_ms if ok else nan, p90_ms=row.p90_ms if ok else nan,
                          p99_ms=row.p99_ms if ok else nan, mean_ms=row.mean_ms if ok else nan, std_ms=nan,
                          min_ms=nan, throughput_ips=row.throughput_ips if ok else nan, threads=row.threads,
-                         precision=row.precision, device=row.device, error=row.error or None)
+                         precision=row.precision, device=row.device, error=row.error or None,
+                         stable=row.stable if row.HasField("stable") else None)
 
 
 def _accuracy_entry(entry: dict, reply, model: str) -> dict:

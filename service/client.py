@@ -140,6 +140,7 @@ class LatencyRow:
     precision: str
     device: str
     error: str
+    stable: bool | None = None     # the latency protocol's stability rule was met; None = not judged
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,8 @@ def _result(m: pb.JobResult) -> JobResult:
         compressed_cost=Cost(m.compressed_cost.macs, m.compressed_cost.params, m.compressed_cost.size_bytes),
         macs_reduction=m.macs_reduction, params_reduction=m.params_reduction,
         latency=[LatencyRow(r.target, r.model, r.backend, r.batch_size, r.runs, r.p50_ms, r.p90_ms, r.p99_ms,
-                            r.mean_ms, r.throughput_ips, r.threads, r.precision, r.device, r.error) for r in m.latency],
+                            r.mean_ms, r.throughput_ips, r.threads, r.precision, r.device, r.error,
+                            r.stable if r.HasField("stable") else None) for r in m.latency],
         gate=GateVerdict(gate.evaluated, gate.passed, gate.max_accuracy_drop if gate.evaluated else None,
                          gate.accuracy_drop, gate.stage),
         timings=dict(m.timings_seconds), layers=[{"layer": l.layer, "kept": l.kept, "original": l.original}

@@ -358,7 +358,8 @@ def result_to_proto(result: dict) -> pb.JobResult:
             p50_ms=_num(row.get("p50_ms"), math.nan), p90_ms=_num(row.get("p90_ms"), math.nan),
             p99_ms=_num(row.get("p99_ms"), math.nan), mean_ms=_num(row.get("mean_ms"), math.nan),
             throughput_ips=_num(row.get("throughput_ips"), math.nan), threads=int(row.get("threads") or 0),
-            precision=row.get("precision") or "", device=row.get("device") or "", error=row.get("error") or ""))
+            precision=row.get("precision") or "", device=row.get("device") or "", error=row.get("error") or "",
+            stable=row.get("stable")))
     gate = result.get("gate") or {}
     out.gate.CopyFrom(pb.GateVerdict(evaluated=gate.get("max_accuracy_drop") is not None,
                                      passed=bool(gate.get("passed", True)),

@@ -53,6 +53,7 @@ def test_a_job_reports_local_and_agent_latency_and_the_agents_accuracy(make_serv
         assert set(rows) == {(t, m, 1) for t in TARGETS for m in ("original", "compressed")}
         for row in rows.values():
             assert row.runs > 0 and not row.error and 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
+            assert row.stable in (True, False)                  # judged on both sides, carried over gRPC
         assert rows["agent:edge0", "compressed", 1].backend == "onnxruntime:cpu"
         measured = result.target_accuracy["agent:edge0"]
         exported = result.accuracy["exported"]

@@ -407,7 +407,7 @@ class Cost(_message.Message):
     def __init__(self, macs: _Optional[int] = ..., params: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class LatencyRow(_message.Message):
-    __slots__ = ("target", "model", "backend", "batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "threads", "precision", "device", "error")
+    __slots__ = ("target", "model", "backend", "batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "threads", "precision", "device", "error", "stable")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -422,6 +422,7 @@ class LatencyRow(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
     target: str
     model: str
     backend: str
@@ -436,7 +437,8 @@ class LatencyRow(_message.Message):
     precision: str
     device: str
     error: str
-    def __init__(self, target: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., throughput_ips: _Optional[float] = ..., threads: _Optional[int] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    stable: bool
+    def __init__(self, target: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., throughput_ips: _Optional[float] = ..., threads: _Optional[int] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., error: _Optional[str] = ..., stable: _Optional[bool] = ...) -> None: ...
 
 class GateVerdict(_message.Message):
     __slots__ = ("evaluated", "passed", "max_accuracy_drop", "accuracy_drop", "stage")
