@@ -13,6 +13,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -222,12 +223,17 @@ def finish(report: dict, out: Path, as_json: bool) -> int:
 
 
 class ProgressPrinter:
-    """Progress on stderr: one rewritten line on a terminal, one line per stage otherwise."""
+    """Progress on stderr: one rewritten line on a terminal; otherwise (CI logs) one line per event, with the
+    per-step events of fine-tuning at most one every ``THROTTLE_SECONDS``."""
+
+    THROTTLED = ("finetune",)
+    THROTTLE_SECONDS = 10.0
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self._last = ""
+        self._last_step = -self.THROTTLE_SECONDS
 
     def __call__(self, event) -> None:
         if not self.enabled:
@@ -239,9 +245,14 @@ class ProgressPrinter:
             if event.fraction >= 1.0 and event.message.startswith("done"):
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif event.fraction in (0.0, 1.0) and text != self._last:
+        elif text != self._last:
+            step = event.fraction not in (0.0, 1.0) and event.stage in self.THROTTLED
+            if step and time.monotonic() - self._last_step < self.THROTTLE_SECONDS:
+                return
             print(text, file=sys.stderr, flush=True)
             self._last = text
+            if step:
+                self._last_step = time.monotonic()
 
     def close(self) -> None:
         if self.enabled and self.tty:

@@ -151,3 +151,22 @@ def test_bad_precision_or_agent_images_is_a_usage_error(capsys, extra):
         main(["compress", "--arch", "demo/small_cnn", "--out", "o", *extra])
     assert info.value.code == 2
     assert extra[0] in capsys.readouterr().err
+
+
+def test_progress_lines_in_logs_keep_probes_and_throttle_finetune_steps(capsys, monkeypatch):
+    from pruning.compress import ProgressEvent
+    from service.cli import ProgressPrinter
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    printer = ProgressPrinter()
+    printer.tty = False
+    for event in [ProgressEvent("allocate", 0.0, "started"),
+                  ProgressEvent("allocate", 0.5, "probe -25% MACs: p90 60 ms (budget 50 ms)"),
+                  ProgressEvent("allocate", 0.5, "probe -50% MACs: p90 48 ms (budget 50 ms)"),
+                  ProgressEvent("finetune", 0.1, "step 1"), ProgressEvent("finetune", 0.2, "step 2"),
+                  ProgressEvent("finetune", 1.0, "done in 3.0s")]:
+        printer(event)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ")[1] for line in lines] == [
+        "started", "probe -25% MACs: p90 60 ms (budget 50 ms)", "probe -50% MACs: p90 48 ms (budget 50 ms)",
+        "step 1", "done in 3.0s"]                        # step 2 came within 10 s of step 1
