@@ -217,23 +217,31 @@ class LatencySearch:
 
 
 def search_latency_budget(latency_at, budget_ms: float, probes: tuple[float, ...] = (0.25, 0.5, 0.75),
-                          max_reduction: float = 0.9, step: float = 0.02) -> LatencySearch:
+                          max_reduction: float = 0.9, step: float = 0.02, margin: float = 0.0) -> LatencySearch:
     """Smallest MACs reduction whose measured latency meets ``budget_ms``: a few probes, linear interpolation
     between the two that bracket the budget, then a verified probe (nudged up by ``step`` until it meets it).
 
     ``latency_at(reduction)`` prunes to that reduction and returns the measured latency in ms (or raises
     ``SpecError`` when the reduction cannot be reached). Probes above ``max_reduction`` (the most the allocator
     can remove, ``reachable_reduction``) are replaced by one probe at ``max_reduction``.
+
+    Every decision compares with the goal ``budget_ms x (1 - margin)``: a measured latency moves by a few percent
+    between two measurements of the same model, so a probe that only just meets the budget is no promise that the
+    final benchmark will. Each step records ``meets_budget`` and ``meets_goal``.
     """
+    if not 0.0 <= margin < 1.0:
+        raise SpecError(f"the latency margin must be in [0, 1), got {margin}")
+    goal = budget_ms * (1.0 - margin)
     steps: list[dict] = []
 
     def probe(reduction: float) -> float:
         latency = float(latency_at(reduction))
-        steps.append({"reduction": round(reduction, 4), "latency_ms": latency, "meets_budget": latency <= budget_ms})
+        steps.append({"reduction": round(reduction, 4), "latency_ms": latency, "meets_budget": latency <= budget_ms,
+                      "meets_goal": latency <= goal})
         return latency
 
     points = [(0.0, probe(0.0))]
-    if points[0][1] <= budget_ms:
+    if points[0][1] <= goal:
         return LatencySearch(0.0, steps)
     for reduction in probes:
         reduction = min(reduction, max_reduction)
@@ -243,20 +251,21 @@ def search_latency_budget(latency_at, budget_ms: float, probes: tuple[float, ...
             points.append((reduction, probe(reduction)))
         except SpecError:
             break
-        if points[-1][1] <= budget_ms or reduction >= max_reduction:
+        if points[-1][1] <= goal or reduction >= max_reduction:
             break
-    meeting = [p for p in points if p[1] <= budget_ms]
+    meeting = [p for p in points if p[1] <= goal]
     if not meeting:
         best = min(points, key=lambda p: p[1])
-        raise SpecError(f"latency budget {budget_ms:.3g} ms is unreachable: the fastest probe (-{best[0]:.0%} MACs, "
-                        f"the most this model allows is -{max_reduction:.0%}) measured {best[1]:.3g} ms; raise the "
-                        "budget, lower the rounding or the protected layers, or pick a faster target")
+        raise SpecError(f"latency budget {budget_ms:.3g} ms (aiming at {goal:.3g} ms with the {margin:.0%} margin) is "
+                        f"unreachable: the fastest probe (-{best[0]:.0%} MACs, the most this model allows is "
+                        f"-{max_reduction:.0%}) measured {best[1]:.3g} ms; raise the budget, lower the rounding or "
+                        "the protected layers, or pick a faster target")
     hi = min(meeting)
     lo = max(p for p in points if p[0] < hi[0])
-    reduction = lo[0] + (hi[0] - lo[0]) * (lo[1] - budget_ms) / max(lo[1] - hi[1], 1e-9)
+    reduction = lo[0] + (hi[0] - lo[0]) * (lo[1] - goal) / max(lo[1] - hi[1], 1e-9)
     reduction = min(hi[0], math.ceil(reduction * 100) / 100)
     while reduction < hi[0]:
-        if probe(reduction) <= budget_ms:
+        if probe(reduction) <= goal:
             return LatencySearch(reduction, steps)
         reduction = min(hi[0], reduction + step)
     return LatencySearch(hi[0], steps)

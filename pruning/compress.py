@@ -80,6 +80,7 @@ class PruneSpec:
                                             # the caller's latency probe), searched over MACs reductions
     latency_batch: int = 1
     latency_target: str = "local:cpu"
+    latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
 
 
 @dataclass(frozen=True)
@@ -364,7 +365,8 @@ def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, or
     cost_model = CostModel(model, input_shape, current.macs, current.params)
     most = reachable_reduction(groups, cost_model, "macs", base_cost.macs, round_to=spec.prune.round_to,
                                min_channels=spec.prune.min_channels)
-    search = search_latency_budget(latency_at, budget, max_reduction=max(0.0, most - 0.005))
+    search = search_latency_budget(latency_at, budget, max_reduction=max(0.0, most - 0.005),
+                                   margin=spec.prune.latency_margin)
     result.latency_search = search.steps
     return Target("macs", search.reduction)
 
@@ -397,6 +399,8 @@ def _merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores:
 def _validate_prune_spec(prune: PruneSpec) -> None:
     if prune.latency_budget_ms is not None and prune.latency_budget_ms <= 0:
         raise SpecError("the latency budget must be a positive number of milliseconds")
+    if not 0.0 <= prune.latency_margin < 0.5:
+        raise SpecError(f"latency_margin must be in [0, 0.5), got {prune.latency_margin}")
     if prune.round_to is not None and prune.round_to < 1:
         raise SpecError("round_to must be >= 1 (1 = no rounding; None = automatic)")
     create_criterion(prune.criterion, **dict(prune.criterion_params))   # unknown name / bad params -> SpecError

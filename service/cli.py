@@ -61,6 +61,8 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of a fraction: p90 latency to reach at --latency-batch on --latency-target")
     p.add_argument("--latency-batch", type=int, default=1)
     p.add_argument("--latency-target", default="local:cpu")
+    p.add_argument("--latency-margin", type=float, default=0.05, metavar="FRACTION",
+                   help="the search aims at budget x (1 - margin): latency moves by a few %% between measurements")
     p.add_argument("--allocation", choices=("uniform", "global"), default="uniform")
     p.add_argument("--round-to", type=int, default=None,
                    help="keep widths at multiples of this (1 = off); default: automatic by target and precision, "
@@ -113,7 +115,8 @@ def spec_from_args(args: argparse.Namespace):
         prune=PruneSpec(args.criterion, _params(args.criterion_param), metric, reduction, args.allocation,
                         args.round_to, args.min_channels, tuple(args.protect), args.layer_criterion,
                         _params(args.layer_param), latency_budget_ms=args.latency_budget,
-                        latency_batch=args.latency_batch, latency_target=args.latency_target),
+                        latency_batch=args.latency_batch, latency_target=args.latency_target,
+                        latency_margin=args.latency_margin),
         reconstruct=ReconstructSpec(enabled=not args.no_reconstruct, batchnorm=args.batchnorm),
         finetune=FinetuneSpec(epochs=args.finetune or None, steps=args.finetune_steps,
                               images=args.finetune_images, minutes=args.finetune_minutes, lr=args.lr,

@@ -361,7 +361,8 @@ def result_to_proto(result: dict) -> pb.JobResult:
             precision=row.get("precision") or "", device=row.get("device") or "", error=row.get("error") or "",
             stable=row.get("stable")))
     gate = result.get("gate") or {}
-    out.gate.CopyFrom(pb.GateVerdict(evaluated=gate.get("max_accuracy_drop") is not None,
+    out.gate.CopyFrom(pb.GateVerdict(evaluated=gate.get("max_accuracy_drop") is not None
+                                     or gate.get("latency_budget_met") is not None,
                                      passed=bool(gate.get("passed", True)),
                                      max_accuracy_drop=_num(gate.get("max_accuracy_drop")),
                                      accuracy_drop=_num(gate.get("accuracy_drop")), stage=gate.get("stage") or ""))

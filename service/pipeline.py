@@ -108,6 +108,7 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
     out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda event: None)
     spec, rounding_note = resolve_round_to(spec)
+    spec = with_budget_measured(spec)
     prune = spec.compress.prune
     probe = latency_probe(prune.latency_target, spec.benchmark.threads, out, spec.benchmark.seconds_per_batch) \
         if prune.latency_budget_ms is not None else None
@@ -144,6 +145,11 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
 
     report = build_report(spec, result, exported, latency, speedups, target_errors, timings, environment())
     report["latency_search"] = result.latency_search
+    if spec.compress.prune.latency_budget_ms is not None:
+        report["latency_budget"] = budget_verdict(spec.compress.prune, latency, target_errors)
+        if not report["latency_budget"]["met"]:
+            report["gate"]["passed"] = False
+        report["gate"]["latency_budget_met"] = report["latency_budget"]["met"]
     report["target_accuracy"] = target_accuracy
     write_reports(report, out, result)
     return report
@@ -217,6 +223,32 @@ def resolve_round_to(spec: JobSpec) -> tuple[JobSpec, str | None]:
     multiple, reason = preferred_round_to(targets, spec.benchmark.precision)
     resolved = replace(spec, compress=replace(spec.compress, prune=replace(prune, round_to=multiple)))
     return resolved, f"widths rounded to multiples of {multiple} (automatic; {reason})"
+
+
+def with_budget_measured(spec: JobSpec) -> JobSpec:
+    """With a latency budget, make sure the final benchmark measures the compressed model at the budget's batch on
+    the budget's target, so the report can say whether the budget was met (not only what the probes saw)."""
+    prune, bench = spec.compress.prune, spec.benchmark
+    if prune.latency_budget_ms is None:
+        return spec
+    targets = bench.targets if prune.latency_target in bench.targets else (*bench.targets, prune.latency_target)
+    batches = bench.batch_sizes if prune.latency_batch in bench.batch_sizes else \
+        tuple(sorted((*bench.batch_sizes, prune.latency_batch)))
+    return replace(spec, benchmark=replace(bench, targets=tuple(targets), batch_sizes=batches))
+
+
+def budget_verdict(prune: PruneSpec, latency: list[dict], target_errors: dict[str, str]) -> dict:
+    """Did the final benchmark meet the latency budget? The compressed model's p90 at the budget's batch size on
+    the budget's target, from the same protocol as the search's probes."""
+    row = next((r for r in latency if r["target"] == prune.latency_target and r["model"] == "compressed"
+                and r["batch_size"] == prune.latency_batch and not r.get("error")), None)
+    verdict = {"budget_ms": prune.latency_budget_ms, "batch_size": prune.latency_batch,
+               "target": prune.latency_target, "margin": prune.latency_margin,
+               "achieved_p90_ms": row["p90_ms"] if row else None, "stable": row.get("stable") if row else None,
+               "met": bool(row) and row["p90_ms"] <= prune.latency_budget_ms}
+    if row is None:
+        verdict["error"] = target_errors.get(prune.latency_target, "the final benchmark has no row for the budget")
+    return verdict
 
 
 def _plain(obj) -> dict:

@@ -156,6 +156,13 @@ def summary_table(report: dict) -> str:
                      f"{entry.get('precision')}, {images} images): {', '.join(top1) or 'n/a'}")
     for target, error in report.get("target_errors", {}).items():
         lines.append(f"{target}: not measured: {error}")
+    budget = report.get("latency_budget")
+    if budget:
+        achieved = budget.get("achieved_p90_ms")
+        lines.append(f"\nlatency budget {'MET' if budget['met'] else 'NOT MET'}: p90 "
+                     + (f"{achieved:.3g} ms" if achieved is not None else f"not measured ({budget.get('error')})")
+                     + f" at batch {budget['batch_size']} on {budget['target']} (budget {budget['budget_ms']:g} ms"
+                     + ("; the measurement was not stable" if budget.get("stable") is False else "") + ")")
     gate = report["gate"]
     if gate["max_accuracy_drop"] is not None:
         verdict = "PASSED" if gate["passed"] else "FAILED"

@@ -83,6 +83,13 @@ def _header(report: dict, title: str) -> str:
         ("size", f"{_bytes(cost['original']['size_bytes'])} → {_bytes(cost['compressed']['size_bytes'])}",
          "float32 weights"),
     ]
+    budget = report.get("latency_budget")
+    if budget:
+        achieved = budget.get("achieved_p90_ms")
+        cards.append(("latency budget", ("MET" if budget["met"] else "NOT MET") + (
+            f": p90 {achieved:.3g} ms" if achieved is not None else ""),
+            f"budget {budget['budget_ms']:g} ms, batch {budget['batch_size']}, {budget['target']}"
+            + ("; not stable" if budget.get("stable") is False else "")))
     speed = next((s for s in report.get("speedup", []) if s.get("measured_speedup")), None)
     if speed:
         cards.append(("measured speedup", f"{speed['measured_speedup']:.2f}×",
@@ -282,7 +289,8 @@ def _plot_latency(latency: list[dict]):
 
 def _plot_search(probes: list[dict], budget: float | None):
     fig, ax = _new_figure(7.0)
-    points = [(p["reduction"], p.get("latency_ms", p.get("p90_ms")), p.get("meets_budget")) for p in probes]
+    points = [(p["reduction"], p.get("latency_ms", p.get("p90_ms")), p.get("meets_goal", p.get("meets_budget")))
+              for p in probes]
     points = [p for p in points if p[1] is not None]
     ax.plot([p[0] for p in sorted(points)], [p[1] for p in sorted(points)], color=_MUTED, lw=0.8)
     for i, (r, ms, ok) in enumerate(points):
@@ -495,6 +503,7 @@ def _compress_argv(spec: dict) -> list[str]:
         add("--target-params" if p["target_metric"] == "params" else "--target-macs", p["target_reduction"])
     add("--latency-batch", p.get("latency_batch"), 1)
     add("--latency-target", p.get("latency_target"), "local:cpu")
+    add("--latency-margin", p.get("latency_margin"), 0.05)
     add("--allocation", p.get("allocation"), "uniform")
     add("--round-to", p.get("round_to"))   # None = automatic; a resolved value is given explicitly
     add("--min-channels", p.get("min_channels"), 1)

@@ -120,3 +120,37 @@ def test_run_pipeline_gives_the_probe_the_jobs_benchmark_seconds(monkeypatch, tm
     with pytest.raises(Stop):
         pipeline.run_pipeline(spec, tmp_path)
     assert seen == {"target": "local:cpu", "threads": 3, "seconds": 4.5, "round_to": 8}
+
+
+def test_a_budget_job_benchmarks_the_budgets_batch_on_the_budgets_target():
+    spec = pipeline.with_budget_measured(job(("local:cpu",), latency_budget_ms=5.0, latency_batch=64,
+                                             latency_target="local:cuda"))
+    assert spec.benchmark.targets == ("local:cpu", "local:cuda") and spec.benchmark.batch_sizes == (1, 64)
+    plain = job(("local:cpu",))
+    assert pipeline.with_budget_measured(plain) is plain
+
+
+def test_budget_verdict_reads_the_final_benchmark_not_the_probes():
+    prune = PruneSpec(latency_budget_ms=58.0, latency_batch=64)
+    rows = [{"target": "local:cpu", "model": "compressed", "batch_size": 64, "p90_ms": 61.5, "stable": True},
+            {"target": "local:cpu", "model": "original", "batch_size": 64, "p90_ms": 40.0, "stable": True},
+            {"target": "local:cpu", "model": "compressed", "batch_size": 1, "p90_ms": 2.0, "stable": True}]
+    missed = pipeline.budget_verdict(prune, rows, {})
+    assert missed["met"] is False and missed["achieved_p90_ms"] == 61.5 and missed["margin"] == 0.05
+    rows[0]["p90_ms"] = 57.9
+    assert pipeline.budget_verdict(prune, rows, {})["met"] is True
+    gone = pipeline.budget_verdict(prune, rows[1:], {"local:cpu": "session failed"})
+    assert gone["met"] is False and gone["achieved_p90_ms"] is None and gone["error"] == "session failed"
+
+
+def test_the_search_aims_under_the_budget_by_the_margin(tmp_path):
+    from pruning.allocate import search_latency_budget
+
+    curve = lambda r: 10.0 * (1.0 - r)                      # noqa: E731
+    plain = search_latency_budget(curve, budget_ms=5.0)
+    safe = search_latency_budget(curve, budget_ms=5.0, margin=0.1)
+    assert curve(plain.reduction) <= 5.0 and curve(safe.reduction) <= 4.5 < curve(plain.reduction)
+    assert safe.steps[-1] == {"reduction": safe.reduction, "latency_ms": curve(safe.reduction), "meets_budget": True,
+                              "meets_goal": True}
+    with pytest.raises(SpecError, match="latency_margin"):
+        pipeline.run_pipeline(job(latency_budget_ms=5.0, latency_margin=0.7), tmp_path / "out")
