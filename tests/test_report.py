@@ -334,3 +334,19 @@ def test_a_visualizing_criterion_puts_its_filter_images_in_the_page(digits_weigh
     removed = sum(not c["kept"] for g in report["criterion"]["groups"] for c in g["channels"])
     assert removed and len(re.findall(r'<figure class="tile', page)) == removed
     assert page.count("<h4>kept (") == len(report["criterion"]["groups"])
+
+
+def test_a_missed_latency_budget_shows_in_the_summary_and_at_the_top_of_the_page(l1_run, tmp_path):
+    from service.report import summary_table
+
+    report = copy.deepcopy(l1_run[0])
+    report["latency_budget"] = {"budget_ms": 58.0, "batch_size": 64, "target": "local:cpu", "margin": 0.05,
+                                "achieved_p90_ms": 61.5, "stable": False, "met": False}
+    validate_report(report)
+    assert ("latency budget NOT MET: p90 61.5 ms at batch 64 on local:cpu (budget 58 ms; the measurement was not "
+            "stable)") in summary_table(report)
+    page = render_html(report, tmp_path)
+    top = page[:page.index("<h3>")]
+    assert "latency budget" in top and "NOT MET: p90 61.5 ms" in top and "not stable" in top
+    report["latency_budget"].update(achieved_p90_ms=53.0, stable=True, met=True)
+    assert "latency budget MET: p90 53 ms" in summary_table(report)
