@@ -14,6 +14,8 @@ Every ranking scores the 27 block-internal channel groups, then: uniform allocat
   raises conv2's least-squares residual least (ThiNet / He et al. 2017 style, exact block downdate of the
   inverse Gram matrix; each layer alone, on the original model's features).
 - ``dissection reversed``: the dissection ranking upside down (is it anti-correlated with what matters?).
+- two blends of dissection into L1: the top 25% voted units of each layer kept first, the rest by L1; and the sum
+  of the two rank orders.
 
 Prints one line per ranking; nothing here is used by the service.
 """
@@ -56,6 +58,11 @@ def greedy_elimination_order(gram: torch.Tensor, cross: torch.Tensor, channels: 
         p = p[rest][:, rest] - p[rest][:, drop] @ inv @ p[drop][:, rest]
         order.append(alive.pop(slot))
     return order + alive
+
+
+def _rank(values: torch.Tensor) -> torch.Tensor:
+    """Ranks scaled to [0, 1] (0 = lowest), ties by index."""
+    return torch.argsort(torch.argsort(values.double(), stable=True)).float() / max(1, values.numel() - 1)
 
 
 def order_to_scores(order: list[int]) -> torch.Tensor:
@@ -144,6 +151,9 @@ def main() -> None:
     dissection = create_criterion("dissection").score(ctx).channels
     report("dissection", dissection)
     report("dissection reversed", {n: -s for n, s in dissection.items()})
+    l1 = create_criterion("l1").score(ctx).channels
+    report("l1, top-25% voted guarded", {n: _rank(l1[n]) + (_rank(dissection[n]) >= 0.75).float() for n in l1})
+    report("rank sum l1 + dissection", {n: _rank(l1[n]) + _rank(dissection[n]) for n in l1})
 
 
 if __name__ == "__main__":
