@@ -198,7 +198,7 @@ def measure_latency(
         log.warning("latency not stable after %d runs: max_seconds_per_batch=%.3g reached %s", len(times_ns),
                     max_seconds_per_batch,
                     f"with the last 3 window medians {relative_spread(medians_ns):.1%} apart (tolerance "
-                    f"{stability:.1%})" if medians_ns else f"before {min_runs} runs in {min_seconds_per_batch:.3g} s")
+                    f"{stability:.1%})" if medians_ns else "before three windows of runs were complete")
     used = times_ns[-3 * w:] if w is not None and len(times_ns) >= 3 * w else times_ns
     return Timings(times_ms=[t / 1e6 for t in used], warmup_runs=warmup_runs + len(times_ns) - len(used),
                    stable=stable, window_medians_ms=[m / 1e6 for m in medians_ns])

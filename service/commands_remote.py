@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from service.cli import (EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, ProgressPrinter,
-                         add_compress_arguments, spec_from_args)
+                         add_compress_arguments, positive_float, positive_int, spec_from_args)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ def add_remote_commands(subparsers) -> None:
     serve.add_argument("--state-dir", required=True, help="job store and artifacts live here (created if missing)")
     serve.add_argument("--token-file", help="accepted bearer tokens, one per line (also $INTERPRUNE_TOKENS); "
                                             "none = no authentication")
-    serve.add_argument("--max-upload-mb", type=_positive_float, default=4096, help="largest artifact (MiB)")
-    serve.add_argument("--quota-gb", type=_positive_float, default=100, help="all artifacts together (GiB)")
-    serve.add_argument("--workers", type=_positive_int, default=1, help="jobs run at once (one per GPU; 1 on CPU)")
-    serve.add_argument("--job-timeout", type=_positive_float, help="default wall-time budget of a job (seconds)")
+    serve.add_argument("--max-upload-mb", type=positive_float, default=4096, help="largest artifact (MiB)")
+    serve.add_argument("--quota-gb", type=positive_float, default=100, help="all artifacts together (GiB)")
+    serve.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (one per GPU; 1 on CPU)")
+    serve.add_argument("--job-timeout", type=positive_float, help="default wall-time budget of a job (seconds)")
     serve.add_argument("--no-spare-worker", action="store_true",
                        help="do not keep a worker process started for the next job (saves its memory)")
     serve.add_argument("--tls-cert", help="server certificate (PEM); with --tls-key enables TLS")
@@ -67,8 +67,8 @@ def add_remote_commands(subparsers) -> None:
     agent.add_argument("--name", required=True, help="this device's name; jobs name it as target agent:NAME")
     agent.add_argument("--token-file", help="accepted bearer tokens, one per line (also $INTERPRUNE_TOKENS); "
                                             "none = no authentication")
-    agent.add_argument("--max-model-mb", type=_positive_float, default=2048, help="largest ONNX model (MiB)")
-    agent.add_argument("--max-data-mb", type=_positive_float, default=64,
+    agent.add_argument("--max-model-mb", type=positive_float, default=2048, help="largest ONNX model (MiB)")
+    agent.add_argument("--max-data-mb", type=positive_float, default=64,
                        help="largest evaluation / calibration data (MiB)")
     agent.add_argument("--work-dir", help="temporary files (default: the system's temp folder)")
     agent.set_defaults(func=cmd_agent)
@@ -79,7 +79,7 @@ def add_remote_commands(subparsers) -> None:
     submit.add_argument("--out", help="download the results (plan, weights, ONNX, report) into this folder")
     submit.add_argument("--request-id", help="idempotency key: resubmitting with it returns the same job "
                                              "(default: a fresh one per call)")
-    submit.add_argument("--timeout", type=_positive_float, dest="job_timeout",
+    submit.add_argument("--timeout", type=positive_float, dest="job_timeout",
                         help="the job's wall-time budget on the server (seconds)")
     submit.add_argument("--retry-on-crash", action="store_true", help="re-queue if the server stops mid-job")
     submit.add_argument("--detach", action="store_true", help="return after submitting (prints the job id)")
@@ -95,7 +95,7 @@ def add_remote_commands(subparsers) -> None:
     listing = subparsers.add_parser("list", help="list jobs, newest first")
     listing.add_argument("--state", action="append", default=[], type=str.upper,
                          choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
-    listing.add_argument("--limit", type=_positive_int, default=50)
+    listing.add_argument("--limit", type=positive_int, default=50)
     _client_arguments(listing)
     listing.set_defaults(func=cmd_list)
 
@@ -116,20 +116,6 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-file", help="bearer token (first line); default $INTERPRUNE_TOKEN")
     group.add_argument("--tls-ca", help="CA certificate of a TLS server (PEM); 'system' for the system's roots")
     parser.add_argument("--json", action="store_true", help="print one JSON object for machines")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
 
 
 # --- errors -> exit codes ----------------------------------------------------------------------------------

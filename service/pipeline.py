@@ -145,11 +145,6 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
 
     report = build_report(spec, result, exported, latency, speedups, target_errors, timings, environment())
     report["latency_search"] = result.latency_search
-    if spec.compress.prune.latency_budget_ms is not None:
-        report["latency_budget"] = budget_verdict(spec.compress.prune, latency, target_errors)
-        if not report["latency_budget"]["met"]:
-            report["gate"]["passed"] = False
-        report["gate"]["latency_budget_met"] = report["latency_budget"]["met"]
     report["target_accuracy"] = target_accuracy
     write_reports(report, out, result)
     return report
@@ -235,20 +230,6 @@ def with_budget_measured(spec: JobSpec) -> JobSpec:
     batches = bench.batch_sizes if prune.latency_batch in bench.batch_sizes else \
         tuple(sorted((*bench.batch_sizes, prune.latency_batch)))
     return replace(spec, benchmark=replace(bench, targets=tuple(targets), batch_sizes=batches))
-
-
-def budget_verdict(prune: PruneSpec, latency: list[dict], target_errors: dict[str, str]) -> dict:
-    """Did the final benchmark meet the latency budget? The compressed model's p90 at the budget's batch size on
-    the budget's target, from the same protocol as the search's probes."""
-    row = next((r for r in latency if r["target"] == prune.latency_target and r["model"] == "compressed"
-                and r["batch_size"] == prune.latency_batch and not r.get("error")), None)
-    verdict = {"budget_ms": prune.latency_budget_ms, "batch_size": prune.latency_batch,
-               "target": prune.latency_target, "margin": prune.latency_margin,
-               "achieved_p90_ms": row["p90_ms"] if row else None, "stable": row.get("stable") if row else None,
-               "met": bool(row) and row["p90_ms"] <= prune.latency_budget_ms}
-    if row is None:
-        verdict["error"] = target_errors.get(prune.latency_target, "the final benchmark has no row for the budget")
-    return verdict
 
 
 def _plain(obj) -> dict:

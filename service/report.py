@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pruning.compress import CompressResult
+from pruning.compress import CompressResult, PruneSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,9 @@ def build_report(spec, result: CompressResult, exported: dict, latency: list[dic
                  target_errors: dict[str, str], timings: dict[str, float], environment: dict) -> dict:
     accuracy = {stage: result.accuracy[stage].to_dict() for stage in STAGES if stage in result.accuracy}
     final_stage = next(s for s in reversed(STAGES) if s in accuracy)
-    return {
+    prune = spec.compress.prune
+    budget = budget_verdict(prune, latency, target_errors) if prune.latency_budget_ms is not None else None
+    report = {
         "schema": REPORT_SCHEMA,
         "spec": spec.to_dict(),
         "model": {"arch": spec.compress.model.arch, "input_shape": list(result.input_shape),
@@ -44,18 +46,40 @@ def build_report(spec, result: CompressResult, exported: dict, latency: list[dic
         "latency": latency,
         "speedup": speedups,
         "target_errors": target_errors,
-        "gate": gate_verdict(spec.gate.max_accuracy_drop, accuracy, final_stage),
+        "gate": gate_verdict(spec.gate.max_accuracy_drop, accuracy, final_stage, budget),
         "timings": timings,
         "environment": environment,
         "notes": list(result.notes),
         "files": {},
     }
+    if budget is not None:
+        report["latency_budget"] = budget
+    return report
 
 
-def gate_verdict(max_drop: float | None, accuracy: dict, final_stage: str) -> dict:
+def gate_verdict(max_drop: float | None, accuracy: dict, final_stage: str, budget: dict | None = None) -> dict:
+    """The quality gate: the top-1 drop within ``max_drop`` (when set) and, with a latency budget, the budget met."""
     drop = accuracy["original"]["top1"] - accuracy[final_stage]["top1"]
     passed = True if max_drop is None else drop <= max_drop + 1e-12
-    return {"max_accuracy_drop": max_drop, "accuracy_drop": drop, "stage": final_stage, "passed": passed}
+    verdict = {"max_accuracy_drop": max_drop, "accuracy_drop": drop, "stage": final_stage, "passed": passed}
+    if budget is not None:
+        verdict["latency_budget_met"] = budget["met"]
+        verdict["passed"] = passed and budget["met"]
+    return verdict
+
+
+def budget_verdict(prune: PruneSpec, latency: list[dict], target_errors: dict[str, str]) -> dict:
+    """Did the final benchmark meet the latency budget? The compressed model's p90 at the budget's batch size on
+    the budget's target, from the same protocol as the search's probes."""
+    row = next((r for r in latency if r["target"] == prune.latency_target and r["model"] == "compressed"
+                and r["batch_size"] == prune.latency_batch and not r.get("error")), None)
+    verdict = {"budget_ms": prune.latency_budget_ms, "batch_size": prune.latency_batch,
+               "target": prune.latency_target, "margin": prune.latency_margin,
+               "achieved_p90_ms": row["p90_ms"] if row else None, "stable": row.get("stable") if row else None,
+               "met": bool(row) and row["p90_ms"] <= prune.latency_budget_ms}
+    if row is None:
+        verdict["error"] = target_errors.get(prune.latency_target, "the final benchmark has no row for the budget")
+    return verdict
 
 
 def _criterion_section(result: CompressResult) -> dict:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import service.pipeline as pipeline
+from service.report import budget_verdict
 from pruning.compress import DEFAULT_ROUND_TO, CompressSpec, ModelSpec, PruneSpec, _resolve_round_to
 from pruning.errors import SpecError
 from service.pipeline import (BenchmarkSpec, JobSpec, latency_probe, preferred_round_to, protocol_settings,
@@ -135,11 +136,11 @@ def test_budget_verdict_reads_the_final_benchmark_not_the_probes():
     rows = [{"target": "local:cpu", "model": "compressed", "batch_size": 64, "p90_ms": 61.5, "stable": True},
             {"target": "local:cpu", "model": "original", "batch_size": 64, "p90_ms": 40.0, "stable": True},
             {"target": "local:cpu", "model": "compressed", "batch_size": 1, "p90_ms": 2.0, "stable": True}]
-    missed = pipeline.budget_verdict(prune, rows, {})
+    missed = budget_verdict(prune, rows, {})
     assert missed["met"] is False and missed["achieved_p90_ms"] == 61.5 and missed["margin"] == 0.05
     rows[0]["p90_ms"] = 57.9
-    assert pipeline.budget_verdict(prune, rows, {})["met"] is True
-    gone = pipeline.budget_verdict(prune, rows[1:], {"local:cpu": "session failed"})
+    assert budget_verdict(prune, rows, {})["met"] is True
+    gone = budget_verdict(prune, rows[1:], {"local:cpu": "session failed"})
     assert gone["met"] is False and gone["achieved_p90_ms"] is None and gone["error"] == "session failed"
 
 
