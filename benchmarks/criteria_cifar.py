@@ -36,7 +36,8 @@ COLUMNS = ("criterion", "target", "finetune_images", "macs_reduction", "params",
 
 def run_one(args, criterion: str, target: float, finetune_images: int, out: Path) -> dict:
     from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
-    from service.pipeline import BenchmarkSpec, JobSpec, run_pipeline
+    from pipeline.run import run_pipeline
+    from pipeline.spec import BenchmarkSpec, JobSpec
 
     weights = next((args.data_root / "weights").glob("resnet56-*.th"))
     spec = JobSpec(

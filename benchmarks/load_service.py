@@ -76,7 +76,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path]:
 
 def tiny_spec(weights_id: str, data_id: str):
     from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec, ReconstructSpec
-    from service.pipeline import BenchmarkSpec, JobSpec
+    from pipeline.spec import BenchmarkSpec, JobSpec
 
     return JobSpec(CompressSpec(ModelSpec("demo/small_cnn", weights_id),
                                 DataSpec(data_id, calibration_images=64, evaluation_images=64),
@@ -127,7 +127,7 @@ class Budget:
 def start_server(state: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(state.parent / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--listen", "127.0.0.1:0", "--state-dir",
                              str(state)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

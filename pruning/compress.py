@@ -1,7 +1,7 @@
 """The compression pipeline as one function: load -> measure -> score -> allocate -> cut -> reconstruct ->
 fine-tune -> save, from a typed spec, with a progress callback and cooperative cancellation.
 
-Export, latency benchmarks and the report are not the engine's business: ``service.pipeline`` calls this
+Export, latency benchmarks and the report are not the engine's business: ``pipeline.run`` calls this
 function and then the exporters. From Python::
 
     from pruning.compress import CompressSpec, ModelSpec, DataSpec, PruneSpec, compress
@@ -326,7 +326,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
 def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
     """``spec`` with ``prune.round_to`` None replaced by ``DEFAULT_ROUND_TO``, and a note saying so (None when set).
 
-    ``service.pipeline`` resolves it first, by the job's targets and precision; this covers calls from Python.
+    ``pipeline.run`` resolves it first, by the job's targets and precision; this covers calls from Python.
     """
     if spec.prune.round_to is not None:
         return spec, None

@@ -11,7 +11,7 @@ import torch
 SHARED_DATA = Path(os.environ.get("INTERPRUNE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-os.environ.setdefault("INTERPRUNE_VALIDATE_REPORTS", "1")   # service.report checks every report.json against its schema
+os.environ.setdefault("INTERPRUNE_VALIDATE_REPORTS", "1")   # pipeline.report checks every report.json against its schema
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory) -> Path:
     """demo/small_cnn trained for a few epochs on the bundled digits (weights-only file)."""
-    from service.demo import train_demo_model
+    from service.cli.demo import train_demo_model
 
     path = tmp_path_factory.mktemp("digits") / "small_cnn.pt"
     accuracy = train_demo_model(path, epochs=6)

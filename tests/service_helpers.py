@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, ReconstructSpec
-from service.pipeline import BenchmarkSpec, GateSpec, JobSpec
+from pipeline.spec import BenchmarkSpec, GateSpec, JobSpec
 
 ARCH = "demo/small_cnn"          # 1x8x8 input, 10 classes
 
@@ -76,7 +76,7 @@ def long_finetune() -> FinetuneSpec:
 @pytest.fixture
 def make_server(tmp_path):
     """``make_server(**ServerSettings fields)`` starts an in-process server on a free loopback port."""
-    from service.server import create_server
+    from service.api.server import create_server
 
     servers = []
 
@@ -130,7 +130,7 @@ def process_gone(pid: int) -> bool:
 @pytest.fixture
 def make_agent():
     """Start device agents on free loopback ports; each gets ``.address``. Stopped after the test."""
-    from service.agent import AgentSettings, DeviceAgentServicer, create_agent_server
+    from service.agent.server import AgentSettings, DeviceAgentServicer, create_agent_server
 
     agents = []
 

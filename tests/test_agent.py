@@ -11,7 +11,7 @@ import torch
 
 from service._proto.interprune.v1 import device_agent_pb2 as apb
 from service._proto.interprune.v1 import device_agent_pb2_grpc as apb_grpc
-from service.agent_client import AgentClient, AgentError
+from service.agent.client import AgentClient, AgentError
 from tests.service_helpers import make_agent  # noqa: F401  (fixture)
 
 TOKEN = "agent-s3cret"
@@ -155,7 +155,7 @@ def test_interprune_agent_serves_until_sigterm(tmp_path):
     tokens.chmod(0o600)
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), INTERPRUNE_TOKENS="")
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "agent", "--listen", "127.0.0.1:0", "--name",
+    process = subprocess.Popen([sys.executable, "-m", "service.cli.main", "agent", "--listen", "127.0.0.1:0", "--name",
                                 "box1", "--token-file", str(tokens)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()
@@ -172,7 +172,7 @@ def test_interprune_agent_serves_until_sigterm(tmp_path):
 
 
 def test_serve_refuses_a_malformed_agent_flag(tmp_path, capsys):
-    from service.cli import main
+    from service.cli.main import main
 
     assert main(["serve", "--state-dir", str(tmp_path / "state"), "--agent", "edge0"]) == 2
     assert "expected NAME=HOST:PORT" in capsys.readouterr().err

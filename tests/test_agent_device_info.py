@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.device_info import (describe_device, facts_from_jtop, jetpack_for_l4t, parse_meminfo,
+from service.agent.device_info import (describe_device, facts_from_jtop, jetpack_for_l4t, parse_meminfo,
                                  parse_nv_tegra_release, parse_nvpmodel, read_clocks)
 
 ORIN_RELEASE = ("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, "

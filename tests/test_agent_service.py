@@ -8,10 +8,10 @@ import socket
 
 import pytest
 
-from service.agent import DeviceAgentServicer
-from service.agent_client import AgentEndpoint, parse_agents
+from service.agent.server import DeviceAgentServicer
+from service.agent.client import AgentEndpoint, parse_agents
 from service.client import Client, InterpruneRPCError, JobState, StatusCode
-from service.pipeline import BenchmarkSpec
+from pipeline.spec import BenchmarkSpec
 from tests.service_helpers import data_file, make_agent, make_server, model_file, tiny_spec  # noqa: F401
 
 TARGETS = ("local:cpu", "agent:edge0")
@@ -21,7 +21,7 @@ class DiesAfterReceiving(DeviceAgentServicer):
     """An agent that goes away (its server stops, cutting the call) once the model has arrived."""
 
     def on_received(self, settings, context) -> None:
-        from service.errors import Unavailable
+        from service.core.errors import Unavailable
 
         self.server.stop(0)
         self.server.stopped.set()
@@ -40,7 +40,7 @@ def bench(targets=TARGETS) -> BenchmarkSpec:
 
 def test_a_job_reports_local_and_agent_latency_and_the_agents_accuracy(make_server, make_agent, model_file,
                                                                        data_file, tmp_path):
-    from service.report import summary_table
+    from pipeline.report import summary_table
 
     agent = make_agent("edge0")
     server = make_server(agents={"edge0": AgentEndpoint("edge0", agent.address)})
@@ -91,7 +91,7 @@ def test_an_agent_that_dies_mid_benchmark_costs_only_its_target(make_server, mak
 
 
 def test_list_devices_shows_healthy_and_unreachable_agents(make_server, make_agent, capsys):
-    from service.cli import main
+    from service.cli.main import main
 
     agent = make_agent("edge0")
     gone = free_address()

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.cli import main
+from service.cli.main import main
 from tests.conftest import make_npz
 
 
@@ -129,7 +129,8 @@ def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [["compress", "--out", "o"], ["submit"]])
 def test_precision_agent_images_and_round_to_reach_the_spec(command):
-    from service.cli import build_parser, spec_from_args
+    from pipeline.flags import spec_from_args
+    from service.cli.main import build_parser
 
     if command[0] == "submit":
         pytest.importorskip("grpc", reason="the service commands need grpcio")
@@ -155,7 +156,7 @@ def test_bad_precision_or_agent_images_is_a_usage_error(capsys, extra):
 
 def test_progress_lines_in_logs_keep_probes_and_throttle_finetune_steps(capsys, monkeypatch):
     from pruning.compress import ProgressEvent
-    from service.cli import ProgressPrinter
+    from service.cli.output import ProgressPrinter
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
     printer = ProgressPrinter()

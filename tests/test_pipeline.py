@@ -1,16 +1,18 @@
-"""service.pipeline's pure parts: the automatic width multiple, the job spec, and one latency protocol for the
+"""pipeline.run's pure parts: the automatic width multiple, the job spec, and one latency protocol for the
 latency-budget probes and the final benchmark."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-import service.pipeline as pipeline
-from service.report import budget_verdict
+from pipeline.benchmark import latency_probe, protocol_settings
+from pipeline.report import budget_verdict
+from pipeline.resolve import preferred_round_to, resolve_round_to, with_budget_measured
+import pipeline.run as pipeline_run
+from pipeline.run import run_pipeline
+from pipeline.spec import BenchmarkSpec, JobSpec
 from pruning.compress import DEFAULT_ROUND_TO, CompressSpec, ModelSpec, PruneSpec, _resolve_round_to
 from pruning.errors import SpecError
-from service.pipeline import (BenchmarkSpec, JobSpec, latency_probe, preferred_round_to, protocol_settings,
-                              resolve_round_to)
 
 
 def job(targets=("local:cpu",), precision="fp32", **prune) -> JobSpec:
@@ -26,7 +28,7 @@ def job(targets=("local:cpu",), precision="fp32", **prune) -> JobSpec:
     (("local:cuda",), "fp16", 8, "tensor cores"),
     (("agent:edge",), "fp32", 8, "tensor cores"),
     (("local:cpu",), "int8", 8, "CPU-only"),       # int8 only applies to TensorRT engines, not to CPU targets
-    (("local:cpu",), "fp32", 8, "costs nothing measurable on CPU"),
+    (("local:cpu",), "fp32", 8, "ready for a GPU"),
 ])
 def test_preferred_round_to_by_targets_and_precision(targets, precision, multiple, says):
     got, reason = preferred_round_to(targets, precision)
@@ -114,21 +116,21 @@ def test_run_pipeline_gives_the_probe_the_jobs_benchmark_seconds(monkeypatch, tm
         seen["round_to"] = spec.prune.round_to
         raise Stop
 
-    monkeypatch.setattr(pipeline, "latency_probe", fake_probe)
-    monkeypatch.setattr(pipeline, "compress", fake_compress)
+    monkeypatch.setattr(pipeline_run, "latency_probe", fake_probe)
+    monkeypatch.setattr(pipeline_run, "compress", fake_compress)
     spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"), prune=PruneSpec(latency_budget_ms=1.0)),
                    benchmark=BenchmarkSpec(targets=("local:cpu",), threads=3, seconds_per_batch=4.5))
     with pytest.raises(Stop):
-        pipeline.run_pipeline(spec, tmp_path)
+        run_pipeline(spec, tmp_path)
     assert seen == {"target": "local:cpu", "threads": 3, "seconds": 4.5, "round_to": 8}
 
 
 def test_a_budget_job_benchmarks_the_budgets_batch_on_the_budgets_target():
-    spec = pipeline.with_budget_measured(job(("local:cpu",), latency_budget_ms=5.0, latency_batch=64,
+    spec = with_budget_measured(job(("local:cpu",), latency_budget_ms=5.0, latency_batch=64,
                                              latency_target="local:cuda"))
     assert spec.benchmark.targets == ("local:cpu", "local:cuda") and spec.benchmark.batch_sizes == (1, 64)
     plain = job(("local:cpu",))
-    assert pipeline.with_budget_measured(plain) is plain
+    assert with_budget_measured(plain) is plain
 
 
 def test_budget_verdict_reads_the_final_benchmark_not_the_probes():
@@ -154,4 +156,4 @@ def test_the_search_aims_under_the_budget_by_the_margin(tmp_path):
     assert safe.steps[-1] == {"reduction": safe.reduction, "latency_ms": curve(safe.reduction), "meets_budget": True,
                               "meets_goal": True}
     with pytest.raises(SpecError, match="latency_margin"):
-        pipeline.run_pipeline(job(latency_budget_ms=5.0, latency_margin=0.7), tmp_path / "out")
+        run_pipeline(job(latency_budget_ms=5.0, latency_margin=0.7), tmp_path / "out")

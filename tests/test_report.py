@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
-from service.pipeline import BenchmarkSpec, ExportSpec, GateSpec, JobSpec, run_pipeline
-from service.report_html import command_line, render_html
-from service.report_schema import SCHEMA_PATH, ReportSchemaError, validate_report
+from pipeline.run import run_pipeline
+from pipeline.spec import BenchmarkSpec, ExportSpec, GateSpec, JobSpec
+from pipeline.report_html import command_line, render_html
+from pipeline.report_schema import SCHEMA_PATH, ReportSchemaError, validate_report
 
 DATA_URI = re.compile(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 FIGURE = re.compile(r'<figure(?: class="wide")?><img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)"')
@@ -242,7 +243,7 @@ def test_accuracy_measured_on_device_agents_is_tabled(l1_run, tmp_path):
 
 
 def test_compress_prints_where_the_html_report_is(l1_run, capsys):
-    from service.cli import finish
+    from service.cli.local import finish
 
     report, out, _ = l1_run
     finish(report, out, as_json=False)
@@ -337,7 +338,7 @@ def test_a_visualizing_criterion_puts_its_filter_images_in_the_page(digits_weigh
 
 
 def test_a_missed_latency_budget_shows_in_the_summary_and_at_the_top_of_the_page(l1_run, tmp_path):
-    from service.report import summary_table
+    from pipeline.report import summary_table
 
     report = copy.deepcopy(l1_run[0])
     report["latency_budget"] = {"budget_ms": 58.0, "batch_size": 64, "target": "local:cpu", "margin": 0.05,

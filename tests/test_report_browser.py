@@ -15,7 +15,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-BAR_BLUE, BAR_GREY = (0x2F, 0x6F, 0xB0), (0xB6, 0xC2, 0xCF)     # service.report_html._COMPRESSED / _ORIGINAL
+BAR_BLUE, BAR_GREY = (0x2F, 0x6F, 0xB0), (0xB6, 0xC2, 0xCF)     # pipeline.report_html._COMPRESSED / _ORIGINAL
 PASS_GREEN, FAIL_RED = (0x1A, 0x7F, 0x37), (0xCF, 0x22, 0x2E)
 
 
@@ -30,7 +30,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def resnet56_report(chromium, shared_data, tmp_path_factory) -> Path:
     from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec
-    from service.pipeline import BenchmarkSpec, GateSpec, JobSpec, run_pipeline
+    from pipeline.run import run_pipeline
+    from pipeline.spec import BenchmarkSpec, GateSpec, JobSpec
 
     weights = shared_data / "weights" / "resnet56-4bfd9763.th"
     if not weights.exists():

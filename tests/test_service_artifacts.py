@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from service.artifacts import ArtifactStore, data_suffix
-from service.errors import InvalidArgument, NotFound, ResourceExhausted
+from service.jobs.artifacts import ArtifactStore, data_suffix
+from service.core.errors import InvalidArgument, NotFound, ResourceExhausted
 
 
 def chunks(data: bytes, size: int = 1000):

@@ -9,7 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from service.auth import load_tokens
+from service.core.auth import load_tokens
 from service.client import Client, InterpruneRPCError, StatusCode
 from tests.service_helpers import make_server  # noqa: F401
 
@@ -100,7 +100,7 @@ def test_tls_with_a_private_ca(make_server, tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
-    from service.auth import channel_credentials
+    from service.core.auth import channel_credentials
 
     server = make_server(run_jobs=False, tls_cert=str(cert), tls_key=str(key), tokens=frozenset({TOKEN}))
     with Client(server.address, token=TOKEN, credentials=channel_credentials(cert)) as client:

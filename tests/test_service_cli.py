@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from tests.service_helpers import data_file, make_server, model_file, server  # noqa: F401
 
 

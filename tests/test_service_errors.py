@@ -9,7 +9,7 @@ import pytest
 
 import service.client
 from pruning.errors import Cancelled, DataError, ModelError, SpecError
-from service.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+from service.core.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
                             Unauthenticated, Unavailable, from_engine, rpc)
 
 

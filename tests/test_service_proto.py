@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from service import gen_proto
+from service.core import gen_proto
 from service._proto.interprune.v1 import compression_pb2 as pb
 
 
 def test_committed_stubs_match_a_fresh_generation():
     drift = gen_proto.differences()
-    assert not drift, f"stubs out of date: {drift}; run python -m service.gen_proto"
+    assert not drift, f"stubs out of date: {drift}; run python -m service.core.gen_proto"
 
 
 def test_the_service_has_the_contracted_methods_and_streaming_kinds():
@@ -30,8 +30,8 @@ def test_no_json_strings_in_the_contract():
 
 def test_latency_budget_round_trips_through_the_contract():
     from pruning.compress import CompressSpec, ModelSpec, PruneSpec
-    from service.messages import spec_to_dict, spec_to_proto
-    from service.pipeline import JobSpec
+    from service.core.wire import spec_to_dict, spec_to_proto
+    from pipeline.spec import JobSpec
 
     spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"),
                                 prune=PruneSpec("l1", latency_budget_ms=2.5, latency_batch=64)))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from service.client import Client, JobState
-from service.store import SqliteJobStore
+from service.jobs.sqlite_store import SqliteJobStore
 from tests.service_helpers import (data_file, long_finetune, make_server, model_file, process_gone,  # noqa: F401
                                    tiny_spec, wait_for)
 
@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess:
-    """``python -m service.cli serve`` in a subprocess; ``address`` is read from its ready line."""
+    """``python -m service.cli.main serve`` in a subprocess; ``address`` is read from its ready line."""
 
     def __init__(self, state_dir: Path, log: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(log, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--listen", "127.0.0.1:0",
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--listen", "127.0.0.1:0",
                                       "--state-dir", str(state_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True)
         lines: queue.Queue = queue.Queue()
@@ -54,7 +54,7 @@ def workers_of(state: Path) -> list[int]:
             status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if b"service.jobs" in cmdline and str(state).encode() in cmdline and status != "Z":
+        if b"service.jobs.worker" in cmdline and str(state).encode() in cmdline and status != "Z":
             pids.append(int(proc.name))
     return pids
 

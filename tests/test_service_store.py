@@ -6,8 +6,10 @@ import threading
 
 import pytest
 
-from service.errors import AlreadyExists, FailedPrecondition, NotFound
-from service.store import (MAX_ATTEMPTS, SERVER_STOPPED_REASON, Failure, JobState, MemoryJobStore, SqliteJobStore,
+from service.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from service.jobs.memory_store import MemoryJobStore
+from service.jobs.sqlite_store import SqliteJobStore
+from service.jobs.store import (MAX_ATTEMPTS, SERVER_STOPPED_REASON, Failure, JobState,
                            TRANSITIONS)
 
 SPEC = {"compress": {"model": {"arch": "demo/small_cnn"}}}

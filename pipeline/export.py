@@ -1,0 +1,51 @@
+"""Export to ONNX and verify it: parity with PyTorch on evaluation images (the job fails above the tolerance),
+then the exported model's own top-1 on the evaluation split."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.spec import ExportSpec
+from pruning import data as data_mod
+from pruning.compress import CompressResult, ProgressEvent
+from pruning.errors import InterpruneError
+from pruning.measure import Accuracy
+
+
+class ExportCheckFailed(InterpruneError):
+    """The exported model does not reproduce the PyTorch model within the tolerance."""
+
+
+def export_and_verify(export: ExportSpec, result: CompressResult, out: Path, emit) -> tuple[dict[str, Any], float]:
+    """Write ``model.onnx``, check parity and evaluate it; sets ``result.accuracy["exported"]``. Returns the report's
+    ``export`` section and the seconds it took."""
+    from exporters import check_parity, evaluate_onnx, export_onnx
+
+    emit(ProgressEvent("export", 0.0, "exporting to ONNX"))
+    start = time.perf_counter()
+    onnx_export = export_onnx(result.model, out / "model.onnx", torch.zeros(1, *result.input_shape),
+                              opset=export.opset, slim=export.slim)
+    probe = result.preprocess(result.splits.evaluation.images[:export.parity_images])
+    parity = check_parity(onnx_export.path, result.model, probe)
+    section = {"onnx": _plain(onnx_export), "parity": _plain(parity), "parity_atol": export.parity_atol}
+    if parity.max_abs_error > export.parity_atol:
+        raise ExportCheckFailed(f"ONNX Runtime differs from PyTorch by {parity.max_abs_error:.2e} (max abs) on "
+                                f"{parity.num_inputs} evaluation images, above the tolerance {export.parity_atol:.0e}")
+    emit(ProgressEvent("export", 0.5, f"parity max abs error {parity.max_abs_error:.1e}; evaluating ONNX"))
+    accuracy = evaluate_onnx(onnx_export.path, _numpy_batches(result))
+    result.accuracy["exported"] = Accuracy(accuracy.top1, accuracy.top5, accuracy.num_images)
+    emit(ProgressEvent("export", 1.0, f"exported top-1 {accuracy.top1:.2%}"))
+    return section, time.perf_counter() - start
+
+
+def _plain(obj) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(obj).items()}
+
+
+def _numpy_batches(result: CompressResult, batch_size: int = 500):
+    for images, labels in data_mod.batches(result.splits.evaluation, result.preprocess, batch_size):
+        yield images.numpy(), labels.numpy()

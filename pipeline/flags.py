@@ -1,0 +1,299 @@
+"""The job spec's command-line form, defined once: each ``Flag`` names the spec field(s) it sets, how to parse its
+text and how to write a value back. From the table come
+
+- ``add_spec_arguments(parser)``: the flags of ``interprune compress`` and ``interprune submit``;
+- ``spec_from_args(args)``: the ``JobSpec`` they describe (unset flags leave the dataclasses' defaults);
+- ``argv_from_spec(spec)``: the flags that rebuild a spec (the report's "reproduce" line).
+
+Defaults live in the dataclasses (``pipeline.spec``, ``pruning.compress``) and nowhere else; ``--help`` shows them.
+The gRPC form is ``service.core.wire``; ``tests/test_spec_flags.py`` checks flags -> spec -> proto -> spec -> flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pipeline.spec import JobSpec
+from pruning.compress import CompressSpec, ModelSpec
+
+
+# --- argument types (also used by the service commands) -------------------------------------------------
+
+def size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW like 224x224, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def targets(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Flag:
+    name: str                                   # --flag
+    path: str                                   # dotted spec field it sets, e.g. "compress.data.mean"
+    group: str
+    help: str = ""
+    type: Callable[[str], Any] | None = str
+    kind: str = "value"                         # value | switch_off (flag sets False) | switch_on | append | params
+    to_spec: Callable[[Any], Any] = lambda v: v     # parsed value -> spec value
+    to_text: Callable[[Any], str] | None = None     # spec value -> flag text (default: numbers and comma lists)
+    also: tuple[str, ...] = ()                  # further fields set to the same value
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    required: bool = False
+
+
+def _drop_points(value: float) -> float:
+    return value / 100.0
+
+
+def _epochs(value: float) -> float | None:
+    return value or None
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("--arch", "compress.model.arch", "model", "architecture, e.g. cifar/resnet56 (see `interprune models`)",
+         required=True),
+    Flag("--weights", "compress.model.weights", "model", "weights-only checkpoint (.th/.pt); omitted = random "
+                                                        "initialisation"),
+    Flag("--num-classes", "compress.model.num_classes", "model", type=int),
+    Flag("--data", "compress.data.path", "data", "folder with train*.npz/test.npz, one .npz, an ImageFolder "
+         "dir/.tar/.zip, or CIFAR python batches; omitted = the bundled sample (scikit-learn digits)"),
+    Flag("--calibration-images", "compress.data.calibration_images", "data", type=int),
+    Flag("--eval-images", "compress.data.evaluation_images", "data", "evaluation images (default: the whole test "
+                                                                     "set)", type=int),
+    Flag("--finetune-pool", "compress.data.finetune_images", "data", "at most this many images in the fine-tune "
+                                                                     "split", type=int),
+    Flag("--input-size", "compress.data.input_size", "data", "resize images to HxW, e.g. 224x224", type=size,
+         to_text=lambda v: "x".join(str(x) for x in v)),
+    Flag("--mean", "compress.data.mean", "data", "per-channel mean, e.g. 0.485,0.456,0.406", type=floats),
+    Flag("--std", "compress.data.std", "data", type=floats),
+    Flag("--criterion", "compress.prune.criterion", "pruning", "l1, l2, random, fpgm, taylor, dissection, "
+         "functionality, redundancy, layer_probe, visual_similarity"),
+    Flag("--criterion-param", "compress.prune.criterion_params", "pruning", type=key_value, kind="params",
+         metavar="KEY=VALUE"),
+    Flag("--target-macs", "compress.prune.target_reduction", "pruning", "fraction of MACs to remove, e.g. 0.5",
+         type=float),
+    Flag("--target-params", "compress.prune.target_reduction", "pruning", "fraction of parameters to remove",
+         type=float),
+    Flag("--latency-budget", "compress.prune.latency_budget_ms", "pruning", "instead of a fraction: p90 latency "
+         "to reach at --latency-batch on --latency-target", type=float, metavar="MS"),
+    Flag("--latency-batch", "compress.prune.latency_batch", "pruning", type=int),
+    Flag("--latency-target", "compress.prune.latency_target", "pruning"),
+    Flag("--latency-margin", "compress.prune.latency_margin", "pruning", "the search aims at budget x (1 - margin): "
+         "latency moves by a few %% between measurements", type=float, metavar="FRACTION"),
+    Flag("--allocation", "compress.prune.allocation", "pruning", choices=("uniform", "global")),
+    Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
+         "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
+         "(the reason is in the report)", type=int),
+    Flag("--min-channels", "compress.prune.min_channels", "pruning", type=int),
+    Flag("--protect", "compress.prune.protected", "pruning", "never prune this layer's output channels",
+         kind="append", metavar="LAYER"),
+    Flag("--layer-criterion", "compress.prune.layer_criterion", "pruning", "block criterion run first "
+                                                                          "(layer_probe), then --criterion"),
+    Flag("--layer-param", "compress.prune.layer_criterion_params", "pruning", type=key_value, kind="params",
+         metavar="KEY=VALUE"),
+    Flag("--no-reconstruct", "compress.reconstruct.enabled", "reconstruction and fine-tuning",
+         "skip the least-squares kernel re-fit", kind="switch_off"),
+    Flag("--batchnorm", "compress.reconstruct.batchnorm", "reconstruction and fine-tuning",
+         "re-estimate BatchNorm statistics (auto: only without reconstruction)", choices=("auto", "on", "off")),
+    Flag("--finetune", "compress.finetune.epochs", "reconstruction and fine-tuning", "fine-tune epochs (0 = none)",
+         type=float, to_spec=_epochs, metavar="EPOCHS"),
+    Flag("--finetune-steps", "compress.finetune.steps", "reconstruction and fine-tuning", type=int),
+    Flag("--finetune-images", "compress.finetune.images", "reconstruction and fine-tuning",
+         "fine-tune until this many images were seen", type=int),
+    Flag("--finetune-minutes", "compress.finetune.minutes", "reconstruction and fine-tuning", type=float),
+    Flag("--lr", "compress.finetune.lr", "reconstruction and fine-tuning", type=float),
+    Flag("--no-augment", "compress.finetune.augment", "reconstruction and fine-tuning",
+         "no flip/crop augmentation while fine-tuning", kind="switch_off"),
+    Flag("--opset", "export.opset", "export and benchmark", type=int),
+    Flag("--slim", "export.slim", "export and benchmark", "simplify the ONNX graph with onnxslim", kind="switch_on"),
+    Flag("--no-export", "export.onnx", "export and benchmark", kind="switch_off"),
+    Flag("--targets", "benchmark.targets", "export and benchmark", "comma-separated: local:cpu, local:cuda, "
+         "agent:NAME; '' = no benchmark", type=targets),
+    Flag("--batch-sizes", "benchmark.batch_sizes", "export and benchmark", type=ints),
+    Flag("--bench-seconds", "benchmark.seconds_per_batch", "export and benchmark", "at most this long per batch size",
+         type=float),
+    Flag("--precision", "benchmark.precision", "export and benchmark", "precision of the engines agents build "
+         "(fp16/int8 need TensorRT on the agent); also picks the automatic --round-to",
+         choices=("fp32", "fp16", "int8")),
+    Flag("--agent-eval-images", "benchmark.agent_eval_images", "export and benchmark", "agent targets measure top-1 "
+         "on the first N evaluation images (0 = none)", type=non_negative_int, metavar="N"),
+    Flag("--max-accuracy-drop", "gate.max_accuracy_drop", "quality gate", "largest accepted top-1 drop, in points "
+         "(0.5 = half a point)", type=float, to_spec=_drop_points, to_text=lambda v: f"{v * 100:.10g}"),
+    Flag("--seed", "compress.seed", "run", type=int),
+    Flag("--threads", "compress.threads", "run", "torch / ONNX Runtime threads", type=int,
+         also=("benchmark.threads",)),
+)
+_BY_DEST = {f.name[2:].replace("-", "_"): f for f in FLAGS}
+_EXCLUSIVE = ("--target-macs", "--target-params", "--latency-budget")
+
+
+def _defaults() -> dict:
+    return JobSpec(CompressSpec(ModelSpec(arch=""))).to_dict()
+
+
+def _get(tree: dict, path: str) -> Any:
+    for key in path.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
+# --- table -> argparse, args -> spec, spec -> argv ----------------------------------------------------------
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every spec flag to ``parser`` (argparse defaults are None: unset flags keep the spec's defaults)."""
+    defaults, groups = _defaults(), {}
+    exclusive = None
+    for flag in FLAGS:
+        group = groups.get(flag.group) or groups.setdefault(flag.group, parser.add_argument_group(flag.group))
+        if flag.name in _EXCLUSIVE:
+            exclusive = exclusive or group.add_mutually_exclusive_group()
+            group = exclusive
+        default = _get(defaults, flag.path)
+        shown = "" if flag.kind != "value" or default in (None, "", (), []) or flag.name in _EXCLUSIVE else \
+            f" (default {flag.to_text(default) if flag.to_text else _text(default)})"
+        kwargs: dict[str, Any] = {"help": (flag.help + shown).strip() or None}
+        if flag.kind in ("switch_off", "switch_on"):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=flag.type, metavar=flag.metavar, choices=flag.choices, required=flag.required)
+            if flag.kind in ("append", "params"):
+                kwargs["action"] = "append"
+        group.add_argument(flag.name, **kwargs)
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """The ``JobSpec`` described by the flags of ``add_spec_arguments``."""
+    tree: dict = {"compress": {"model": {}}}
+    for dest, flag in _BY_DEST.items():
+        value = getattr(args, dest, None)
+        if value is None or (flag.kind.startswith("switch") and not value):
+            continue
+        if flag.kind == "switch_off":
+            value = False
+        elif flag.kind == "switch_on":
+            value = True
+        elif flag.kind == "params":
+            value = dict(value)
+        elif flag.kind == "append":
+            value = tuple(value)
+        value = flag.to_spec(value)
+        for path in (flag.path, *flag.also):
+            _set(tree, path, value)
+        if flag.name in ("--target-macs", "--target-params"):
+            _set(tree, "compress.prune.target_metric", "params" if flag.name == "--target-params" else "macs")
+    return JobSpec.from_dict(tree)
+
+
+def argv_from_spec(spec: dict) -> list[str]:
+    """The flags that rebuild ``spec`` (the dict form) with ``spec_from_args``; fields equal to their default are
+    left out. Fields that have no flag are not represented (``unrepresented`` lists them)."""
+    defaults, argv = _defaults(), []
+    prune = spec["compress"]["prune"]
+    for flag in FLAGS:
+        value, default = _get(spec, flag.path), _get(defaults, flag.path)
+        if flag.name in _EXCLUSIVE:
+            argv += _target_flag(flag, prune)
+            continue
+        if flag.name != "--arch" and _same(value, default):
+            continue
+        if flag.kind in ("switch_off", "switch_on"):
+            argv.append(flag.name)
+        elif flag.kind == "append":
+            argv += [a for item in value for a in (flag.name, str(item))]
+        elif flag.kind == "params":
+            argv += [a for key, item in value.items() for a in (flag.name, f"{key}={json.dumps(item)}")]
+        elif value is not None:
+            argv += [flag.name, flag.to_text(value) if flag.to_text else _text(value)]
+    return argv
+
+
+def _target_flag(flag: Flag, prune: dict) -> list[str]:
+    if prune.get("latency_budget_ms") is not None:
+        chosen = "--latency-budget"
+    elif prune.get("target_metric") == "params":
+        chosen = "--target-params"
+    else:
+        chosen = "--target-macs"
+    if flag.name != chosen:
+        return []
+    value = prune["latency_budget_ms"] if chosen == "--latency-budget" else prune["target_reduction"]
+    return [flag.name, _text(value)]
+
+
+def unrepresented(spec: dict) -> list[str]:
+    """Spec fields that differ from their defaults but have no flag (submit the spec instead)."""
+    covered = {p for f in FLAGS for p in (f.path, *f.also)} | {"compress.prune.target_metric"}
+    out: list[str] = []
+
+    def walk(value, default, path):
+        if isinstance(value, dict) and isinstance(default, dict) and not path.endswith("_params"):
+            for key in value:
+                walk(value[key], default.get(key), f"{path}.{key}".lstrip("."))
+        elif path not in covered and not _same(value, default):
+            out.append(path)
+    walk(spec, _defaults(), "")
+    return sorted(out)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-12 * max(1, abs(b))
+    return a == b
+
+
+def _text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_text(v) for v in value)
+    return f"{value:.10g}" if isinstance(value, float) else str(value)

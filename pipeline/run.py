@@ -1,0 +1,63 @@
+"""One job in a straight line: resolve the spec -> compress -> export and verify -> measure -> build the complete
+report (gate included) -> write.
+
+Used in-process by ``interprune compress`` and by the service's worker processes. Output folder::
+
+    plan.json  weights.pt  model.onnx  original.onnx  report.json  report.html  visualizations/*.png
+
+Engine errors (``pruning.errors.InterpruneError``) pass through unchanged; an export whose ONNX Runtime output
+differs from PyTorch by more than ``parity_atol`` fails the job (``ExportCheckFailed``). ``should_stop`` is polled
+between stages and inside the engine's loops (cooperative cancel).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_targets, latency_probe
+from pipeline.export import ExportCheckFailed, export_and_verify
+from pipeline.report import build_report, write_reports
+from pipeline.resolve import resolve_spec
+from pipeline.spec import JobSpec
+from pruning.compress import ProgressEvent, compress
+from pruning.errors import Cancelled
+
+__all__ = ["ExportCheckFailed", "run_pipeline"]
+
+
+def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[ProgressEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 remote_targets: RemoteTargetsFactory | None = None) -> dict:
+    """Run the whole job into ``out_dir`` and return the report (also written as ``report.json``).
+
+    ``remote_targets`` opens the job's device-agent targets (``agent:NAME``); without it they record an error."""
+    from exporters import environment
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    emit = progress or (lambda event: None)
+    spec, notes = resolve_spec(spec)
+    prune, bench = spec.compress.prune, spec.benchmark
+    probe = latency_probe(prune.latency_target, bench.threads, out, bench.seconds_per_batch) \
+        if prune.latency_budget_ms is not None else None
+    result = compress(spec.compress, out, progress, should_stop, latency_probe=probe)
+    result.notes[:0] = notes
+    timings = dict(result.timings)
+    exported: dict = {}
+    if spec.export.onnx:
+        _check_stop(should_stop)
+        exported, timings["export"] = export_and_verify(spec.export, result, out, emit)
+    measured = Measurements()
+    if spec.export.onnx and bench.targets:
+        start = time.perf_counter()
+        measured = benchmark_targets(spec, result, out, emit, should_stop, remote_targets)
+        timings["benchmark"] = time.perf_counter() - start
+    report = build_report(spec, result, exported, measured, timings, environment())
+    write_reports(report, out, result)
+    return report
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("job cancelled")

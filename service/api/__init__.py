@@ -1,0 +1,1 @@
+"""The gRPC server: servicer, conversions between store records and messages, submit-time validation."""

@@ -1,0 +1,108 @@
+"""Submit-time checks of a job spec: cheap ones (names, ranges, artifacts present), before anything is queued."""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+from service._proto.interprune.v1 import compression_pb2 as pb
+from service.core.errors import InvalidArgument
+from service.core.wire import _params
+
+_TARGET = re.compile(r"^(local:(cpu|cuda|tensorrt)|agent:[A-Za-z0-9_.-]{1,64})$")
+
+
+def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None:
+    """Raise ``InvalidArgument`` (or ``NotFound`` for a missing artifact) for what can be checked cheaply."""
+    from pruning import zoo
+    from pruning.criteria import create_criterion, is_criterion, list_criteria
+    from pruning.errors import SpecError
+    from service.jobs.artifacts import check_id
+    from service.core.errors import NotFound
+
+    if not spec.model.arch:
+        examples = ", ".join(zoo.list_models()[:4])
+        raise InvalidArgument(f"spec.model.arch is empty; name an architecture, e.g. {examples}")
+    if not zoo.is_model(spec.model.arch):
+        try:
+            zoo.get_entry(spec.model.arch)
+        except Exception as exc:  # noqa: BLE001 - ModelError with the did-you-mean text
+            raise InvalidArgument(str(exc)) from None
+    for field, artifact_id, what in (("spec.model.weights_artifact_id", spec.model.weights_artifact_id, "model"),
+                                     ("spec.data.artifact_id", spec.data.artifact_id, "data")):
+        if artifact_id:
+            try:
+                check_id(artifact_id)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{field}: {exc}") from None
+            if not has_artifact(artifact_id):
+                raise NotFound(f"{field}: the {what} artifact {artifact_id} is not on this server; upload it first "
+                               "(UploadArtifact)")
+    p = spec.prune
+    for name, params, kind in ((p.criterion or "l1", p.criterion_params, None),
+                               (p.layer_criterion, p.layer_criterion_params, "block")):
+        if not name:
+            continue
+        if not is_criterion(name):
+            raise InvalidArgument(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}")
+        try:
+            scorer = create_criterion(name, **_params(params))
+        except SpecError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if kind and scorer.kind != kind:
+            raise InvalidArgument(f"layer_criterion {name!r} scores channels, not blocks; choose one of "
+                                  f"{', '.join(list_criteria('block')) or '(none registered)'}")
+    _check_ranges(spec)
+
+
+def _check_ranges(spec: pb.JobSpec) -> None:
+    p, d, f, b, x = spec.prune, spec.data, spec.finetune, spec.benchmark, spec.execution
+    checks = [
+        (p.HasField("target_reduction") and not (0.0 <= p.target_reduction < 1.0),
+         f"spec.prune.target_reduction {p.target_reduction:g} is impossible: it is the fraction of the cost to "
+         "remove, in [0, 1) (0.5 removes half)"),
+        (p.HasField("round_to") and p.round_to < 1, "spec.prune.round_to must be >= 1 (1 = no rounding)"),
+        (p.HasField("min_channels") and p.min_channels < 1, "spec.prune.min_channels must be >= 1"),
+        (p.HasField("layer_share") and not 0.0 <= p.layer_share <= 1.0, "spec.prune.layer_share must be in [0, 1]"),
+        (p.HasField("latency_budget_ms") and not p.latency_budget_ms > 0,
+         "spec.prune.latency_budget_ms must be a positive number of milliseconds"),
+        (p.HasField("latency_batch") and p.latency_batch < 1, "spec.prune.latency_batch must be >= 1"),
+        (p.latency_target not in ("", "local:cpu", "local:cuda", "local:tensorrt"),
+         f"spec.prune.latency_target {p.latency_target!r}: latency budgets are measured on local:cpu, local:cuda or "
+         "local:tensorrt"),
+        (spec.model.HasField("num_classes") and spec.model.num_classes < 1, "spec.model.num_classes must be >= 1"),
+        (any(d.HasField(n) and getattr(d, n) < 0 for n in ("calibration_images", "evaluation_images",
+                                                           "finetune_images")), "spec.data image counts must be >= 0"),
+        (d.HasField("batch_size") and d.batch_size < 1, "spec.data.batch_size must be >= 1"),
+        (d.HasField("input_size") and min(d.input_size.height, d.input_size.width) < 1,
+         "spec.data.input_size must be positive (height and width in pixels)"),
+        (len(d.mean) != len(d.std), f"spec.data.mean has {len(d.mean)} values and std {len(d.std)}; give one per "
+                                    "channel for both"),
+        (any(v <= 0 for v in d.std), "spec.data.std values must be > 0"),
+        (any(f.HasField(n) and not getattr(f, n) >= 0 for n in ("epochs", "steps", "images", "minutes")),
+         "spec.finetune budget values must be >= 0"),
+        (f.HasField("batch_size") and f.batch_size < 1, "spec.finetune.batch_size must be >= 1"),
+        (f.HasField("lr") and not f.lr > 0, "spec.finetune.lr must be > 0"),
+        (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
+        (b.HasField("seconds_per_batch") and not b.seconds_per_batch > 0,
+         "spec.benchmark.seconds_per_batch must be > 0"),
+        (b.HasField("agent_eval_images") and b.agent_eval_images < 0,
+         "spec.benchmark.agent_eval_images must be >= 0 (0 = no accuracy measured on agents)"),
+        (b.precision not in ("", "fp32", "fp16", "int8"),
+         f"spec.benchmark.precision {b.precision!r}: choose fp32, fp16 or int8 (fp16/int8 need TensorRT on the agent)"),
+        (any(not _TARGET.match(t) for t in b.targets),
+         f"spec.benchmark.targets {list(b.targets)}: each must be local:cpu, local:cuda, local:tensorrt or agent:NAME"),
+        (spec.gate.HasField("max_accuracy_drop") and not math.isfinite(spec.gate.max_accuracy_drop),
+         "spec.gate.max_accuracy_drop must be a finite number (a fraction: 0.01 = one point)"),
+        (x.HasField("timeout_seconds") and not x.timeout_seconds > 0,
+         "spec.execution.timeout_seconds must be > 0 (leave it unset for the server's default)"),
+        (x.HasField("threads") and x.threads < 1, "spec.execution.threads must be >= 1"),
+        (spec.export.HasField("opset") and not 7 <= spec.export.opset <= 30, "spec.export.opset must be in 7..30"),
+        (spec.export.HasField("parity_atol") and not spec.export.parity_atol > 0,
+         "spec.export.parity_atol must be > 0"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise InvalidArgument(message)
+
+

@@ -1,0 +1,50 @@
+"""interprune: prune CNNs by what their filters detect, re-fit, fine-tune, export to ONNX and measure.
+
+Local commands (no server): ``compress`` runs the whole pipeline in this process; ``demo`` trains the bundled
+sample model and compresses it. Service commands (``serve``, ``submit``, ``watch``, ...) live in
+``service.cli.remote``. Exit codes (``service.cli.output``): 0 success (and quality gate passed), 2 usage or bad input, 3 job failed
+or cancelled, 4 quality gate failed, 5 server unreachable.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from service.cli.local import add_local_commands
+from service.cli.output import EXIT_USAGE, CliError
+from service.cli.remote import add_remote_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interprune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_local_commands(sub)
+    add_remote_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentTypeError as exc:
+        print(f"interprune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except argparse.ArgumentTypeError as exc:
+        CliError(str(exc), EXIT_USAGE).show()
+        return EXIT_USAGE
+    except CliError as exc:
+        exc.show()
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The wire format both ends share: enum mappings and the job spec <-> ``interprune.v1.JobSpec`` conversion.
+
+- ``spec_to_dict`` / ``spec_to_proto``: a proto ``JobSpec`` <-> the dict form of ``pipeline.spec.JobSpec``
+  (artifacts referenced as ``artifact:<id>``), plus the execution settings (timeout, retry on crash).
+
+Used by the server (``service.api``) and the client (``service.client``) so both sides agree on one mapping.
+Store records -> messages is ``service.api.convert``; submit-time checks are ``service.api.validate``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from service._proto.interprune.v1 import compression_pb2 as pb
+from service.core.errors import InvalidArgument
+from service.core.states import JobState
+
+ARTIFACT_PREFIX = "artifact:"
+
+KIND_TO_PROTO = {"model": pb.ARTIFACT_KIND_MODEL, "dataset": pb.ARTIFACT_KIND_DATASET, "plan": pb.ARTIFACT_KIND_PLAN,
+                 "weights": pb.ARTIFACT_KIND_WEIGHTS, "onnx": pb.ARTIFACT_KIND_ONNX,
+                 "report_json": pb.ARTIFACT_KIND_REPORT_JSON, "report_html": pb.ARTIFACT_KIND_REPORT_HTML,
+                 "other": pb.ARTIFACT_KIND_OTHER}
+KIND_FROM_PROTO = {v: k for k, v in KIND_TO_PROTO.items()}
+STATE_TO_PROTO = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_RUNNING,
+                  JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED,
+                  JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
+STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
+FAILURE_TO_PROTO = {"invalid_input": pb.FAILURE_KIND_INVALID_INPUT, "export_check": pb.FAILURE_KIND_EXPORT_CHECK,
+                    "timed_out": pb.FAILURE_KIND_TIMED_OUT, "crashed": pb.FAILURE_KIND_CRASHED,
+                    "server_stopped": pb.FAILURE_KIND_SERVER_STOPPED, "internal": pb.FAILURE_KIND_INTERNAL}
+FAILURE_FROM_PROTO = {v: k for k, v in FAILURE_TO_PROTO.items()}
+_METRIC = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs", pb.TARGET_METRIC_PARAMS: "params"}
+_ALLOCATION = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform", pb.ALLOCATION_GLOBAL: "global"}
+_BATCHNORM = {pb.BATCH_NORM_MODE_UNSPECIFIED: None, pb.BATCH_NORM_MODE_AUTO: "auto", pb.BATCH_NORM_MODE_ON: "on",
+              pb.BATCH_NORM_MODE_OFF: "off"}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the service runs a job (not part of the pipeline's spec)."""
+
+    timeout_seconds: float | None = None
+    retry_on_crash: bool = False
+
+
+# --- proto JobSpec -> dict ---------------------------------------------------------------------------
+
+def _present(message, names: tuple[str, ...]) -> dict[str, Any]:
+    """The optional scalar fields of ``message`` that are set, under the same names."""
+    return {name: getattr(message, name) for name in names if message.HasField(name)}
+
+
+def _params(values) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(f"criterion parameter {key!r} has no value; set one of bool/int/double/string")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def _artifact_ref(artifact_id: str) -> str | None:
+    return ARTIFACT_PREFIX + artifact_id if artifact_id else None
+
+
+def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
+    """The ``pipeline.run.JobSpec.from_dict`` input for ``spec``; unset optional fields are left out, so the
+    engine's defaults apply."""
+    m, d, p, r, f = spec.model, spec.data, spec.prune, spec.reconstruct, spec.finetune
+    model = {"arch": m.arch, "weights": _artifact_ref(m.weights_artifact_id), **_present(m, ("num_classes",))}
+    data = {"path": _artifact_ref(d.artifact_id),
+            **_present(d, ("calibration_images", "evaluation_images", "finetune_images", "batch_size"))}
+    if d.HasField("input_size"):
+        data["input_size"] = [d.input_size.height, d.input_size.width]
+    if d.mean:
+        data["mean"] = [float(v) for v in d.mean]
+    if d.std:
+        data["std"] = [float(v) for v in d.std]
+    prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
+                            "latency_batch")),
+             "criterion_params": _params(p.criterion_params),
+             "layer_criterion_params": _params(p.layer_criterion_params)}
+    if p.criterion:
+        prune["criterion"] = p.criterion
+    if p.layer_criterion:
+        prune["layer_criterion"] = p.layer_criterion
+    if p.latency_target:
+        prune["latency_target"] = p.latency_target
+    if p.protected_layers:
+        prune["protected"] = list(p.protected_layers)
+    for key, value in (("target_metric", _METRIC.get(p.target_metric)), ("allocation", _ALLOCATION.get(p.allocation))):
+        if value:
+            prune[key] = value
+    reconstruct = _present(r, ("enabled", "positions_per_image", "ridge"))
+    if _BATCHNORM.get(r.batchnorm):
+        reconstruct["batchnorm"] = _BATCHNORM[r.batchnorm]
+    finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha",
+                            "augment", "validation_images"))
+    compress = {"model": model, "data": data, "prune": prune, "reconstruct": reconstruct, "finetune": finetune,
+                **_present(spec.execution, ("seed", "threads"))}
+    export = _present(spec.export, ("onnx", "opset", "slim", "parity_atol", "parity_images"))
+    b = spec.benchmark
+    benchmark = _present(b, ("threads", "seconds_per_batch", "original", "agent_eval_images"))
+    if b.precision:
+        benchmark["precision"] = b.precision
+    if b.skip:
+        benchmark["targets"] = []
+    elif b.targets:
+        benchmark["targets"] = list(b.targets)
+    if b.batch_sizes:
+        benchmark["batch_sizes"] = list(b.batch_sizes)
+    gate = _present(spec.gate, ("max_accuracy_drop",))
+    execution = Execution(spec.execution.timeout_seconds if spec.execution.HasField("timeout_seconds") else None,
+                          spec.execution.retry_on_crash)
+    return {"compress": compress, "export": export, "benchmark": benchmark, "gate": gate}, execution
+
+
+# --- dataclass JobSpec -> proto (client side) -----------------------------------------------------------
+
+def _param_value(key: str, value: Any) -> pb.ParamValue:
+    if isinstance(value, bool):
+        return pb.ParamValue(bool_value=value)
+    if isinstance(value, int):
+        return pb.ParamValue(int_value=value)
+    if isinstance(value, float):
+        return pb.ParamValue(double_value=value)
+    if isinstance(value, str):
+        return pb.ParamValue(string_value=value)
+    raise InvalidArgument(f"criterion parameter {key!r}={value!r}: only numbers, strings and booleans are supported")
+
+
+def _set(message, **values: Any) -> None:
+    for name, value in values.items():
+        if value is not None:
+            setattr(message, name, value)
+
+
+def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "",
+                  execution: Execution = Execution()) -> pb.JobSpec:
+    """A ``pipeline.run.JobSpec`` as a message; local paths are replaced by the given artifact ids."""
+    c = spec.compress
+    out = pb.JobSpec()
+    out.model.arch = c.model.arch
+    out.model.weights_artifact_id = weights_artifact_id
+    _set(out.model, num_classes=c.model.num_classes)
+    d = c.data
+    out.data.artifact_id = data_artifact_id
+    _set(out.data, calibration_images=d.calibration_images, evaluation_images=d.evaluation_images,
+         finetune_images=d.finetune_images, batch_size=d.batch_size)
+    if d.input_size:
+        out.data.input_size.height, out.data.input_size.width = d.input_size
+    out.data.mean.extend(d.mean or ())
+    out.data.std.extend(d.std or ())
+    p = c.prune
+    out.prune.criterion = p.criterion
+    for key, value in dict(p.criterion_params).items():
+        out.prune.criterion_params[key].CopyFrom(_param_value(key, value))
+    out.prune.target_metric = {"macs": pb.TARGET_METRIC_MACS, "params": pb.TARGET_METRIC_PARAMS}.get(
+        p.target_metric, pb.TARGET_METRIC_UNSPECIFIED)
+    out.prune.allocation = {"uniform": pb.ALLOCATION_UNIFORM, "global": pb.ALLOCATION_GLOBAL}.get(
+        p.allocation, pb.ALLOCATION_UNSPECIFIED)
+    _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
+         layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
+         latency_batch=p.latency_batch, latency_target=p.latency_target)
+    out.prune.protected_layers.extend(p.protected)
+    for key, value in dict(p.layer_criterion_params).items():
+        out.prune.layer_criterion_params[key].CopyFrom(_param_value(key, value))
+    r = c.reconstruct
+    _set(out.reconstruct, enabled=r.enabled, positions_per_image=r.positions_per_image, ridge=r.ridge)
+    out.reconstruct.batchnorm = {v: k for k, v in _BATCHNORM.items() if v}.get(r.batchnorm, 0)
+    f = c.finetune
+    _set(out.finetune, epochs=f.epochs, steps=f.steps, images=f.images, minutes=f.minutes, batch_size=f.batch_size,
+         lr=f.lr, temperature=f.temperature, alpha=f.alpha, augment=f.augment, validation_images=f.validation_images)
+    e = spec.export
+    _set(out.export, onnx=e.onnx, opset=e.opset, slim=e.slim, parity_atol=e.parity_atol,
+         parity_images=getattr(e, "parity_images", None))
+    b = spec.benchmark
+    out.benchmark.skip = not b.targets
+    out.benchmark.targets.extend(b.targets)
+    out.benchmark.batch_sizes.extend(b.batch_sizes)
+    _set(out.benchmark, threads=b.threads, seconds_per_batch=b.seconds_per_batch, original=getattr(b, "original", None),
+         agent_eval_images=getattr(b, "agent_eval_images", None))
+    if getattr(b, "precision", "fp32") != "fp32":
+        out.benchmark.precision = b.precision
+    _set(out.gate, max_accuracy_drop=spec.gate.max_accuracy_drop)
+    _set(out.execution, seed=c.seed, threads=c.threads, timeout_seconds=execution.timeout_seconds)
+    out.execution.retry_on_crash = execution.retry_on_crash
+    return out
+
+
+# --- times ---------------------------------------------------------------------------------------------
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
