@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_compress(data_root: Path, out: Path, *extra: str) -> tuple[dict, float, float]:
     weights = next((data_root / "weights").glob("resnet56-*.th"))
-    cmd = [sys.executable, "-m", "service.cli.main", "compress", "--arch", "cifar/resnet56", "--weights", str(weights),
+    cmd = [sys.executable, "-m", "service.cli", "compress", "--arch", "cifar/resnet56", "--weights", str(weights),
            "--data", str(data_root / "cifar10"), "--criterion", "l1", "--target-macs", "0.5",
            "--out", str(out), "--force", "--json", *extra]
     start = time.perf_counter()

@@ -127,7 +127,7 @@ class Budget:
 def start_server(state: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(state.parent / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--listen", "127.0.0.1:0", "--state-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir",
                              str(state)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()

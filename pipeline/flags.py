@@ -251,7 +251,7 @@ def argv_from_spec(spec: dict) -> list[str]:
         elif flag.kind == "append":
             argv += [a for item in value for a in (flag.name, str(item))]
         elif flag.kind == "params":
-            argv += [a for key, item in value.items() for a in (flag.name, f"{key}={json.dumps(item)}")]
+            argv += [a for key, item in sorted(value.items()) for a in (flag.name, f"{key}={json.dumps(item)}")]
         elif value is not None:
             argv += [flag.name, flag.to_text(value) if flag.to_text else _text(value)]
     return argv

@@ -51,7 +51,8 @@ class JobSpec:
             c = data["compress"]
             compress_spec = CompressSpec(
                 model=_build(ModelSpec, c["model"]), data=_build(DataSpec, c.get("data", {})),
-                prune=_build(PruneSpec, c.get("prune", {})), reconstruct=_build(ReconstructSpec, c.get("reconstruct", {})),
+                prune=_build(PruneSpec, c.get("prune", {})),
+                reconstruct=_build(ReconstructSpec, c.get("reconstruct", {})),
                 finetune=_build(FinetuneSpec, c.get("finetune", {})), seed=int(c.get("seed", 0)),
                 threads=c.get("threads"))
             return cls(compress_spec, _build(ExportSpec, data.get("export", {})),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from service._proto.interprune.v1 import common_pb2 as cpb
 from service._proto.interprune.v1 import device_agent_pb2 as apb
 from service._proto.interprune.v1 import device_agent_pb2_grpc as apb_grpc
 from service.agent.client import AgentClient, AgentError
@@ -102,16 +103,16 @@ def test_bad_requests_get_precise_codes(make_agent, onnx_model, tmp_path):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot load the model" in message
         code, message = _status(lambda: _raw(stub, model, input_shape=[3, 8, 8]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "does not take images of shape [3, 8, 8]" in message
-        code, message = _status(lambda: _raw(stub, model, precision="fp16", backend="onnxruntime"))
+        code, message = _status(lambda: _raw(stub, model, precision=cpb.PRECISION_FP16, backend="onnxruntime"))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "fp32" in message
-        code, message = _status(lambda: _raw(stub, model, precision="fp12"))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "choose one of fp32, fp16, int8" in message
+        code, message = _status(lambda: _raw(stub, model, precision=12))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "settings.precision 12 is not a Precision" in message
         code, _ = _status(lambda: stub.Benchmark(iter([apb.BenchmarkRequest(model_chunk=model)])))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         if not tensorrt_available()[0]:
             code, message = _status(lambda: _raw(stub, model, backend="tensorrt"))
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "backend tensorrt was asked for" in message
-            code, message = _status(lambda: _raw(stub, model, precision="fp16"))
+            code, message = _status(lambda: _raw(stub, model, precision=cpb.PRECISION_FP16))
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "needs TensorRT" in message
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, images=np.zeros((4, 1, 8, 8), np.float64), labels=np.zeros(4, np.int64))
@@ -155,7 +156,7 @@ def test_interprune_agent_serves_until_sigterm(tmp_path):
     tokens.chmod(0o600)
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root), INTERPRUNE_TOKENS="")
-    process = subprocess.Popen([sys.executable, "-m", "service.cli.main", "agent", "--listen", "127.0.0.1:0", "--name",
+    process = subprocess.Popen([sys.executable, "-m", "service.cli", "agent", "--listen", "127.0.0.1:0", "--name",
                                 "box1", "--token-file", str(tokens)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()

@@ -15,7 +15,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-BAR_BLUE, BAR_GREY = (0x2F, 0x6F, 0xB0), (0xB6, 0xC2, 0xCF)     # pipeline.report_html._COMPRESSED / _ORIGINAL
+BAR_BLUE, BAR_GREY = (0x2F, 0x6F, 0xB0), (0xB6, 0xC2, 0xCF)     # pipeline.html_parts.COMPRESSED_COLOUR / ORIGINAL_COLOUR
 PASS_GREEN, FAIL_RED = (0x1A, 0x7F, 0x37), (0xCF, 0x22, 0x2E)
 
 

@@ -142,7 +142,7 @@ def test_same_request_id_gives_one_job(make_server, model_file, data_file):
 # --- bad input ----------------------------------------------------------------------------------
 
 def _raw_upload(stub, data: bytes, sha256: str | None = None, size: int | None = None, kind=pb.ARTIFACT_KIND_MODEL):
-    header = pb.ArtifactHeader(name="x.pt", kind=kind, size_bytes=len(data) if size is None else size,
+    header = pb.ArtifactHeader(display_name="x.pt", kind=kind, size_bytes=len(data) if size is None else size,
                                sha256=sha256 or hashlib.sha256(data).hexdigest())
     messages = [pb.UploadArtifactRequest(header=header)] + [
         pb.UploadArtifactRequest(chunk=data[i:i + (1 << 20)]) for i in range(0, len(data), 1 << 20)]
@@ -163,7 +163,7 @@ def test_bad_uploads_get_precise_codes(make_server):
         code, message = _code(lambda: _raw_upload(stub, data, sha256="ab" * 32))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "hash to" in message and "upload it again" in message
         assert _code(lambda: stub.GetArtifact(pb.GetArtifactRequest(
-            artifact_id=hashlib.sha256(data).hexdigest())))[0] == grpc.StatusCode.NOT_FOUND
+            name="artifacts/" + hashlib.sha256(data).hexdigest())))[0] == grpc.StatusCode.NOT_FOUND
         code, message = _code(lambda: _raw_upload(stub, os.urandom(3 << 20)))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-upload-mb" in message
         first = _raw_upload(stub, data)
@@ -174,7 +174,7 @@ def test_bad_uploads_get_precise_codes(make_server):
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "kind" in message
         code, _ = _code(lambda: stub.UploadArtifact(iter([pb.UploadArtifactRequest(chunk=b"x")])))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
-        code, _ = _code(lambda: list(stub.DownloadArtifact(pb.DownloadArtifactRequest(artifact_id="../etc"))))
+        code, _ = _code(lambda: list(stub.DownloadArtifact(pb.DownloadArtifactRequest(name="artifacts/../etc"))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert not list((srv.state_dir / "artifacts" / "tmp").iterdir())
 
@@ -185,9 +185,12 @@ def test_bad_uploads_get_precise_codes(make_server):
     (lambda s: setattr(s.prune, "target_reduction", 1.5), "INVALID_ARGUMENT", "target_reduction 1.5 is impossible"),
     (lambda s: s.prune.criterion_params["bogus"].CopyFrom(pb.ParamValue(int_value=1)), "INVALID_ARGUMENT",
      "bad parameters for criterion 'l1'"),
-    (lambda s: setattr(s.model, "weights_artifact_id", "f" * 64), "NOT_FOUND", "upload it first"),
-    (lambda s: setattr(s.data, "artifact_id", "not-a-digest"), "INVALID_ARGUMENT", "spec.data.artifact_id"),
-    (lambda s: s.benchmark.targets.append("gpu0"), "INVALID_ARGUMENT", "local:cpu, local:cuda"),
+    (lambda s: setattr(s.model, "weights", "artifacts/" + "f" * 64), "NOT_FOUND", "upload it first"),
+    (lambda s: setattr(s.data, "artifact", "not-a-digest"), "INVALID_ARGUMENT", "spec.data.artifact"),
+    (lambda s: s.benchmark.targets.add(agent="gpu 0"), "INVALID_ARGUMENT", "an agent name is"),
+    (lambda s: setattr(s.benchmark, "precision", 9), "INVALID_ARGUMENT", "spec.benchmark.precision 9 is not a Precision"),
+    (lambda s: setattr(s.prune, "allocation", 7), "INVALID_ARGUMENT", "spec.prune.allocation 7 is not a Allocation"),
+    (lambda s: setattr(s.prune, "latency_margin", 1.5), "INVALID_ARGUMENT", "latency_margin must be in [0, 1)"),
     (lambda s: setattr(s.execution, "timeout_seconds", -1), "INVALID_ARGUMENT", "timeout_seconds must be > 0"),
 ])
 def test_bad_specs_are_rejected_at_submit(make_server, model_file, change, code, text):
@@ -232,16 +235,16 @@ def test_open_watch_streams_are_bounded(make_server, model_file, data_file):
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.CompressionStub(channel)
         job = Client(channel).submit(tiny_spec(model_file, data_file))
-        first = stub.WatchJob(pb.WatchJobRequest(job_id=job.id))
+        first = stub.WatchJob(pb.WatchJobRequest(name="jobs/" + job.id))
         assert next(first).sequence == 1                                  # open, waiting for more
-        code, message = _code(lambda: next(stub.WatchJob(pb.WatchJobRequest(job_id=job.id))))
+        code, message = _code(lambda: next(stub.WatchJob(pb.WatchJobRequest(name="jobs/" + job.id))))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "GetJob" in message
         first.cancel()
         wait_for(lambda: _watch_opens(stub, job.id), timeout_s=5, what="the slot to free up")
 
 
 def _watch_opens(stub, job_id) -> bool:
-    stream = stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+    stream = stub.WatchJob(pb.WatchJobRequest(name="jobs/" + job_id))
     try:
         return next(stream).sequence == 1
     except grpc.RpcError:

@@ -18,18 +18,18 @@ TOKEN = "s3cret-token"
 
 def calls(stub):
     """One call per method, each consumed fully (streams included)."""
-    header = pb.UploadArtifactRequest(header=pb.ArtifactHeader(name="a", kind=pb.ARTIFACT_KIND_MODEL, size_bytes=1,
+    header = pb.UploadArtifactRequest(header=pb.ArtifactHeader(display_name="a", kind=pb.ARTIFACT_KIND_MODEL, size_bytes=1,
                                                                sha256="0" * 64))
     return {
         "UploadArtifact (client stream)": lambda md: stub.UploadArtifact(iter([header]), metadata=md),
         "DownloadArtifact (server stream)": lambda md: list(stub.DownloadArtifact(
-            pb.DownloadArtifactRequest(artifact_id="0" * 64), metadata=md)),
-        "WatchJob (server stream)": lambda md: list(stub.WatchJob(pb.WatchJobRequest(job_id="job-x"), metadata=md)),
-        "GetArtifact": lambda md: stub.GetArtifact(pb.GetArtifactRequest(artifact_id="0" * 64), metadata=md),
+            pb.DownloadArtifactRequest(name="artifacts/" + "0" * 64), metadata=md)),
+        "WatchJob (server stream)": lambda md: list(stub.WatchJob(pb.WatchJobRequest(name="jobs/job-x"), metadata=md)),
+        "GetArtifact": lambda md: stub.GetArtifact(pb.GetArtifactRequest(name="artifacts/" + "0" * 64), metadata=md),
         "SubmitJob": lambda md: stub.SubmitJob(pb.SubmitJobRequest(), metadata=md),
-        "GetJob": lambda md: stub.GetJob(pb.GetJobRequest(job_id="job-x"), metadata=md),
+        "GetJob": lambda md: stub.GetJob(pb.GetJobRequest(name="jobs/job-x"), metadata=md),
         "ListJobs": lambda md: stub.ListJobs(pb.ListJobsRequest(), metadata=md),
-        "CancelJob": lambda md: stub.CancelJob(pb.CancelJobRequest(job_id="job-x"), metadata=md),
+        "CancelJob": lambda md: stub.CancelJob(pb.CancelJobRequest(name="jobs/job-x"), metadata=md),
         "ListDevices": lambda md: stub.ListDevices(pb.ListDevicesRequest(), metadata=md),
     }
 

@@ -35,6 +35,23 @@ def test_latency_budget_round_trips_through_the_contract():
 
     spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"),
                                 prune=PruneSpec("l1", latency_budget_ms=2.5, latency_batch=64)))
-    back = JobSpec.from_dict(spec_to_dict(spec_to_proto(spec, "w" * 64, "d" * 64))[0])
+    back = JobSpec.from_dict(spec_to_dict(spec_to_proto(spec, "a" * 64, "d" * 64))[0])
     assert back.compress.prune.latency_budget_ms == 2.5
     assert back.compress.prune.latency_batch == 64 and back.compress.prune.latency_target == "local:cpu"
+
+
+def test_the_agent_contract_does_not_import_the_compression_contract():
+    from service._proto.interprune.v1 import device_agent_pb2
+
+    imported = {f.name for f in device_agent_pb2.DESCRIPTOR.dependencies}
+    assert "interprune/v1/compression.proto" not in imported
+    assert "interprune/v1/common.proto" in imported
+
+
+def test_resources_are_named_and_requests_take_names():
+    for message in ("Job", "Artifact"):
+        assert "name" in pb.DESCRIPTOR.message_types_by_name[message].fields_by_name
+    for request in ("GetJobRequest", "WatchJobRequest", "CancelJobRequest", "GetArtifactRequest",
+                    "DownloadArtifactRequest"):
+        fields = pb.DESCRIPTOR.message_types_by_name[request].fields_by_name
+        assert "name" in fields and not any(f.endswith("_id") for f in fields), request

@@ -25,7 +25,7 @@ class ServerProcess:
     def __init__(self, state_dir: Path, log: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(log, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--listen", "127.0.0.1:0",
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--listen", "127.0.0.1:0",
                                       "--state-dir", str(state_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True)
         lines: queue.Queue = queue.Queue()

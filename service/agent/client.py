@@ -13,7 +13,6 @@ name and a message that says which agent and what to check.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import device_agent_pb2 as apb
 from service._proto.interprune.v1 import device_agent_pb2_grpc as apb_grpc
 from service._proto.interprune.v1 import device_pb2 as dpb
+from service.core.hashing import sha256_file
 
 CHUNK_BYTES = 1 << 20
 AGENT_TOKEN_ENV = "INTERPRUNE_AGENT_TOKEN"
@@ -143,14 +143,15 @@ class AgentClient:
                   threads: int | None = None, label: str = "", timeout_s: float = 3600.0) -> apb.BenchmarkResult:
         """Send the model (and data) and wait for the agent's result; ``timeout_s`` covers build and timing."""
         blobs = {"model": Path(model), "evaluation": evaluation, "calibration": calibration}
-        settings = apb.BenchmarkSettings(batch_sizes=list(batch_sizes), precision=precision, backend=backend,
+        settings = apb.BenchmarkSettings(batch_sizes=list(batch_sizes), precision=_precision(precision),
+                                         backend=backend,
                                          seconds_per_batch=seconds_per_batch, warmup_seconds=warmup_seconds,
                                          input_shape=list(input_shape), label=label)
         if threads:
             settings.threads = threads
         for key, path in blobs.items():
             if path is not None:
-                getattr(settings, key).CopyFrom(apb.BlobInfo(size_bytes=path.stat().st_size, sha256=_sha256(path)))
+                getattr(settings, key).CopyFrom(apb.BlobInfo(size_bytes=path.stat().st_size, sha256=sha256_file(path)))
 
         def messages() -> Iterator[apb.BenchmarkRequest]:
             yield apb.BenchmarkRequest(settings=settings)
@@ -178,15 +179,14 @@ class AgentClient:
         return AgentError(code.name, f"{where}: {details}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _precision(name: str) -> int:
+    from service.core.wire import PRECISION_TO_PROTO
 
+    try:
+        return PRECISION_TO_PROTO[name]
+    except KeyError:
+        raise AgentError("INVALID_ARGUMENT", f"precision {name!r}: choose fp32, fp16 or int8") from None
 
-# --- ListDevices -----------------------------------------------------------------------------------------
 
 def list_devices(agents: dict[str, AgentEndpoint], timeout_s: float = 3.0) -> list[pb.Device]:
     """Ask every agent for its description at once; an agent that does not answer is listed unhealthy."""

@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service._proto.interprune.v1 import compression_pb2 as pb
+from service._proto.interprune.v1 import common_pb2 as cpb
 from service._proto.interprune.v1 import device_agent_pb2 as apb
 from service._proto.interprune.v1 import device_agent_pb2_grpc as apb_grpc
 from service.agent.bench import BenchSettings, Outcome, run_benchmark
@@ -34,6 +34,7 @@ from service.agent.client import info_to_proto
 from service.core.auth import BearerTokenInterceptor, load_tokens
 from service.agent.device_info import describe_device
 from service.core.lifecycle import run_until_signalled
+from service.core.wire import precision_from_proto
 from service.core.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, rpc
 
 log = logging.getLogger(__name__)
@@ -100,19 +101,20 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
                                   precision=outcome.precision, build_seconds=outcome.build_seconds,
                                   notes=outcome.notes)
         for r in outcome.latency:
-            out.latency.append(pb.LatencyRow(
+            out.latency.append(cpb.LatencyRow(
                 backend=r.backend, batch_size=r.batch_size, runs=r.runs, p50_ms=r.p50_ms, p90_ms=r.p90_ms,
                 p99_ms=r.p99_ms, mean_ms=r.mean_ms, throughput_ips=r.throughput_ips, threads=r.threads,
                 precision=r.precision, device=r.device, error=r.error or "", stable=r.stable))
         if outcome.accuracy is not None:
             a = outcome.accuracy
-            out.accuracy.CopyFrom(pb.Accuracy(top1=a.top1, top5=a.top5, num_images=a.num_images))
+            out.accuracy.CopyFrom(cpb.Accuracy(top1=a.top1, top5=a.top5, num_images=a.num_images))
         return out
 
 
 def _settings(s: apb.BenchmarkSettings) -> BenchSettings:
     settings = BenchSettings(input_shape=tuple(s.input_shape), batch_sizes=tuple(s.batch_sizes) or (1,),
-                             precision=s.precision or "fp32", backend=s.backend or "auto",
+                             precision=precision_from_proto(s.precision, "settings.precision") or "fp32",
+                             backend=s.backend or "auto",
                              seconds_per_batch=s.seconds_per_batch or 3.0, warmup_seconds=s.warmup_seconds or 0.5,
                              threads=s.threads if s.HasField("threads") else None, label=s.label[:200])
     settings.check()

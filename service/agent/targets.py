@@ -1,5 +1,5 @@
-"""Benchmark targets on device agents (``agent:NAME``) for the pipeline (``pipeline.benchmark.RemoteTargets``): send the exported models and
-the evaluation data to the agent, and bring back latency rows and the accuracy the agent measured.
+"""Benchmark targets on device agents (``agent:NAME``) for the pipeline (``pipeline.benchmark.RemoteTargets``): send
+the exported models and the evaluation data to the agent, and bring back latency rows and the accuracy the agent measured.
 
     with AgentTargets(spec.benchmark, result, input_shape) as agents:
         got = agents.run("agent:edge0", {"compressed": Path("model.onnx"), "original": Path("original.onnx")})

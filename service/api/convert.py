@@ -4,18 +4,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from service._proto.interprune.v1 import common_pb2 as cpb
 from service._proto.interprune.v1 import compression_pb2 as pb
+from service.core.names import artifact_name, job_name
 from service.core.wire import FAILURE_TO_PROTO, KIND_TO_PROTO, STATE_TO_PROTO, timestamp
 from service.jobs.store import Event, JobRecord
 
 
 def artifact_to_proto(info) -> pb.Artifact:
-    return pb.Artifact(id=info.id, name=info.name, kind=KIND_TO_PROTO.get(info.kind, pb.ARTIFACT_KIND_OTHER),
+    return pb.Artifact(name=artifact_name(info.id), id=info.id, display_name=info.name, kind=KIND_TO_PROTO.get(info.kind, pb.ARTIFACT_KIND_OTHER),
                        size_bytes=info.size_bytes, create_time=timestamp(info.created))
 
 
 def job_to_proto(job: JobRecord) -> pb.Job:
-    out = pb.Job(id=job.id, state=STATE_TO_PROTO[job.state], request_id=job.request_id or "", message=job.message,
+    out = pb.Job(name=job_name(job.id), id=job.id, state=STATE_TO_PROTO[job.state], request_id=job.request_id or "", message=job.message,
                  cancel_requested=job.cancel_requested, last_sequence=job.last_sequence,
                  create_time=timestamp(job.created), start_time=timestamp(job.started),
                  end_time=timestamp(job.finished))
@@ -34,7 +36,7 @@ def job_to_proto(job: JobRecord) -> pb.Job:
 
 
 def event_to_proto(event: Event) -> pb.JobEvent:
-    out = pb.JobEvent(job_id=event.job_id, sequence=event.sequence, time=timestamp(event.time),
+    out = pb.JobEvent(job=job_name(event.job_id), sequence=event.sequence, time=timestamp(event.time),
                       type=pb.EVENT_TYPE_STATE if event.type == "state" else pb.EVENT_TYPE_PROGRESS,
                       state=STATE_TO_PROTO[event.state], message=event.message, terminal=event.terminal)
     if event.type == "progress":
@@ -49,7 +51,7 @@ def _num(value: Any, default: float = 0.0) -> float:
 def result_to_proto(result: dict) -> pb.JobResult:
     out = pb.JobResult(final_stage=result.get("final_stage") or "")
     for stage, acc in (result.get("accuracy") or {}).items():
-        out.accuracy[stage].CopyFrom(pb.Accuracy(top1=_num(acc.get("top1")), top5=_num(acc.get("top5")),
+        out.accuracy[stage].CopyFrom(cpb.Accuracy(top1=_num(acc.get("top1")), top5=_num(acc.get("top5")),
                                                  num_images=int(acc.get("num_images") or 0)))
     cost = result.get("cost") or {}
     for key, target in (("original", out.original_cost), ("compressed", out.compressed_cost)):
@@ -59,7 +61,7 @@ def result_to_proto(result: dict) -> pb.JobResult:
     reduction = result.get("reduction") or {}
     out.macs_reduction, out.params_reduction = _num(reduction.get("macs")), _num(reduction.get("params"))
     for row in result.get("latency") or []:
-        out.latency.append(pb.LatencyRow(
+        out.latency.append(cpb.LatencyRow(
             target=row.get("target") or "", model=row.get("model") or "", backend=row.get("backend") or "",
             batch_size=int(row.get("batch_size") or 0), runs=int(row.get("runs") or 0),
             p50_ms=_num(row.get("p50_ms"), math.nan), p90_ms=_num(row.get("p90_ms"), math.nan),
@@ -79,8 +81,8 @@ def result_to_proto(result: dict) -> pb.JobResult:
         out.layers.append(pb.LayerWidth(layer=layer.get("layer", ""), kept=int(layer.get("kept", 0)),
                                         original=int(layer.get("original", 0))))
     outputs = result.get("outputs") or {}
-    out.outputs.CopyFrom(pb.JobOutputs(**{f"{k}_artifact_id": v for k, v in outputs.items()
-                                          if f"{k}_artifact_id" in pb.JobOutputs.DESCRIPTOR.fields_by_name}))
+    out.outputs.CopyFrom(pb.JobOutputs(**{f"{k}_artifact": artifact_name(v) for k, v in outputs.items()
+                                          if f"{k}_artifact" in pb.JobOutputs.DESCRIPTOR.fields_by_name}))
     for target, error in (result.get("target_errors") or {}).items():
         out.target_errors[target] = str(error)
     for target, entry in (result.get("target_accuracy") or {}).items():
@@ -90,6 +92,6 @@ def result_to_proto(result: dict) -> pb.JobResult:
         for model in ("original", "compressed"):
             acc = entry.get(model)
             if acc:
-                getattr(message, model).CopyFrom(pb.Accuracy(top1=_num(acc.get("top1")), top5=_num(acc.get("top5")),
+                getattr(message, model).CopyFrom(cpb.Accuracy(top1=_num(acc.get("top1")), top5=_num(acc.get("top5")),
                                                               num_images=int(acc.get("num_images") or 0)))
     return out

@@ -12,9 +12,10 @@ from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto
 from service.api.validate import validate_spec
 from service.api.settings import ServerSettings
+from service.core.names import parse_artifact_name, parse_job_name
 from service.core.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
 from service.core.wire import KIND_FROM_PROTO, STATE_FROM_PROTO, spec_to_dict
-from service.jobs.artifacts import ArtifactStore, check_id
+from service.jobs.artifacts import ArtifactStore
 from service.jobs.scheduler import Scheduler
 from service.jobs.store import JobState, JobStore
 
@@ -43,18 +44,18 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         kind = KIND_FROM_PROTO.get(header.kind)
         if kind is None:
             raise InvalidArgument("the upload header must set kind (MODEL, DATASET, ...)")
-        info = self.artifacts.put_stream(header.name, kind, header.size_bytes, header.sha256,
+        info = self.artifacts.put_stream(header.display_name, kind, header.size_bytes, header.sha256,
                                          _chunks(request_iterator))
         log.info("artifact %s (%s, %d bytes) stored", info.id[:12], info.name, info.size_bytes)
         return artifact_to_proto(info)
 
     @rpc
     def GetArtifact(self, request, context):
-        return artifact_to_proto(self.artifacts.get(check_id(request.artifact_id)))
+        return artifact_to_proto(self.artifacts.get(parse_artifact_name(request.name)))
 
     @rpc
     def DownloadArtifact(self, request, context):
-        info = self.artifacts.get(check_id(request.artifact_id))
+        info = self.artifacts.get(parse_artifact_name(request.name))
         yield pb.DownloadArtifactResponse(artifact=artifact_to_proto(info))
         for chunk in self.artifacts.read_chunks(info.id, CHUNK_BYTES):
             if not context.is_active():
@@ -71,8 +72,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
             raise InvalidArgument("request_id is longer than 200 characters")
         validate_spec(request.spec, self.artifacts.has)
         spec, execution = spec_to_dict(request.spec)
-        benchmark = request.spec.benchmark
-        _add_agents(spec, [] if benchmark.skip else benchmark.targets, self.settings.agents)
+        _add_agents(spec, spec["benchmark"].get("targets", ()), self.settings.agents)
         normalized = _normalize(spec)
         job, created = self.store.create(normalized, request=request.spec.SerializeToString(deterministic=True),
                                          request_id=request.request_id or None,
@@ -85,7 +85,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
 
     @rpc
     def GetJob(self, request, context):
-        return job_to_proto(self.store.get(_job_id(request.job_id)))
+        return job_to_proto(self.store.get(parse_job_name(request.name)))
 
     @rpc
     def ListJobs(self, request, context):
@@ -102,7 +102,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
 
     @rpc
     def WatchJob(self, request, context):
-        job_id = _job_id(request.job_id)
+        job_id = parse_job_name(request.name)
         if request.after_sequence < 0:
             raise InvalidArgument("after_sequence must be >= 0")
         self.store.get(job_id)
@@ -132,7 +132,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
 
     @rpc
     def CancelJob(self, request, context):
-        job = self.store.request_cancel(_job_id(request.job_id))
+        job = self.store.request_cancel(parse_job_name(request.name))
         if job.state == JobState.RUNNING:
             self.scheduler.cancel(job.id)       # returns at once: the job reaches CANCELLED on its own
         return job_to_proto(job)
@@ -168,16 +168,10 @@ def _chunks(request_iterator) -> Iterator[bytes]:
         yield message.chunk
 
 
-def _job_id(job_id: str) -> str:
-    if not job_id:
-        raise InvalidArgument("job_id is empty; SubmitJob and ListJobs return job ids")
-    return job_id
-
-
 def _normalize(spec: dict) -> dict:
-    """The spec as ``pipeline.run.JobSpec`` reads it back (types checked, defaults filled in)."""
+    """The spec as ``pipeline.spec.JobSpec`` reads it back (types checked, defaults filled in)."""
     from pruning.errors import SpecError
-    from pipeline.run import JobSpec
+    from pipeline.spec import JobSpec
 
     try:
         return JobSpec.from_dict(spec).to_dict()

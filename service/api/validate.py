@@ -7,9 +7,10 @@ from typing import Callable
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
-from service.core.wire import _params
+from service.core.names import parse_artifact_name
+from service.core.wire import _params, precision_from_proto, target_to_text
 
-_TARGET = re.compile(r"^(local:(cpu|cuda|tensorrt)|agent:[A-Za-z0-9_.-]{1,64})$")
+_AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None:
@@ -17,7 +18,6 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None
     from pruning import zoo
     from pruning.criteria import create_criterion, is_criterion, list_criteria
     from pruning.errors import SpecError
-    from service.jobs.artifacts import check_id
     from service.core.errors import NotFound
 
     if not spec.model.arch:
@@ -28,15 +28,12 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None
             zoo.get_entry(spec.model.arch)
         except Exception as exc:  # noqa: BLE001 - ModelError with the did-you-mean text
             raise InvalidArgument(str(exc)) from None
-    for field, artifact_id, what in (("spec.model.weights_artifact_id", spec.model.weights_artifact_id, "model"),
-                                     ("spec.data.artifact_id", spec.data.artifact_id, "data")):
-        if artifact_id:
-            try:
-                check_id(artifact_id)
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"{field}: {exc}") from None
+    for field, name, what in (("spec.model.weights", spec.model.weights, "model"),
+                              ("spec.data.artifact", spec.data.artifact, "data")):
+        if name:
+            artifact_id = parse_artifact_name(name, field)
             if not has_artifact(artifact_id):
-                raise NotFound(f"{field}: the {what} artifact {artifact_id} is not on this server; upload it first "
+                raise NotFound(f"{field}: the {what} artifact {name} is not on this server; upload it first "
                                "(UploadArtifact)")
     p = spec.prune
     for name, params, kind in ((p.criterion or "l1", p.criterion_params, None),
@@ -52,7 +49,23 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None
         if kind and scorer.kind != kind:
             raise InvalidArgument(f"layer_criterion {name!r} scores channels, not blocks; choose one of "
                                   f"{', '.join(list_criteria('block')) or '(none registered)'}")
+    _check_enums(spec)
     _check_ranges(spec)
+
+
+def _check_enums(spec: pb.JobSpec) -> None:
+    """Enum numbers this server does not know are refused (proto3 would keep them and read them as defaults)."""
+    for field, value, enum in (("spec.prune.target_metric", spec.prune.target_metric, pb.TargetMetric),
+                               ("spec.prune.allocation", spec.prune.allocation, pb.Allocation),
+                               ("spec.reconstruct.batchnorm", spec.reconstruct.batchnorm, pb.BatchNormMode)):
+        if value not in enum.values():
+            raise InvalidArgument(f"{field} {value} is not a {enum.DESCRIPTOR.name}; use one of "
+                                  f"{', '.join(enum.keys()[1:])}")
+    precision_from_proto(spec.benchmark.precision, "spec.benchmark.precision")
+    for target in spec.benchmark.targets:
+        target_to_text(target, "spec.benchmark.targets")
+    if spec.prune.HasField("latency_target"):
+        target_to_text(spec.prune.latency_target, "spec.prune.latency_target")
 
 
 def _check_ranges(spec: pb.JobSpec) -> None:
@@ -67,8 +80,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (p.HasField("latency_budget_ms") and not p.latency_budget_ms > 0,
          "spec.prune.latency_budget_ms must be a positive number of milliseconds"),
         (p.HasField("latency_batch") and p.latency_batch < 1, "spec.prune.latency_batch must be >= 1"),
-        (p.latency_target not in ("", "local:cpu", "local:cuda", "local:tensorrt"),
-         f"spec.prune.latency_target {p.latency_target!r}: latency budgets are measured on local:cpu, local:cuda or "
+        (p.HasField("latency_target") and p.latency_target.WhichOneof("kind") == "agent",
+         f"spec.prune.latency_target agent:{p.latency_target.agent}: latency budgets are measured on local:cpu, local:cuda or "
          "local:tensorrt"),
         (spec.model.HasField("num_classes") and spec.model.num_classes < 1, "spec.model.num_classes must be >= 1"),
         (any(d.HasField(n) and getattr(d, n) < 0 for n in ("calibration_images", "evaluation_images",
@@ -88,10 +101,10 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "spec.benchmark.seconds_per_batch must be > 0"),
         (b.HasField("agent_eval_images") and b.agent_eval_images < 0,
          "spec.benchmark.agent_eval_images must be >= 0 (0 = no accuracy measured on agents)"),
-        (b.precision not in ("", "fp32", "fp16", "int8"),
-         f"spec.benchmark.precision {b.precision!r}: choose fp32, fp16 or int8 (fp16/int8 need TensorRT on the agent)"),
-        (any(not _TARGET.match(t) for t in b.targets),
-         f"spec.benchmark.targets {list(b.targets)}: each must be local:cpu, local:cuda, local:tensorrt or agent:NAME"),
+        (any(t.WhichOneof("kind") == "agent" and not _AGENT.match(t.agent) for t in b.targets),
+         "spec.benchmark.targets: an agent name is 1-64 letters, digits, _ . or -, as ListDevices shows it"),
+        (p.HasField("latency_margin") and not 0.0 <= p.latency_margin < 1.0,
+         "spec.prune.latency_margin must be in [0, 1) (0.05 aims 5% under the budget)"),
         (spec.gate.HasField("max_accuracy_drop") and not math.isfinite(spec.gate.max_accuracy_drop),
          "spec.gate.max_accuracy_drop must be a finite number (a fraction: 0.01 = one point)"),
         (x.HasField("timeout_seconds") and not x.timeout_seconds > 0,

@@ -35,6 +35,13 @@ _JOB_FAILED = {"INTERNAL", "UNKNOWN", "DATA_LOSS"}
 
 def add_remote_commands(subparsers) -> None:
     """Add the service commands to ``interprune``'s subparsers."""
+    _add_serve(subparsers)
+    _add_agent(subparsers)
+    _add_submit(subparsers)
+    _add_job_commands(subparsers)
+
+
+def _add_serve(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run the gRPC service (jobs, artifacts, progress)")
     serve.add_argument("--listen", default=DEFAULT_SERVER, metavar="HOST:PORT",
                        help="address to listen on (default %(default)s; port 0 picks a free one)")
@@ -58,6 +65,8 @@ def add_remote_commands(subparsers) -> None:
                                                   "own (first line; default $INTERPRUNE_AGENT_TOKEN)")
     serve.set_defaults(func=cmd_serve)
 
+
+def _add_agent(subparsers) -> None:
     agent = subparsers.add_parser("agent", help="run the device agent: benchmarks models on this machine for a server")
     agent.add_argument("--listen", default=DEFAULT_AGENT, metavar="HOST:PORT",
                        help="address to listen on (default %(default)s; 0.0.0.0:50052 for other machines)")
@@ -70,6 +79,8 @@ def add_remote_commands(subparsers) -> None:
     agent.add_argument("--work-dir", help="temporary files (default: the system's temp folder)")
     agent.set_defaults(func=cmd_agent)
 
+
+def _add_submit(subparsers) -> None:
     submit = subparsers.add_parser("submit", help="upload, submit, watch and download a job on a server")
     add_spec_arguments(submit)
     _client_arguments(submit)
@@ -82,6 +93,8 @@ def add_remote_commands(subparsers) -> None:
     submit.add_argument("--detach", action="store_true", help="return after submitting (prints the job id)")
     submit.set_defaults(func=cmd_submit)
 
+
+def _add_job_commands(subparsers) -> None:
     for name, func, help_text in (("watch", cmd_watch, "follow a job's progress until it ends"),
                                   ("get", cmd_get, "show a job"), ("cancel", cmd_cancel, "cancel a job")):
         sub = subparsers.add_parser(name, help=help_text)

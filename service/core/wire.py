@@ -13,8 +13,10 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from service._proto.interprune.v1 import common_pb2 as cpb
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
+from service.core.names import artifact_name, parse_artifact_name
 from service.core.states import JobState
 
 ARTIFACT_PREFIX = "artifact:"
@@ -63,16 +65,51 @@ def _params(values) -> dict[str, Any]:
     return out
 
 
-def _artifact_ref(artifact_id: str) -> str | None:
-    return ARTIFACT_PREFIX + artifact_id if artifact_id else None
+def _artifact_ref(name: str, field: str) -> str | None:
+    return ARTIFACT_PREFIX + parse_artifact_name(name, field) if name else None
+
+
+PRECISION_TO_PROTO = {"fp32": cpb.PRECISION_FP32, "fp16": cpb.PRECISION_FP16, "int8": cpb.PRECISION_INT8}
+PRECISION_FROM_PROTO = {v: k for k, v in PRECISION_TO_PROTO.items()}
+LOCAL_TO_PROTO = {"cpu": cpb.LOCAL_DEVICE_CPU, "cuda": cpb.LOCAL_DEVICE_CUDA, "tensorrt": cpb.LOCAL_DEVICE_TENSORRT}
+LOCAL_FROM_PROTO = {v: k for k, v in LOCAL_TO_PROTO.items()}
+
+
+def precision_from_proto(value: int, field: str) -> str | None:
+    """The precision's name (None when unset); an unknown number is refused, never read as the default."""
+    if value == cpb.PRECISION_UNSPECIFIED:
+        return None
+    if value not in PRECISION_FROM_PROTO:
+        raise InvalidArgument(f"{field} {value} is not a Precision; use FP32, FP16 or INT8")
+    return PRECISION_FROM_PROTO[value]
+
+
+def target_to_text(target: cpb.Target, field: str = "target") -> str:
+    """``local:cpu`` / ``local:cuda`` / ``local:tensorrt`` / ``agent:NAME``."""
+    kind = target.WhichOneof("kind")
+    if kind == "agent":
+        return f"agent:{target.agent}"
+    if target.local not in (cpb.LOCAL_DEVICE_UNSPECIFIED, *LOCAL_FROM_PROTO):
+        raise InvalidArgument(f"{field}: {target.local} is not a LocalDevice; use CPU, CUDA or TENSORRT")
+    return f"local:{LOCAL_FROM_PROTO.get(target.local, 'cpu')}"
+
+
+def target_from_text(text: str) -> cpb.Target:
+    kind, _, rest = text.partition(":")
+    if kind == "agent":
+        return cpb.Target(agent=rest)
+    if kind == "local" and rest in LOCAL_TO_PROTO:
+        return cpb.Target(local=LOCAL_TO_PROTO[rest])
+    raise InvalidArgument(f"benchmark target {text!r}: use local:cpu, local:cuda, local:tensorrt or agent:NAME")
 
 
 def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     """The ``pipeline.run.JobSpec.from_dict`` input for ``spec``; unset optional fields are left out, so the
     engine's defaults apply."""
     m, d, p, r, f = spec.model, spec.data, spec.prune, spec.reconstruct, spec.finetune
-    model = {"arch": m.arch, "weights": _artifact_ref(m.weights_artifact_id), **_present(m, ("num_classes",))}
-    data = {"path": _artifact_ref(d.artifact_id),
+    model = {"arch": m.arch, "weights": _artifact_ref(m.weights, "spec.model.weights"),
+             **_present(m, ("num_classes",))}
+    data = {"path": _artifact_ref(d.artifact, "spec.data.artifact"),
             **_present(d, ("calibration_images", "evaluation_images", "finetune_images", "batch_size"))}
     if d.HasField("input_size"):
         data["input_size"] = [d.input_size.height, d.input_size.width]
@@ -81,15 +118,15 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     if d.std:
         data["std"] = [float(v) for v in d.std]
     prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
-                            "latency_batch")),
+                            "latency_batch", "latency_margin")),
              "criterion_params": _params(p.criterion_params),
              "layer_criterion_params": _params(p.layer_criterion_params)}
     if p.criterion:
         prune["criterion"] = p.criterion
     if p.layer_criterion:
         prune["layer_criterion"] = p.layer_criterion
-    if p.latency_target:
-        prune["latency_target"] = p.latency_target
+    if p.HasField("latency_target"):
+        prune["latency_target"] = target_to_text(p.latency_target, "spec.prune.latency_target")
     if p.protected_layers:
         prune["protected"] = list(p.protected_layers)
     for key, value in (("target_metric", _METRIC.get(p.target_metric)), ("allocation", _ALLOCATION.get(p.allocation))):
@@ -105,12 +142,13 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     export = _present(spec.export, ("onnx", "opset", "slim", "parity_atol", "parity_images"))
     b = spec.benchmark
     benchmark = _present(b, ("threads", "seconds_per_batch", "original", "agent_eval_images"))
-    if b.precision:
-        benchmark["precision"] = b.precision
+    precision = precision_from_proto(b.precision, "spec.benchmark.precision")
+    if precision:
+        benchmark["precision"] = precision
     if b.skip:
         benchmark["targets"] = []
     elif b.targets:
-        benchmark["targets"] = list(b.targets)
+        benchmark["targets"] = [target_to_text(x, "spec.benchmark.targets") for x in b.targets]
     if b.batch_sizes:
         benchmark["batch_sizes"] = list(b.batch_sizes)
     gate = _present(spec.gate, ("max_accuracy_drop",))
@@ -139,16 +177,16 @@ def _set(message, **values: Any) -> None:
             setattr(message, name, value)
 
 
-def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "",
+def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "",
                   execution: Execution = Execution()) -> pb.JobSpec:
     """A ``pipeline.run.JobSpec`` as a message; local paths are replaced by the given artifact ids."""
     c = spec.compress
     out = pb.JobSpec()
     out.model.arch = c.model.arch
-    out.model.weights_artifact_id = weights_artifact_id
+    out.model.weights = artifact_name(weights_artifact)
     _set(out.model, num_classes=c.model.num_classes)
     d = c.data
-    out.data.artifact_id = data_artifact_id
+    out.data.artifact = artifact_name(data_artifact)
     _set(out.data, calibration_images=d.calibration_images, evaluation_images=d.evaluation_images,
          finetune_images=d.finetune_images, batch_size=d.batch_size)
     if d.input_size:
@@ -165,7 +203,8 @@ def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "
         p.allocation, pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
-         latency_batch=p.latency_batch, latency_target=p.latency_target)
+         latency_batch=p.latency_batch, latency_margin=p.latency_margin)
+    out.prune.latency_target.CopyFrom(target_from_text(p.latency_target))
     out.prune.protected_layers.extend(p.protected)
     for key, value in dict(p.layer_criterion_params).items():
         out.prune.layer_criterion_params[key].CopyFrom(_param_value(key, value))
@@ -180,12 +219,14 @@ def spec_to_proto(spec, weights_artifact_id: str = "", data_artifact_id: str = "
          parity_images=getattr(e, "parity_images", None))
     b = spec.benchmark
     out.benchmark.skip = not b.targets
-    out.benchmark.targets.extend(b.targets)
+    out.benchmark.targets.extend(target_from_text(x) for x in b.targets)
     out.benchmark.batch_sizes.extend(b.batch_sizes)
     _set(out.benchmark, threads=b.threads, seconds_per_batch=b.seconds_per_batch, original=getattr(b, "original", None),
          agent_eval_images=getattr(b, "agent_eval_images", None))
-    if getattr(b, "precision", "fp32") != "fp32":
-        out.benchmark.precision = b.precision
+    if b.precision not in PRECISION_TO_PROTO:
+        raise InvalidArgument(f"benchmark precision {b.precision!r}: choose fp32, fp16 or int8")
+    if b.precision != "fp32":
+        out.benchmark.precision = PRECISION_TO_PROTO[b.precision]
     _set(out.gate, max_accuracy_drop=spec.gate.max_accuracy_drop)
     _set(out.execution, seed=c.seed, threads=c.threads, timeout_seconds=execution.timeout_seconds)
     out.execution.retry_on_crash = execution.retry_on_crash

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from service.core.hashing import sha256_file  # noqa: F401 - part of this module's API
 from service.core.errors import InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,6 @@ def clean_name(name: str) -> str:
     base = re.split(r"[\\/]", name or "")[-1]
     base = "".join(ch for ch in base if ch.isprintable()).strip()
     return base[:200] or "unnamed"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Artifacts(Protocol):

@@ -100,7 +100,7 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
         result = summarize(report, outputs)
         store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED, message=_success_line(result),
                          result=result)
-    except Cancelled as exc:
+    except Cancelled:
         store.transition(job.id, JobState.RUNNING, JobState.CANCELLED, message="cancelled by request")
     except ExportCheckFailed as exc:
         _fail(store, job.id, Failure(EXPORT_CHECK, str(exc), type(exc).__name__))

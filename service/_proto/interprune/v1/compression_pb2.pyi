@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from service._proto.interprune.v1 import common_pb2 as _common_pb2
 from service._proto.interprune.v1 import device_pb2 as _device_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -103,30 +104,32 @@ EVENT_TYPE_STATE: EventType
 EVENT_TYPE_PROGRESS: EventType
 
 class Artifact(_message.Message):
-    __slots__ = ("id", "name", "kind", "size_bytes", "create_time")
-    ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("name", "id", "display_name", "kind", "size_bytes", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
-    id: str
     name: str
+    id: str
+    display_name: str
     kind: ArtifactKind
     size_bytes: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., display_name: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ArtifactHeader(_message.Message):
-    __slots__ = ("name", "kind", "size_bytes", "sha256")
-    NAME_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("display_name", "kind", "size_bytes", "sha256")
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
-    name: str
+    display_name: str
     kind: ArtifactKind
     size_bytes: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    def __init__(self, display_name: _Optional[str] = ..., kind: _Optional[_Union[ArtifactKind, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UploadArtifactRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -137,16 +140,16 @@ class UploadArtifactRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ArtifactHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class GetArtifactRequest(_message.Message):
-    __slots__ = ("artifact_id",)
-    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    artifact_id: str
-    def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DownloadArtifactRequest(_message.Message):
-    __slots__ = ("artifact_id",)
-    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    artifact_id: str
-    def __init__(self, artifact_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DownloadArtifactResponse(_message.Message):
     __slots__ = ("artifact", "chunk")
@@ -157,14 +160,14 @@ class DownloadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[Artifact, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("arch", "weights_artifact_id", "num_classes")
+    __slots__ = ("arch", "weights", "num_classes")
     ARCH_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     arch: str
-    weights_artifact_id: str
+    weights: str
     num_classes: int
-    def __init__(self, arch: _Optional[str] = ..., weights_artifact_id: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    def __init__(self, arch: _Optional[str] = ..., weights: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")
@@ -175,8 +178,8 @@ class ImageSize(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class DataSpec(_message.Message):
-    __slots__ = ("artifact_id", "calibration_images", "evaluation_images", "finetune_images", "input_size", "mean", "std", "batch_size")
-    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("artifact", "calibration_images", "evaluation_images", "finetune_images", "input_size", "mean", "std", "batch_size")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     FINETUNE_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -184,7 +187,7 @@ class DataSpec(_message.Message):
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    artifact_id: str
+    artifact: str
     calibration_images: int
     evaluation_images: int
     finetune_images: int
@@ -192,7 +195,7 @@ class DataSpec(_message.Message):
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
     batch_size: int
-    def __init__(self, artifact_id: _Optional[str] = ..., calibration_images: _Optional[int] = ..., evaluation_images: _Optional[int] = ..., finetune_images: _Optional[int] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, artifact: _Optional[str] = ..., calibration_images: _Optional[int] = ..., evaluation_images: _Optional[int] = ..., finetune_images: _Optional[int] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ParamValue(_message.Message):
     __slots__ = ("bool_value", "int_value", "double_value", "string_value")
@@ -207,7 +210,7 @@ class ParamValue(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class PruneSpec(_message.Message):
-    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target")
+    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin")
     class CriterionParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +239,7 @@ class PruneSpec(_message.Message):
     LATENCY_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BATCH_FIELD_NUMBER: _ClassVar[int]
     LATENCY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MARGIN_FIELD_NUMBER: _ClassVar[int]
     criterion: str
     criterion_params: _containers.MessageMap[str, ParamValue]
     target_metric: TargetMetric
@@ -249,8 +253,9 @@ class PruneSpec(_message.Message):
     layer_share: float
     latency_budget_ms: float
     latency_batch: int
-    latency_target: str
-    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[str] = ...) -> None: ...
+    latency_target: _common_pb2.Target
+    latency_margin: float
+    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ...) -> None: ...
 
 class ReconstructSpec(_message.Message):
     __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm")
@@ -313,14 +318,14 @@ class BenchmarkSpec(_message.Message):
     AGENT_EVAL_IMAGES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     skip: bool
-    targets: _containers.RepeatedScalarFieldContainer[str]
+    targets: _containers.RepeatedCompositeFieldContainer[_common_pb2.Target]
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     threads: int
     seconds_per_batch: float
     original: bool
     agent_eval_images: int
-    precision: str
-    def __init__(self, skip: _Optional[bool] = ..., targets: _Optional[_Iterable[str]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., threads: _Optional[int] = ..., seconds_per_batch: _Optional[float] = ..., original: _Optional[bool] = ..., agent_eval_images: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    precision: _common_pb2.Precision
+    def __init__(self, skip: _Optional[bool] = ..., targets: _Optional[_Iterable[_Union[_common_pb2.Target, _Mapping]]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., threads: _Optional[int] = ..., seconds_per_batch: _Optional[float] = ..., original: _Optional[bool] = ..., agent_eval_images: _Optional[int] = ..., precision: _Optional[_Union[_common_pb2.Precision, str]] = ...) -> None: ...
 
 class GateSpec(_message.Message):
     __slots__ = ("max_accuracy_drop",)
@@ -386,16 +391,6 @@ class Progress(_message.Message):
     message: str
     def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
-class Accuracy(_message.Message):
-    __slots__ = ("top1", "top5", "num_images")
-    TOP1_FIELD_NUMBER: _ClassVar[int]
-    TOP5_FIELD_NUMBER: _ClassVar[int]
-    NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
-    top1: float
-    top5: float
-    num_images: int
-    def __init__(self, top1: _Optional[float] = ..., top5: _Optional[float] = ..., num_images: _Optional[int] = ...) -> None: ...
-
 class Cost(_message.Message):
     __slots__ = ("macs", "params", "size_bytes")
     MACS_FIELD_NUMBER: _ClassVar[int]
@@ -405,40 +400,6 @@ class Cost(_message.Message):
     params: int
     size_bytes: int
     def __init__(self, macs: _Optional[int] = ..., params: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
-
-class LatencyRow(_message.Message):
-    __slots__ = ("target", "model", "backend", "batch_size", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_ips", "threads", "precision", "device", "error", "stable")
-    TARGET_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    BACKEND_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    RUNS_FIELD_NUMBER: _ClassVar[int]
-    P50_MS_FIELD_NUMBER: _ClassVar[int]
-    P90_MS_FIELD_NUMBER: _ClassVar[int]
-    P99_MS_FIELD_NUMBER: _ClassVar[int]
-    MEAN_MS_FIELD_NUMBER: _ClassVar[int]
-    THROUGHPUT_IPS_FIELD_NUMBER: _ClassVar[int]
-    THREADS_FIELD_NUMBER: _ClassVar[int]
-    PRECISION_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    STABLE_FIELD_NUMBER: _ClassVar[int]
-    target: str
-    model: str
-    backend: str
-    batch_size: int
-    runs: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    throughput_ips: float
-    threads: int
-    precision: str
-    device: str
-    error: str
-    stable: bool
-    def __init__(self, target: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., batch_size: _Optional[int] = ..., runs: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p90_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., mean_ms: _Optional[float] = ..., throughput_ips: _Optional[float] = ..., threads: _Optional[int] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., error: _Optional[str] = ..., stable: _Optional[bool] = ...) -> None: ...
 
 class GateVerdict(_message.Message):
     __slots__ = ("evaluated", "passed", "max_accuracy_drop", "accuracy_drop", "stage")
@@ -465,18 +426,18 @@ class LayerWidth(_message.Message):
     def __init__(self, layer: _Optional[str] = ..., kept: _Optional[int] = ..., original: _Optional[int] = ...) -> None: ...
 
 class JobOutputs(_message.Message):
-    __slots__ = ("plan_artifact_id", "weights_artifact_id", "onnx_artifact_id", "report_json_artifact_id", "report_html_artifact_id")
-    PLAN_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    ONNX_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    REPORT_JSON_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    REPORT_HTML_ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
-    plan_artifact_id: str
-    weights_artifact_id: str
-    onnx_artifact_id: str
-    report_json_artifact_id: str
-    report_html_artifact_id: str
-    def __init__(self, plan_artifact_id: _Optional[str] = ..., weights_artifact_id: _Optional[str] = ..., onnx_artifact_id: _Optional[str] = ..., report_json_artifact_id: _Optional[str] = ..., report_html_artifact_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("plan_artifact", "weights_artifact", "onnx_artifact", "report_json_artifact", "report_html_artifact")
+    PLAN_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    ONNX_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_HTML_ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    plan_artifact: str
+    weights_artifact: str
+    onnx_artifact: str
+    report_json_artifact: str
+    report_html_artifact: str
+    def __init__(self, plan_artifact: _Optional[str] = ..., weights_artifact: _Optional[str] = ..., onnx_artifact: _Optional[str] = ..., report_json_artifact: _Optional[str] = ..., report_html_artifact: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("accuracy", "final_stage", "original_cost", "compressed_cost", "macs_reduction", "params_reduction", "latency", "gate", "timings_seconds", "layers", "outputs", "target_errors", "target_accuracy")
@@ -485,8 +446,8 @@ class JobResult(_message.Message):
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: Accuracy
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Accuracy, _Mapping]] = ...) -> None: ...
+        value: _common_pb2.Accuracy
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ...) -> None: ...
     class TimingsSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -521,20 +482,20 @@ class JobResult(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ERRORS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
-    accuracy: _containers.MessageMap[str, Accuracy]
+    accuracy: _containers.MessageMap[str, _common_pb2.Accuracy]
     final_stage: str
     original_cost: Cost
     compressed_cost: Cost
     macs_reduction: float
     params_reduction: float
-    latency: _containers.RepeatedCompositeFieldContainer[LatencyRow]
+    latency: _containers.RepeatedCompositeFieldContainer[_common_pb2.LatencyRow]
     gate: GateVerdict
     timings_seconds: _containers.ScalarMap[str, float]
     layers: _containers.RepeatedCompositeFieldContainer[LayerWidth]
     outputs: JobOutputs
     target_errors: _containers.ScalarMap[str, str]
     target_accuracy: _containers.MessageMap[str, TargetAccuracy]
-    def __init__(self, accuracy: _Optional[_Mapping[str, Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ..., target_accuracy: _Optional[_Mapping[str, TargetAccuracy]] = ...) -> None: ...
+    def __init__(self, accuracy: _Optional[_Mapping[str, _common_pb2.Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[_common_pb2.LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ..., target_accuracy: _Optional[_Mapping[str, TargetAccuracy]] = ...) -> None: ...
 
 class TargetAccuracy(_message.Message):
     __slots__ = ("original", "compressed", "backend", "precision", "device")
@@ -543,15 +504,16 @@ class TargetAccuracy(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
-    original: Accuracy
-    compressed: Accuracy
+    original: _common_pb2.Accuracy
+    compressed: _common_pb2.Accuracy
     backend: str
     precision: str
     device: str
-    def __init__(self, original: _Optional[_Union[Accuracy, _Mapping]] = ..., compressed: _Optional[_Union[Accuracy, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    def __init__(self, original: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ..., compressed: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "spec", "request_id", "create_time", "start_time", "end_time", "progress", "failure", "message", "result", "cancel_requested", "last_sequence")
+    __slots__ = ("name", "id", "state", "spec", "request_id", "create_time", "start_time", "end_time", "progress", "failure", "message", "result", "cancel_requested", "last_sequence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -565,6 +527,7 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
     id: str
     state: JobState
     spec: JobSpec
@@ -578,7 +541,7 @@ class Job(_message.Message):
     result: JobResult
     cancel_requested: bool
     last_sequence: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")
@@ -589,10 +552,10 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
-    __slots__ = ("job_id",)
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "states")
@@ -613,16 +576,16 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "after_sequence")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("name", "after_sequence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
+    name: str
     after_sequence: int
-    def __init__(self, job_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "type", "state", "progress", "message", "terminal")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("job", "sequence", "time", "type", "state", "progress", "message", "terminal")
+    JOB_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -630,7 +593,7 @@ class JobEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
+    job: str
     sequence: int
     time: _timestamp_pb2.Timestamp
     type: EventType
@@ -638,13 +601,13 @@ class JobEvent(_message.Message):
     progress: Progress
     message: str
     terminal: bool
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., message: _Optional[str] = ..., terminal: _Optional[bool] = ...) -> None: ...
+    def __init__(self, job: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[_Union[EventType, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., message: _Optional[str] = ..., terminal: _Optional[bool] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
-    __slots__ = ("job_id",)
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ()

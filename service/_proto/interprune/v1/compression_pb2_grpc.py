@@ -135,7 +135,9 @@ class CompressionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """A queued job is cancelled at once; a running one has its worker process group stopped.
+        """Records the cancel and returns at once: a queued job is CANCELLED; a running one has cancel_requested set
+        and stops at its engine's next check (its worker is stopped if it has not within a few seconds). WatchJob
+        or GetJob show when it is CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,27 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from service._proto.interprune.v1 import compression_pb2 as interprune_dot_v1_dot_compression__pb2
+from service._proto.interprune.v1 import common_pb2 as interprune_dot_v1_dot_common__pb2
 from service._proto.interprune.v1 import device_pb2 as interprune_dot_v1_dot_device__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n interprune/v1/device_agent.proto\x12\rinterprune.v1\x1a\x1finterprune/v1/compression.proto\x1a\x1ainterprune/v1/device.proto\"\x11\n\x0f\x44\x65scribeRequest\".\n\x08\x42lobInfo\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xc8\x02\n\x11\x42\x65nchmarkSettings\x12\x13\n\x0b\x62\x61tch_sizes\x18\x01 \x03(\x05\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x19\n\x11seconds_per_batch\x18\x04 \x01(\x01\x12\x16\n\x0ewarmup_seconds\x18\x05 \x01(\x01\x12\x13\n\x0binput_shape\x18\x06 \x03(\x05\x12&\n\x05model\x18\x07 \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12+\n\nevaluation\x18\x08 \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12,\n\x0b\x63\x61libration\x18\t \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12\x14\n\x07threads\x18\n \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05label\x18\x0b \x01(\tB\n\n\x08_threads\"\xa3\x01\n\x10\x42\x65nchmarkRequest\x12\x34\n\x08settings\x18\x01 \x01(\x0b\x32 .interprune.v1.BenchmarkSettingsH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65valuation_chunk\x18\x03 \x01(\x0cH\x00\x12\x1b\n\x11\x63\x61libration_chunk\x18\x04 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xdd\x01\n\x0f\x42\x65nchmarkResult\x12)\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x19.interprune.v1.DeviceInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tprecision\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x03(\x0b\x32\x19.interprune.v1.LatencyRow\x12)\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x0b\x32\x17.interprune.v1.Accuracy\x12\x15\n\rbuild_seconds\x18\x06 \x01(\x01\x12\r\n\x05notes\x18\x07 \x03(\t2\xa4\x01\n\x0b\x44\x65viceAgent\x12\x45\n\x08\x44\x65scribe\x12\x1e.interprune.v1.DescribeRequest\x1a\x19.interprune.v1.DeviceInfo\x12N\n\tBenchmark\x12\x1f.interprune.v1.BenchmarkRequest\x1a\x1e.interprune.v1.BenchmarkResult(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n interprune/v1/device_agent.proto\x12\rinterprune.v1\x1a\x1ainterprune/v1/common.proto\x1a\x1ainterprune/v1/device.proto\"\x11\n\x0f\x44\x65scribeRequest\".\n\x08\x42lobInfo\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xe2\x02\n\x11\x42\x65nchmarkSettings\x12\x13\n\x0b\x62\x61tch_sizes\x18\x01 \x03(\x05\x12+\n\tprecision\x18\x02 \x01(\x0e\x32\x18.interprune.v1.Precision\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x19\n\x11seconds_per_batch\x18\x04 \x01(\x01\x12\x16\n\x0ewarmup_seconds\x18\x05 \x01(\x01\x12\x13\n\x0binput_shape\x18\x06 \x03(\x05\x12&\n\x05model\x18\x07 \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12+\n\nevaluation\x18\x08 \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12,\n\x0b\x63\x61libration\x18\t \x01(\x0b\x32\x17.interprune.v1.BlobInfo\x12\x14\n\x07threads\x18\n \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05label\x18\x0b \x01(\tB\n\n\x08_threads\"\xa3\x01\n\x10\x42\x65nchmarkRequest\x12\x34\n\x08settings\x18\x01 \x01(\x0b\x32 .interprune.v1.BenchmarkSettingsH\x00\x12\x15\n\x0bmodel_chunk\x18\x02 \x01(\x0cH\x00\x12\x1a\n\x10\x65valuation_chunk\x18\x03 \x01(\x0cH\x00\x12\x1b\n\x11\x63\x61libration_chunk\x18\x04 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"\xdd\x01\n\x0f\x42\x65nchmarkResult\x12)\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x19.interprune.v1.DeviceInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\tprecision\x18\x03 \x01(\t\x12*\n\x07latency\x18\x04 \x03(\x0b\x32\x19.interprune.v1.LatencyRow\x12)\n\x08\x61\x63\x63uracy\x18\x05 \x01(\x0b\x32\x17.interprune.v1.Accuracy\x12\x15\n\rbuild_seconds\x18\x06 \x01(\x01\x12\r\n\x05notes\x18\x07 \x03(\t2\xa4\x01\n\x0b\x44\x65viceAgent\x12\x45\n\x08\x44\x65scribe\x12\x1e.interprune.v1.DescribeRequest\x1a\x19.interprune.v1.DeviceInfo\x12N\n\tBenchmark\x12\x1f.interprune.v1.BenchmarkRequest\x1a\x1e.interprune.v1.BenchmarkResult(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interprune.v1.device_agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESCRIBEREQUEST']._serialized_start=112
-  _globals['_DESCRIBEREQUEST']._serialized_end=129
-  _globals['_BLOBINFO']._serialized_start=131
-  _globals['_BLOBINFO']._serialized_end=177
-  _globals['_BENCHMARKSETTINGS']._serialized_start=180
-  _globals['_BENCHMARKSETTINGS']._serialized_end=508
-  _globals['_BENCHMARKREQUEST']._serialized_start=511
-  _globals['_BENCHMARKREQUEST']._serialized_end=674
-  _globals['_BENCHMARKRESULT']._serialized_start=677
-  _globals['_BENCHMARKRESULT']._serialized_end=898
-  _globals['_DEVICEAGENT']._serialized_start=901
-  _globals['_DEVICEAGENT']._serialized_end=1065
+  _globals['_DESCRIBEREQUEST']._serialized_start=107
+  _globals['_DESCRIBEREQUEST']._serialized_end=124
+  _globals['_BLOBINFO']._serialized_start=126
+  _globals['_BLOBINFO']._serialized_end=172
+  _globals['_BENCHMARKSETTINGS']._serialized_start=175
+  _globals['_BENCHMARKSETTINGS']._serialized_end=529
+  _globals['_BENCHMARKREQUEST']._serialized_start=532
+  _globals['_BENCHMARKREQUEST']._serialized_end=695
+  _globals['_BENCHMARKRESULT']._serialized_start=698
+  _globals['_BENCHMARKRESULT']._serialized_end=919
+  _globals['_DEVICEAGENT']._serialized_start=922
+  _globals['_DEVICEAGENT']._serialized_end=1086
 # @@protoc_insertion_point(module_scope)

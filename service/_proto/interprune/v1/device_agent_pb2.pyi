@@ -1,4 +1,4 @@
-from service._proto.interprune.v1 import compression_pb2 as _compression_pb2
+from service._proto.interprune.v1 import common_pb2 as _common_pb2
 from service._proto.interprune.v1 import device_pb2 as _device_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -34,7 +34,7 @@ class BenchmarkSettings(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
-    precision: str
+    precision: _common_pb2.Precision
     backend: str
     seconds_per_batch: float
     warmup_seconds: float
@@ -44,7 +44,7 @@ class BenchmarkSettings(_message.Message):
     calibration: BlobInfo
     threads: int
     label: str
-    def __init__(self, batch_sizes: _Optional[_Iterable[int]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., seconds_per_batch: _Optional[float] = ..., warmup_seconds: _Optional[float] = ..., input_shape: _Optional[_Iterable[int]] = ..., model: _Optional[_Union[BlobInfo, _Mapping]] = ..., evaluation: _Optional[_Union[BlobInfo, _Mapping]] = ..., calibration: _Optional[_Union[BlobInfo, _Mapping]] = ..., threads: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+    def __init__(self, batch_sizes: _Optional[_Iterable[int]] = ..., precision: _Optional[_Union[_common_pb2.Precision, str]] = ..., backend: _Optional[str] = ..., seconds_per_batch: _Optional[float] = ..., warmup_seconds: _Optional[float] = ..., input_shape: _Optional[_Iterable[int]] = ..., model: _Optional[_Union[BlobInfo, _Mapping]] = ..., evaluation: _Optional[_Union[BlobInfo, _Mapping]] = ..., calibration: _Optional[_Union[BlobInfo, _Mapping]] = ..., threads: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
     __slots__ = ("settings", "model_chunk", "evaluation_chunk", "calibration_chunk")
@@ -70,8 +70,8 @@ class BenchmarkResult(_message.Message):
     device: _device_pb2.DeviceInfo
     backend: str
     precision: str
-    latency: _containers.RepeatedCompositeFieldContainer[_compression_pb2.LatencyRow]
-    accuracy: _compression_pb2.Accuracy
+    latency: _containers.RepeatedCompositeFieldContainer[_common_pb2.LatencyRow]
+    accuracy: _common_pb2.Accuracy
     build_seconds: float
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, device: _Optional[_Union[_device_pb2.DeviceInfo, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., latency: _Optional[_Iterable[_Union[_compression_pb2.LatencyRow, _Mapping]]] = ..., accuracy: _Optional[_Union[_compression_pb2.Accuracy, _Mapping]] = ..., build_seconds: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, device: _Optional[_Union[_device_pb2.DeviceInfo, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., latency: _Optional[_Iterable[_Union[_common_pb2.LatencyRow, _Mapping]]] = ..., accuracy: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ..., build_seconds: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
