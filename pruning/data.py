@@ -115,9 +115,13 @@ def load_images(path: str | Path, limits: DataLimits = DEFAULT_DATA_LIMITS, *, n
     """
     path = Path(path)
     name = name or path.name
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:                      # e.g. a name longer than the file system allows
+        raise DataError(f"data path {clip(path)} cannot be used: {clip(exc.strerror)}") from None
+    if not exists:
         raise DataError(f"data path {clip(path)} does not exist")
-    if path.is_dir():
+    if is_dir:
         if list(path.glob("*.npz")):
             return _load_npz_folder(path, limits, name)
         if (path / "data_batch_1").exists() or (path / "test_batch").exists():

@@ -36,15 +36,16 @@ def size_text(n: int) -> str:
 
 @dataclass(frozen=True)
 class DataLimits:
-    """How much a data file may expand to. Defaults hold CIFAR-10 (60,000 32x32 images = 184 MB) and an ImageNet
-    calibration or validation subset (e.g. 20,000 JPEGs at 224x224), and refuse more, before decompressing."""
+    """How much a data file may expand to. The defaults hold CIFAR-10 as arrays (60,000 32x32 images = 184 MB) or
+    as PNG folders (60,010 entries), and ImageNet's validation set (50,000 JPEGs, 6.4 GB) only as a subset: a
+    calibration run uses a few thousand images (``DataSpec.calibration_images`` = 2,000)."""
 
     max_expanded_bytes: int = 2 * GiB       # an archive's members together, as extracted to disk
-    max_members: int = 200_000              # entries (files and folders) in one zip / tar archive
+    max_members: int = 100_000              # entries (files and folders) in one zip / tar / .npz archive
     max_array_bytes: int = 2 * GiB          # arrays of .npz files together (from the .npy headers), and the
-                                            # decoded pixels of an image folder
+                                            # decoded pixels of an image folder (e.g. 14,000 images at 224x224 RGB)
     max_image_pixels: int = 4096 * 4096     # one image's width x height, from its header (PIL warns at 89 M)
-    max_images: int = 200_000               # images in one image folder or archive
+    max_images: int = 100_000               # images in one image folder or archive
 
     def __post_init__(self) -> None:
         for f in ("max_expanded_bytes", "max_members", "max_array_bytes", "max_image_pixels", "max_images"):
