@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pruning.archives import extract_archive, read_npz_headers
 from pruning.errors import DataError, clip
 from pruning.finite import check_finite_array, check_finite_numbers
-from pruning.imagefolder import IMAGE_SUFFIXES, load_image_folder
+from pruning.imagefolder import load_image_folder
 from pruning.limits import DEFAULT_DATA_LIMITS, DataLimits
 
 log = logging.getLogger(__name__)

@@ -79,16 +79,15 @@ def _check_finite_pixels(pixels: np.ndarray, shown: str) -> None:
 def load_image_folder(root: Path, limits: DataLimits, name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(uint8 images [N, H, W, C], int64 labels [N], class names) of an ImageFolder tree, within ``limits``."""
     classes, files = list_images(root, limits, name)
-    images, labels, shape = [], [], None
+    images: np.ndarray | None = None
     budget = [limits.max_array_bytes]
-    for label, file in files:
+    for index, (_, file) in enumerate(files):
         shown = f"{clip(name, 100)}/{clip(file.relative_to(root), 100)}"
         array = read_image(file, shown, limits, budget)
-        if shape is None:
-            shape = array.shape
-        elif array.shape != shape:
-            raise DataError(f"images differ in size: {shown} is {array.shape}, earlier ones {shape}; resize them "
-                            "to one size first")
-        images.append(array)
-        labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes)
+        if images is None:      # filled in place (no second copy by np.stack); pages are committed as written
+            images = np.empty((len(files), *array.shape), np.uint8)
+        elif array.shape != images.shape[1:]:
+            raise DataError(f"images differ in size: {shown} is {array.shape}, earlier ones {images.shape[1:]}; "
+                            "resize them to one size first")
+        images[index] = array
+    return images, np.asarray([label for label, _ in files], dtype=np.int64), tuple(classes)
