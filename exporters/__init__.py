@@ -16,7 +16,7 @@ from .benchmark import (
     measure_latency,
     speedup_table,
 )
-from .onnx import ExportError, OnnxExport, Parity, ParityError, check_parity, export_onnx
+from .onnx import ExportError, NonFiniteError, OnnxExport, Parity, ParityError, check_parity, export_onnx
 from .tensorrt import (
     EngineBuild,
     EngineBuildError,
@@ -38,6 +38,7 @@ __all__ = [
     "EngineBuildError",
     "ExportError",
     "LatencyResult",
+    "NonFiniteError",
     "OnnxAccuracy",
     "OnnxExport",
     "Parity",

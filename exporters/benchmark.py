@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .onnx import eval_float32
+from .onnx import NonFiniteError, count_nonfinite, eval_float32
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +207,15 @@ def measure_latency(
 def summarize(
     timings: Timings, *, backend: str, batch_size: int, threads: int, precision: str = "fp32", device: str = ""
 ) -> LatencyResult:
-    """Statistics of `timings` as a `LatencyResult` (see module docstring for definitions)."""
+    """Statistics of `timings` as a `LatencyResult` (see module docstring for definitions).
+
+    Raises `NonFiniteError` when there are no times, or a time is NaN, infinite or negative, or the median is 0
+    (an infinite throughput): such a figure would pass any latency budget.
+    """
     ms = np.asarray(timings.times_ms, dtype=np.float64)
+    if ms.size == 0 or count_nonfinite(ms) or not ms.min() >= 0:
+        raise NonFiniteError(f"{backend} batch {batch_size}: the run times are not finite, non-negative numbers "
+                             f"({ms.size} runs, {count_nonfinite(ms)} NaN/inf); no latency can be reported")
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     return LatencyResult(
         backend=backend,
@@ -221,12 +228,20 @@ def summarize(
         mean_ms=float(ms.mean()),
         std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
         min_ms=float(ms.min()),
-        throughput_ips=batch_size * 1000.0 / p50 if p50 > 0 else math.inf,
+        throughput_ips=_throughput(batch_size, p50, backend),
         threads=threads,
         precision=precision,
         device=device,
         stable=timings.stable,
     )
+
+
+def _throughput(batch_size: int, p50_ms: float, backend: str) -> float:
+    """Images per second at the median time; `NonFiniteError` when the median is 0 (the clock did not advance)."""
+    if not p50_ms > 0:
+        raise NonFiniteError(f"{backend} batch {batch_size}: the median run time is {p50_ms} ms, so the throughput "
+                             "would be infinite; the clock is too coarse for this model")
+    return batch_size * 1000.0 / p50_ms
 
 
 def failed_result(
@@ -416,8 +431,13 @@ def _topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int]) -> 
     """Number of rows whose label is among the k largest logits, for each k.
 
     Ties are broken like `argmax`: among equal logits the lower class index ranks first, so a constant
-    output does not count as correct for every label.
+    output does not count as correct for every label. NaN/inf logits raise `NonFiniteError`: a NaN compares
+    False with everything, so it would rank first and count as correct.
     """
+    if count_nonfinite(logits):
+        bad_rows = int((~np.isfinite(logits)).reshape(logits.shape[0], -1).any(axis=1).sum())
+        raise NonFiniteError(f"the model gives non-finite outputs (NaN or infinite) for {bad_rows} of "
+                             f"{logits.shape[0]} images; accuracy cannot be measured")
     label_logit = logits[np.arange(labels.shape[0]), labels][:, None]
     lower_index = np.arange(logits.shape[1])[None, :] < labels[:, None]
     rank = ((logits > label_logit) | ((logits == label_logit) & lower_index)).sum(axis=1)  # 0 = top-1
@@ -499,7 +519,7 @@ def speedup_table(original: Sequence[LatencyResult], pruned: Sequence[LatencyRes
     `macs_ratio` is original MACs / pruned MACs, the speedup the MAC count alone would predict, shown
     beside it. `speedup_vs_macs = measured_speedup / macs_ratio`. Failed results give None.
     """
-    if not macs_ratio > 0:
+    if not (macs_ratio > 0 and math.isfinite(macs_ratio)):
         raise ValueError(f"macs_ratio must be > 0 (original MACs / pruned MACs), got {macs_ratio}")
     by_batch = {r.batch_size: r for r in pruned}
     rows = []

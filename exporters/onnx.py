@@ -44,6 +44,29 @@ class ParityError(ExportError):
     """The exported model's outputs differ from PyTorch's by more than the accepted tolerance."""
 
 
+class NonFiniteError(ExportError):
+    """A model output or a measured figure is NaN or infinite, so no comparison with a threshold can hold."""
+
+
+def count_nonfinite(values: np.ndarray) -> int:
+    """Number of NaN/inf elements of a numeric array (0 for integer arrays)."""
+    values = np.asarray(values)
+    if not np.issubdtype(values.dtype, np.inexact):
+        return 0
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def check_tolerance(name: str, value: float) -> float:
+    """``value`` if it is a finite number >= 0; a NaN or infinite tolerance would let every error pass."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {str(value)[:80]}")
+    return number
+
+
 @dataclass(frozen=True)
 class OnnxExport:
     """What `export_onnx` wrote.
@@ -83,7 +106,11 @@ class Parity:
     top1_agreement: float
 
     def assert_within(self, atol: float, rtol: float | None = None) -> None:
-        """Raise `ParityError` if `max_abs_error > atol` (or `max_rel_error > rtol` when given)."""
+        """Raise `ParityError` if `max_abs_error > atol` (or `max_rel_error > rtol` when given), or if an error is
+        NaN: every comparison is written `not (error <= tolerance)`, which a NaN fails."""
+        check_tolerance("atol", atol)
+        if rtol is not None:
+            check_tolerance("rtol", rtol)
         if not self.max_abs_error <= atol:  # also catches NaN
             raise ParityError(
                 f"ONNX output differs from PyTorch: max_abs_error={self.max_abs_error:.3g} exceeds "
@@ -351,13 +378,17 @@ def check_parity(
     """Compare ONNX Runtime (CPU) on `onnx_path` with `model` (eval, no_grad, float32, CPU) on `inputs`.
 
     `inputs` is an (N, C, H, W) batch of real, preprocessed samples; it is fed in chunks of `batch_size`.
-    Returns the errors as values (see `Parity`); nothing is enforced here.
+    Returns the errors as values (see `Parity`); no tolerance is enforced here. Raises `NonFiniteError` when the
+    inputs or either model's outputs hold NaN/inf: such outputs have no error to report.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     data = _as_float32_numpy(inputs)
     if data.ndim < 1 or data.shape[0] == 0:
         raise ValueError(f"check_parity needs at least one input sample, got shape {data.shape}")
+    if count_nonfinite(data):
+        raise NonFiniteError(f"the parity inputs hold {count_nonfinite(data)} non-finite value(s) (NaN or "
+                             f"infinite) of {data.size}; pass real, normalised images")
     session = _cpu_session(onnx_path)
     input_name = session.get_inputs()[0].name
     onnx_chunks, torch_chunks = [], []
@@ -387,9 +418,15 @@ def _cpu_session(onnx_path: str | Path):
 
 
 def _compare(onnx_out: np.ndarray, torch_out: np.ndarray) -> Parity:
-    """Parity numbers between two (N, ...) output arrays (float64)."""
+    """Parity numbers between two (N, ...) output arrays (float64); `NonFiniteError` if either holds NaN/inf."""
     if onnx_out.shape != torch_out.shape:
         raise ExportError(f"ONNX output shape {onnx_out.shape} differs from PyTorch output shape {torch_out.shape}")
+    for side, out in (("PyTorch", torch_out), ("ONNX Runtime", onnx_out)):
+        bad = count_nonfinite(out)
+        if bad:
+            raise NonFiniteError(f"the {side} outputs hold {bad} non-finite value(s) (NaN or infinite) of {out.size} "
+                                 f"over {out.shape[0]} inputs: parity cannot be measured; check the weights for "
+                                 "NaN/inf and the input normalisation")
     diff = np.abs(onnx_out - torch_out)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = max(float(np.abs(torch_out).max()) if torch_out.size else 0.0, REL_ERROR_FLOOR)

@@ -7,15 +7,19 @@ Formats (``load_images``):
 - a folder holding ``train*.npz`` and/or ``test.npz`` (e.g. ``../shared/data/cifar10``): the train files are
   concatenated; ``test.npz`` becomes the evaluation split.
 - a folder, ``.tar`` (any compression) or ``.zip`` in ImageFolder layout (``class_name/image.png``), extracted
-  safely: no absolute paths, no ``..``, no links or devices.
+  safely: no absolute paths, no ``..``, no links or devices (``pruning.archives``, ``pruning.imagefolder``).
+
+Every format is read within ``DataLimits`` (``pruning.limits``): archive entries and expanded bytes, array
+bytes from the .npy headers, image pixels from the image headers and the number of images, all checked
+before the data is decompressed. Messages name the user's file (``name``), clipped.
 - CIFAR-10's python batches (a ``cifar-10-batches-py`` folder), read with an unpickler that only admits numpy
   arrays, so a crafted batch cannot run code.
 """
 from __future__ import annotations
 
 import io
+import logging
 import pickle
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, replace
@@ -26,9 +30,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pruning.errors import DataError
+from pruning.archives import extract_archive, read_npz_headers
+from pruning.errors import DataError, clip
+from pruning.finite import check_finite_array, check_finite_numbers
+from pruning.imagefolder import load_image_folder
+from pruning.limits import DEFAULT_DATA_LIMITS, DataLimits
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
+log = logging.getLogger(__name__)
+
+NPZ_KEYS = ("images", "labels", "masks", "class_names")
+#: ``check_label_coverage`` reports a split whose distinct labels are fewer than this share of those it could hold.
+MIN_LABEL_COVERAGE = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,11 @@ class Preprocess:
     std: tuple[float, ...]
     size: tuple[int, int] | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse (``SpecError``) a NaN/inf mean or std, or a std <= 0: they turn every pixel into NaN/inf."""
+        object.__setattr__(self, "mean", check_finite_numbers(self.mean, "mean"))
+        object.__setattr__(self, "std", check_finite_numbers(self.std, "std", positive=True))
+
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # [N, C, H, W]
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
@@ -89,71 +106,87 @@ class Preprocess:
 
 # --- reading ------------------------------------------------------------------------------------
 
-def load_images(path: str | Path) -> DataSource:
-    """Read any supported format (see module docstring); raises ``DataError`` with the reason."""
+def load_images(path: str | Path, limits: DataLimits = DEFAULT_DATA_LIMITS, *, name: str | None = None,
+                scratch_dir: str | Path | None = None) -> DataSource:
+    """Read any supported format (see module docstring) within ``limits``; raises ``DataError`` with the reason.
+
+    ``name`` is the file name the user knows (default: the path's), used in every message; archives are
+    extracted into a temporary folder under ``scratch_dir`` (default: the system's temporary folder).
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path {path} does not exist")
-    if path.is_dir():
+    name = name or path.name
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:                      # e.g. a name longer than the file system allows
+        raise DataError(f"data path {clip(path)} cannot be used: {clip(exc.strerror)}") from None
+    if not exists:
+        raise DataError(f"data path {clip(path)} does not exist")
+    if is_dir:
         if list(path.glob("*.npz")):
-            return _load_npz_folder(path)
+            return _load_npz_folder(path, limits, name)
         if (path / "data_batch_1").exists() or (path / "test_batch").exists():
-            return _load_cifar_batches(path)
-        return DataSource(_load_image_folder(path), None, f"ImageFolder {path.name}")
+            return _load_cifar_batches(path, name)
+        return DataSource(_load_image_folder(path, limits, name), None, f"ImageFolder {clip(name)}")
     suffixes = "".join(path.suffixes).lower()
     if path.suffix.lower() == ".npz":
-        return DataSource(_load_npz(path), None, f"npz {path.name}")
+        return DataSource(_load_npz(path, limits, name), None, f"npz {clip(name)}")
     if path.suffix.lower() == ".zip" or ".tar" in suffixes or path.suffix.lower() in {".tgz", ".tbz2", ".txz"}:
-        with tempfile.TemporaryDirectory(prefix="interprune-data-") as tmp:
-            _safe_extract(path, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="interprune-data-", dir=scratch_dir) as tmp:
+            extract_archive(path, Path(tmp), limits, name)
             root = _single_top_folder(Path(tmp))
-            return DataSource(_load_image_folder(root), None, f"ImageFolder archive {path.name}")
-    raise DataError(f"unsupported data file {path.name}: expected .npz, .tar(.gz), .zip, or a folder")
+            return DataSource(_load_image_folder(root, limits, name), None, f"ImageFolder archive {clip(name)}")
+    raise DataError(f"unsupported data file {clip(name)}: expected .npz, .tar(.gz), .zip, or a folder")
 
 
-def _load_npz(path: Path) -> ImageSet:
+def _load_npz(path: Path, limits: DataLimits = DEFAULT_DATA_LIMITS, name: str | None = None) -> ImageSet:
+    """One .npz, its array sizes checked from the .npy headers before any array is read."""
+    name = name or path.name
+    headers = read_npz_headers(path, NPZ_KEYS, limits, name)
+    if not {"images", "labels"} <= set(headers):
+        raise DataError(f"{clip(name)} must hold arrays 'images' and 'labels' (found: {clip(sorted(headers))})")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            if not {"images", "labels"} <= keys:
-                raise DataError(f"{path.name} must hold arrays 'images' and 'labels' (found: {sorted(keys)})")
             images = archive["images"]
             labels = archive["labels"]
-            masks = archive["masks"] if "masks" in keys else None
-            names = tuple(str(n) for n in archive["class_names"]) if "class_names" in keys else None
-    except DataError:
-        raise
+            masks = archive["masks"] if "masks" in headers else None
+            names = tuple(str(n) for n in archive["class_names"]) if "class_names" in headers else None
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(f"{path.name} contains object arrays (pickled Python objects); refusing to load it. "
+            raise DataError(f"{clip(name)} contains object arrays (pickled Python objects); refusing to load it. "
                             "Store images as uint8 and labels as int arrays.") from None
-        raise DataError(f"cannot read {path.name}: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"cannot read {path.name}: it is truncated or not an .npz archive ({exc})") from None
-    return check_image_set(images, labels, masks, names, label=path.name)
+        raise DataError(f"cannot read {clip(name)}: {clip(exc)}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise DataError(f"cannot read {clip(name)}: it is truncated or not an .npz archive ({clip(exc)})") from None
+    return check_image_set(images, labels, masks, names, label=name)
 
 
-def _load_npz_folder(folder: Path) -> DataSource:
+def _load_npz_folder(folder: Path, limits: DataLimits, name: str) -> DataSource:
     train_files = sorted(folder.glob("train*.npz"))
     test_file = folder / "test.npz"
     if not train_files and not test_file.exists():
         files = sorted(folder.glob("*.npz"))
         if len(files) == 1:
-            return DataSource(_load_npz(files[0]), None, f"npz {files[0].name}")
-        raise DataError(f"{folder} holds .npz files but neither train*.npz nor test.npz; pass one file instead")
-    test = _load_npz(test_file) if test_file.exists() else None
+            return DataSource(_load_npz(files[0], limits, f"{name}/{files[0].name}"), None,
+                              f"npz {clip(files[0].name)}")
+        raise DataError(f"{clip(name)} holds .npz files but neither train*.npz nor test.npz; pass one file instead")
+    files = train_files + ([test_file] if test_file.exists() else [])
+    total = sum(h.nbytes for f in files for h in read_npz_headers(f, NPZ_KEYS, limits, f"{name}/{f.name}").values())
+    if total > limits.max_array_bytes:
+        raise DataError(f"refusing {clip(name)}: its .npz files together declare {total} bytes of arrays, above the "
+                        f"limit max_array_bytes={limits.max_array_bytes}")
+    test = _load_npz(test_file, limits, f"{name}/test.npz") if test_file.exists() else None
     if not train_files:
-        return DataSource(test, None, f"npz folder {folder.name} (test.npz only)")
-    parts = [_load_npz(f) for f in train_files]
-    train = concat(parts, label=folder.name)
-    return DataSource(train, test, f"npz folder {folder.name}: {len(train_files)} train files"
+        return DataSource(test, None, f"npz folder {clip(name)} (test.npz only)")
+    parts = [_load_npz(f, limits, f"{name}/{f.name}") for f in train_files]
+    train = concat(parts, label=name)
+    return DataSource(train, test, f"npz folder {clip(name)}: {len(train_files)} train files"
                       + (" + test.npz" if test else ""))
 
 
 def concat(parts: list[ImageSet], label: str) -> ImageSet:
     shapes = {p.images.shape[1:] for p in parts}
     if len(shapes) > 1:
-        raise DataError(f"{label}: files have different image shapes {sorted(shapes)}")
+        raise DataError(f"{clip(label)}: files have different image shapes {sorted(shapes)}")
     with_masks = [p.masks is not None for p in parts]
     masks = np.concatenate([p.masks for p in parts]) if all(with_masks) else None
     return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
@@ -170,60 +203,40 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise DataError(f"refusing a CIFAR batch that references {module}.{name}: it could run code")
+        raise DataError(f"refusing a CIFAR batch that references {clip(module, 80)}.{clip(name, 80)}: it could run "
+                        "code")
 
 
-def _load_cifar_batches(folder: Path) -> DataSource:
+def _load_cifar_batches(folder: Path, name: str) -> DataSource:
     def read(file: Path) -> ImageSet:
+        shown = f"{clip(name, 100)}/{file.name}"
         try:
             batch = _NumpyOnlyUnpickler(io.BytesIO(file.read_bytes()), encoding="bytes").load()
+            data = np.asarray(batch[b"data"])
+            labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of a foreign pickle is a data error
-            raise DataError(f"cannot read CIFAR batch {file.name}: {exc}") from None
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
-        return check_image_set(data, labels, None, None, label=file.name)
+            raise DataError(f"cannot read CIFAR batch {shown}: {clip(exc)}") from None
+        return check_image_set(_cifar_pixels(data, shown), labels, None, None, label=shown)
 
     train_files = sorted(folder.glob("data_batch_*"))
-    train = concat([read(f) for f in train_files], folder.name) if train_files else None
+    train = concat([read(f) for f in train_files], name) if train_files else None
     test = read(folder / "test_batch") if (folder / "test_batch").exists() else None
     if train is None:
         train, test = test, None
-    return DataSource(train, test, f"CIFAR python batches {folder.name}")
+    return DataSource(train, test, f"CIFAR python batches {clip(name)}")
 
 
-def _safe_extract(archive: Path, target: Path) -> None:
-    """Extract refusing absolute paths, ``..``, links and special files (raises ``DataError``)."""
-    def refuse(name: str, why: str) -> None:
-        raise DataError(f"refusing archive {archive.name}: member {name!r} {why}")
-
-    if archive.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    parts = Path(info.filename).parts
-                    if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename:
-                        refuse(info.filename, "points outside the extraction folder")
-                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                        refuse(info.filename, "is a symbolic link")
-                zf.extractall(target)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"cannot read {archive.name}: {exc}") from None
-        return
-    try:
-        with tarfile.open(archive) as tf:
-            for member in tf.getmembers():
-                parts = Path(member.name).parts
-                if member.name.startswith("/") or ".." in parts:
-                    refuse(member.name, "points outside the extraction folder")
-                if member.issym() or member.islnk():
-                    refuse(member.name, "is a link")
-                if not (member.isfile() or member.isdir()):
-                    refuse(member.name, "is not a regular file")
-            tf.extractall(target, filter="data")
-    except tarfile.TarError as exc:
-        raise DataError(f"cannot read {archive.name}: {exc}") from None
+def _cifar_pixels(data: np.ndarray, shown: str) -> np.ndarray:
+    """[N, 3072] pixel rows as uint8 [N, 32, 32, 3], refusing values a uint8 cast would silently wrap."""
+    if data.dtype != np.uint8:
+        check_finite_array(data, "pixels", shown)
+        if not np.issubdtype(data.dtype, np.number) or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise DataError(f"{shown}: pixels must be numbers in 0..255, got {data.dtype}")
+    if data.size == 0 or data.size % (3 * 32 * 32):
+        raise DataError(f"{shown}: 'data' must be [N, 3072] (3x32x32 pixels per row), got shape {data.shape}")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
 def _single_top_folder(root: Path) -> Path:
@@ -233,35 +246,9 @@ def _single_top_folder(root: Path) -> Path:
     return root
 
 
-def _load_image_folder(root: Path) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root.name} has no class folders (ImageFolder layout: class_name/image.png)")
-    images, labels, shape = [], [], None
-    for label, name in enumerate(classes):
-        for file in sorted((root / name).rglob("*")):
-            if file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
-                continue
-            try:
-                with Image.open(file) as img:
-                    mode = "L" if img.mode in ("L", "I", "I;16", "1") else "RGB"
-                    array = np.asarray(img.convert(mode), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"cannot decode image {file.relative_to(root)}: {exc}") from None
-            array = array[..., None] if array.ndim == 2 else array
-            if shape is None:
-                shape = array.shape
-            elif array.shape != shape:
-                raise DataError(f"images differ in size: {file.relative_to(root)} is {array.shape}, "
-                                f"earlier ones {shape}; resize them to one size first")
-            images.append(array)
-            labels.append(label)
-    if not images:
-        raise DataError(f"{root.name} holds no readable images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return check_image_set(np.stack(images), np.asarray(labels, dtype=np.int64), None, tuple(classes),
-                           label=root.name)
+def _load_image_folder(root: Path, limits: DataLimits, name: str) -> ImageSet:
+    images, labels, classes = load_image_folder(root, limits, name)
+    return check_image_set(images, labels, None, classes, label=name)
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -269,7 +256,9 @@ def _load_image_folder(root: Path) -> ImageSet:
 def check_image_set(images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None,
                     class_names: tuple[str, ...] | None, label: str) -> ImageSet:
     """Validate dtypes and shapes of raw arrays; greyscale [N, H, W] becomes [N, H, W, 1]."""
+    label = clip(label)
     if images.dtype != np.uint8:
+        check_finite_array(images, "images", label)
         raise DataError(f"{label}: images must be uint8 pixels 0..255, got {images.dtype}")
     if images.ndim == 3:
         images = images[..., None]
@@ -295,6 +284,7 @@ def check_image_set(images: np.ndarray, labels: np.ndarray, masks: np.ndarray | 
 def check_fits_model(data: ImageSet, input_shape: tuple[int, int, int], num_classes: int, label: str = "data set",
                      resize: bool = False) -> None:
     """Raise ``DataError`` if channels, size (unless resizing) or label range do not fit the model."""
+    label = clip(label)
     channels, height, width = input_shape
     if data.images.shape[-1] != channels:
         raise DataError(f"{label} has {data.images.shape[-1]}-channel images but the model expects {channels} "
@@ -306,6 +296,37 @@ def check_fits_model(data: ImageSet, input_shape: tuple[int, int, int], num_clas
     if top >= num_classes:
         raise DataError(f"{label} has label {top} but the model has {num_classes} classes (labels must be "
                         f"0..{num_classes - 1})")
+
+
+def check_label_coverage(splits: Splits, num_classes: int, min_coverage: float = MIN_LABEL_COVERAGE) -> list[str]:
+    """Warnings, as values for the report, when the labels cannot show what the model does; ``DataError`` when
+    the evaluation split shares no class with the calibration and fine-tune splits.
+
+    A split is reported when its distinct labels are fewer than ``min_coverage`` x min(``num_classes``, its
+    size): a 1-class set for a 10-class model measures one class (0% or 100% says nothing of the others).
+    """
+    seen = set(np.unique(splits.calibration.labels).tolist()) | set(np.unique(splits.finetune.labels).tolist())
+    evaluated = set(np.unique(splits.evaluation.labels).tolist())
+    if not seen & evaluated:
+        raise DataError(f"the evaluation split's classes {_few(evaluated)} share none with the calibration and "
+                        f"fine-tune splits' classes {_few(seen)}: the accuracy would measure classes the pruning "
+                        "never saw; use a data set whose train and test parts hold the same classes")
+    warnings = []
+    for split_name, part in (("evaluation", splits.evaluation), ("calibration", splits.calibration)):
+        distinct = len(np.unique(part.labels))
+        possible = min(num_classes, len(part))
+        if distinct < min_coverage * possible:
+            warnings.append(f"the {split_name} split has {distinct} distinct label(s) among {len(part)} images for a "
+                            f"{num_classes}-class model (fewer than {min_coverage:.0%} of the {possible} it could "
+                            f"hold): its accuracy speaks for those classes only")
+    for text in warnings:
+        log.warning("%s", text)
+    return warnings
+
+
+def _few(labels: set[int], shown: int = 8) -> str:
+    ordered = sorted(labels)
+    return "{" + ", ".join(map(str, ordered[:shown])) + (", ..." if len(ordered) > shown else "") + "}"
 
 
 # --- splits and batches -------------------------------------------------------------------------

@@ -1,7 +1,21 @@
 """Errors the engine raises for bad input. Each message says what is wrong and how to fix it.
 
 The service maps these onto gRPC status codes and the CLI onto exit codes; nothing here knows of either.
+Messages echo user input only through ``clip``, so a 10,000-character name cannot flood a log or a reply.
 """
+
+
+def clip(text: object, limit: int = 200) -> str:
+    """``str(text)`` cut to at most ``limit`` characters, the cut marked: ``clip("x" * 500, 10) == "xxx…[+497]"``.
+
+    For echoing user input (names, paths, values) in messages. Control characters become ``?`` so an echoed
+    value cannot forge log lines.
+    """
+    value = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    if len(value) <= limit:
+        return value
+    keep = max(0, limit - len(f"…[+{len(value)}]"))   # the marker's longest form: never over `limit`
+    return value[:keep] + f"…[+{len(value) - keep}]"
 
 
 class InterpruneError(Exception):

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from pruning.errors import ModelError
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -45,21 +47,38 @@ def count_cost(model: nn.Module, input_shape: tuple[int, int, int]) -> Cost:
     return Cost(int(macs), int(params), int(size))
 
 
+def _check_finite_logits(logits: torch.Tensor, batch_index: int, images_before: int) -> None:
+    """Raise ``ModelError`` when logits hold NaN/inf: argmax of a NaN row would count as a prediction."""
+    bad_rows = int((~torch.isfinite(logits)).flatten(1).any(dim=1).sum()) if logits.is_floating_point() else 0
+    if bad_rows:
+        raise ModelError(
+            f"the model gives non-finite logits (NaN or infinite) for {bad_rows} of {logits.shape[0]} images in "
+            f"evaluation batch {batch_index} (images {images_before}..{images_before + logits.shape[0] - 1}); "
+            "accuracy cannot be measured. Check the weights for NaN/inf values and that the normalisation std "
+            "is > 0")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Accuracy:
-    """Top-1 and top-5 accuracy (fractions in [0, 1]) over all batches, in eval mode."""
+    """Top-1 and top-5 accuracy (fractions in [0, 1]) over all batches, in eval mode.
+
+    Raises ``ModelError`` when the model gives a NaN or infinite logit: such an image is neither right nor wrong.
+    """
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
-    for images, labels in batches:
-        logits = model(images)
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices                      # [N, k]
-        hits = top.eq(labels.view(-1, 1))
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(dim=1).sum())
-        total += len(labels)
-    model.train(was_training)
+    try:
+        for index, (images, labels) in enumerate(batches):
+            logits = model(images)
+            _check_finite_logits(logits, index, total)
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices                      # [N, k]
+            hits = top.eq(labels.view(-1, 1))
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            total += len(labels)
+    finally:
+        model.train(was_training)
     if total == 0:
         raise ValueError("evaluation set is empty")
     return Accuracy(correct1 / total, correct5 / total, total)

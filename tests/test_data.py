@@ -118,3 +118,44 @@ def test_preprocess_normalises_and_resizes():
     x = data.Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), size=(8, 8))(images)
     assert x.shape == (2, 3, 8, 8)
     assert torch.allclose(x, torch.ones_like(x), atol=1e-5)
+
+
+def _split(labels):
+    labels = np.asarray(labels, np.int64)
+    return data.ImageSet(np.zeros((len(labels), 2, 2, 1), np.uint8), labels)
+
+
+def test_label_coverage_warns_on_a_one_class_set_and_returns_the_warnings(caplog):
+    splits = data.Splits(_split([0] * 20), _split([0] * 20), _split([0] * 20))
+    warnings = data.check_label_coverage(splits, num_classes=10)
+    assert warnings == [
+        "the evaluation split has 1 distinct label(s) among 20 images for a 10-class model (fewer than 50% of the "
+        "10 it could hold): its accuracy speaks for those classes only",
+        "the calibration split has 1 distinct label(s) among 20 images for a 10-class model (fewer than 50% of the "
+        "10 it could hold): its accuracy speaks for those classes only"]
+    assert warnings[0] in caplog.text
+
+
+def test_label_coverage_is_quiet_for_a_fair_sample_and_judges_by_what_the_size_allows():
+    fair = data.Splits(_split(range(10)), _split(range(10)), _split([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]))
+    assert data.check_label_coverage(fair, num_classes=10) == []
+    small = data.Splits(_split([0, 1, 2]), _split([0]), _split([3, 4, 1]))   # 3 of 3 possible: fine
+    assert data.check_label_coverage(small, num_classes=1000) == []
+    assert data.check_label_coverage(fair, num_classes=10, min_coverage=1.01) != []
+
+
+def test_label_coverage_refuses_evaluation_classes_never_seen():
+    splits = data.Splits(_split([0, 1, 2]), _split([1, 2]), _split([5, 6, 7, 8, 9, 10, 11, 12, 13]))
+    with pytest.raises(DataError, match=r"^the evaluation split's classes \{5, 6, 7, 8, 9, 10, 11, 12, \.\.\.\} share "
+                                        r"none with the calibration and fine-tune splits' classes \{0, 1, 2\}"):
+        data.check_label_coverage(splits, num_classes=20)
+
+
+def test_messages_name_the_users_file_and_clip_long_names(tmp_path):
+    path = tmp_path / "0123abcd.npz"
+    np.savez(path, images=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"^my-set.npz must hold arrays 'images' and 'labels' \(found: \['images'\]\)"):
+        data.load_images(path, name="my-set.npz")
+    with pytest.raises(DataError) as info:
+        data.load_images(tmp_path / ("q" * 10_000))
+    assert len(str(info.value)) < 250
