@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 HEAD_BYTES = 64
+SAFETENSORS_MAX_HEADER = 100_000_000
 _ONNX_NEXT_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}   # ModelProto fields 2..8 after ir_version (field 1)
 
 
@@ -55,11 +56,13 @@ def _classify_zip(names: Sequence[str] | None) -> str:
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
-    """8-byte little-endian header length, then a JSON object that fits in the file."""
+    """8-byte little-endian header length (below safetensors' 100 MB limit), then a JSON object.
+
+    A file shorter than its header says is still safetensors (a truncated one: reading it says so)."""
     if len(head) < 9:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 0 < header_len <= size - 8
+    return head[8:9] == b"{" and 0 < header_len <= SAFETENSORS_MAX_HEADER
 
 
 def _is_onnx(head: bytes) -> bool:

@@ -6,6 +6,7 @@ extra: ``pip install 'interprune[timm]'``.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Collection, Mapping
 
 import torch.nn as nn
@@ -40,7 +41,7 @@ def create(arch: str, kwargs: Mapping[str, Any]) -> nn.Module:
     timm = import_timm()
     name = model_name(arch)
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0]}*")[:5]
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.8)
         hint = f" Did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
         raise ModelError(f"timm {timm.__version__} has no model {name!r}.{hint}")
     try:
