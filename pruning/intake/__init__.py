@@ -30,7 +30,7 @@ from pruning.intake.weights import load_weights, read_state_dict
 from pruning.intake.zoo import load_model
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "ONNX_ARCH", "VERIFY_IMAGES", "ModelEntry", "ModelSpec", "ResolvedModel", "check_spec",
-    "create_model", "get_entry", "is_model", "list_models", "list_sources", "load_model", "load_weights",
+    "IMAGENET_MEAN", "IMAGENET_STD", "ONNX_ARCH", "VERIFY_IMAGES", "ModelEntry", "ModelSpec", "ResolvedModel",
+    "check_spec", "create_model", "get_entry", "is_model", "list_models", "list_sources", "load_model", "load_weights",
     "read_state_dict", "rebuild", "register_model", "resolve", "verify",
 ]
