@@ -46,7 +46,9 @@ def _onnx_file(path):
 
 
 def _torchscript_file(path):
-    torch.jit.save(torch.jit.script(_small().eval()), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)                  # torch.jit is deprecated, files remain
+        torch.jit.save(torch.jit.script(_small().eval()), str(path))
     return path
 
 
