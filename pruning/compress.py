@@ -18,17 +18,18 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
 from pruning import data as data_mod
-from pruning import zoo
+from pruning import intake, zoo
 from pruning.allocate import CostModel, Target, allocate, allocate_blocks, widths_removed
 from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
 from pruning.errors import Cancelled, SpecError
 from pruning.finetune import FinetuneBudget, FinetuneReport, FinetuneSettings, evaluation_callback, finetune
+from pruning.intake import ModelSpec  # noqa: F401  (the model part of the spec; zoo, timm/, python:, onnx)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
@@ -41,13 +42,6 @@ DEFAULT_ROUND_TO = 8    # width multiple when PruneSpec.round_to is None and no 
 
 
 # --- the spec -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ModelSpec:
-    arch: str
-    weights: str | None = None              # weights-only checkpoint; None = the architecture's random init
-    num_classes: int | None = None          # default: the architecture's
-
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -202,11 +196,12 @@ class _Runner:
 
 # --- the pipeline -------------------------------------------------------------------------------
 
-def load_inputs(spec: CompressSpec) -> tuple[nn.Module, zoo.ModelEntry, data_mod.Splits, data_mod.Preprocess,
-                                             tuple[int, int, int]]:
-    """Model (eval mode), its registry entry, checked splits, preprocessing and the input shape."""
-    entry = zoo.get_entry(spec.model.arch)
-    model = zoo.load_model(spec.model.arch, spec.model.weights, spec.model.num_classes)
+def load_inputs(spec: CompressSpec, allowed_packages: Collection[str] | None = None
+                ) -> tuple[nn.Module, zoo.ModelEntry, data_mod.Splits, data_mod.Preprocess, tuple[int, int, int]]:
+    """Model (eval mode), its entry (``entry.source``: the plan's record), checked splits, preprocessing and the
+    input shape. ``allowed_packages``: see ``pruning.intake.resolve``."""
+    resolved = intake.resolve(spec.model, allowed_packages)
+    model, entry = resolved.module, resolved.entry
     num_classes = spec.model.num_classes or entry.num_classes
     source = data_mod.load_images(spec.data.path) if spec.data.path else data_mod.digits_sample()
     size = spec.data.input_size or entry.input_shape[1:]
@@ -222,6 +217,7 @@ def load_inputs(spec: CompressSpec) -> tuple[nn.Module, zoo.ModelEntry, data_mod
     if len(preprocess.mean) != input_shape[0] or len(preprocess.std) != input_shape[0]:
         raise SpecError(f"mean/std have {len(preprocess.mean)}/{len(preprocess.std)} values; the model takes "
                         f"{input_shape[0]} channels")
+    entry = intake.verify(resolved, preprocess(splits.calibration.images[:intake.VERIFY_IMAGES])).entry
     return model, entry, splits, preprocess, input_shape
 
 
@@ -230,11 +226,13 @@ LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]   # (mode
 
 def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
              should_stop: Callable[[], bool] | None = None,
-             latency_probe: LatencyProbe | None = None) -> CompressResult:
+             latency_probe: LatencyProbe | None = None,
+             allowed_packages: Collection[str] | None = None) -> CompressResult:
     """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given.
 
     With ``spec.prune.latency_budget_ms`` set, ``latency_probe`` measures candidate models on the target and the
     MACs reduction is searched (``allocate.search_latency_budget``); the probes are in ``result.latency_search``.
+    ``allowed_packages``: the top-level packages a ``python:`` architecture may come from (None = any).
     """
     if spec.prune.latency_budget_ms is not None and latency_probe is None:
         raise SpecError("a latency budget needs a latency probe for the target (run it through the pipeline)")
@@ -244,12 +242,13 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     torch.manual_seed(spec.seed)
     run = _Runner(progress, should_stop)
     with run.stage("load"):
-        original, entry, splits, preprocess, input_shape = load_inputs(spec)
+        original, entry, splits, preprocess, input_shape = load_inputs(spec, allowed_packages)
         num_classes = spec.model.num_classes or entry.num_classes
         _validate_prune_spec(spec.prune)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
         base_cost = count_cost(original, input_shape)
-        result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape),
+        result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape,
+                                                                      source=dict(entry.source)),
                                 splits, preprocess, input_shape)
         result.notes.extend([rounding_note] if rounding_note else [])
         result.cost["original"] = base_cost
@@ -295,7 +294,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                            criterion=spec.prune.criterion,
                            notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
                                   "layer_criterion": spec.prune.layer_criterion,
-                                  "target": {"metric": target.metric, "reduction": target.reduction}})
+                                  "target": {"metric": target.metric, "reduction": target.reduction}},
+                           source=dict(entry.source))
         result.plan = plan
 
     with run.stage("prune"):

@@ -26,6 +26,9 @@ class PruningPlan:
     removed_blocks: list[str] = field(default_factory=list)         # blocks replaced by nn.Identity
     criterion: str = ""
     notes: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)    # how the base architecture was obtained (``pruning.intake``):
+                                                  # {"kind": "zoo" | "timm" | "python" | "onnx", "arch", ...};
+                                                  # empty in plans written before: a zoo name in ``arch``
 
     def removed(self, name: str) -> list[int]:
         keep = set(self.kept[name])
@@ -51,7 +54,8 @@ class PruningPlan:
                        kept={str(k): [int(i) for i in v] for k, v in data.get("kept", {}).items()},
                        original={str(k): int(v) for k, v in data.get("original", {}).items()},
                        removed_blocks=[str(b) for b in data.get("removed_blocks", [])],
-                       criterion=str(data.get("criterion", "")), notes=dict(data.get("notes", {})))
+                       criterion=str(data.get("criterion", "")), notes=dict(data.get("notes", {})),
+                       source=dict(data.get("source") or {}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed plan: {exc}") from None
         for name, kept in plan.kept.items():

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from pruning import zoo
+from pruning import intake
 from pruning.criteria.base import ChannelGroup
 from pruning.errors import ModelError
 from pruning.plan import PruningPlan
@@ -108,9 +109,16 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
     return model
 
 
-def load_compressed(plan_path: str | Path, weights_path: str | Path) -> nn.Module:
-    """Rebuild a compressed model from ``plan.json`` + ``weights.pt`` (weights-only), in eval mode."""
+def load_compressed(plan_path: str | Path, weights_path: str | Path, *, model_file: str | Path | None = None,
+                    allowed_packages: Collection[str] | None = None) -> nn.Module:
+    """Rebuild a compressed model from ``plan.json`` + ``weights.pt`` (weights-only), in eval mode.
+
+    The base architecture comes from the plan's source record (``pruning.intake.rebuild``): a zoo name, timm, or a
+    ``python:`` factory (imported; ``allowed_packages`` as in ``intake.resolve``). A plan made from an ONNX model
+    needs that file again as ``model_file`` (checked against the recorded sha256).
+    """
     plan = PruningPlan.load(plan_path)
-    model = apply_plan(zoo.create_model(plan.arch, plan.num_classes), plan)
-    zoo.load_weights(model, zoo.read_state_dict(weights_path), label=f"weights {Path(weights_path).name}")
+    base = intake.rebuild(plan, allowed_packages=allowed_packages, model_file=str(model_file) if model_file else None)
+    model = apply_plan(base, plan)
+    intake.load_weights(model, intake.read_state_dict(weights_path), label=f"weights {Path(weights_path).name}")
     return model.eval()

@@ -1,0 +1,166 @@
+"""ONNX models: ``arch="onnx"`` with ``model_file``, converted to PyTorch with onnx2torch.
+
+Steps: read the file (its sha256 goes into the plan), ``onnx.checker``, inline constant ``Identity`` nodes (the
+TorchScript exporter shares equal initializers through them; onnx2torch wants initializers), refuse operators
+that cannot be pruned (``onnx_ops``), convert. ``pruning.intake.verify`` then compares the converted module with
+ONNX Runtime on calibration images (``onnx_check``). Weights come from the file; the class count from the
+output, the input shape from the graph input (the spec fills symbolic sizes; default 3x224x224).
+
+Reload: a plan records the file's name and sha256, not the converted structure (a GraphModule is code, and plans
+never carry code). ``rebuild`` converts the same file again, refused unless its sha256 matches, and the plan's
+channel cuts and the weights file are applied to that. So reloading needs the original ONNX beside plan and
+weights; the exported ``model.onnx`` of a run is the deployable artefact and needs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Collection, Mapping
+
+import torch.nn as nn
+
+from pruning.errors import ModelError, SpecError
+from pruning.intake.catalog import DEFAULT_INPUT_SHAPE
+from pruning.intake.describe import describe
+from pruning.intake.onnx_ops import describe_problems, pruning_problems
+from pruning.intake.sniff import identify
+from pruning.intake.sources import register_source
+from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
+
+
+def read_onnx(path: Path):
+    """(ModelProto, sha256 hex) of the file; ``ModelError`` when it is not a valid, self-contained ONNX model."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    kind = identify(path)
+    if kind != "onnx":
+        raise ModelError(f"{path.name} is not an ONNX model (it looks like: {kind}); a PyTorch checkpoint is passed "
+                         "as weights, with the architecture it belongs to")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, ValidationError
+        raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ModelError(f"{path.name} keeps its weights in external data files; save it as one file: "
+                         "onnx.save(model, path, save_as_external_data=False)")
+    return proto, hashlib.sha256(data).hexdigest()
+
+
+def inline_constant_identities(proto):
+    """A copy of ``proto`` where ``Identity(initializer)`` nodes became initializers of their own."""
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    initializers = {t.name: t for t in out.graph.initializer}
+    kept = []
+    for node in out.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(initializers[node.input[0]])
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+            initializers[tensor.name] = tensor
+        else:
+            kept.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
+
+
+def graph_shapes(proto, label: str) -> tuple[list[int | None], list[int | None]]:
+    """Dims of the single image input [N, C, H, W] and single logits output [N, K] (None = symbolic)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or len(proto.graph.output) != 1:
+        raise ModelError(f"{label} has {len(inputs)} inputs and {len(proto.graph.output)} outputs; interprune "
+                         "prunes classifiers with one image input and one logits output")
+
+    def dims(value) -> list[int | None]:
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    image, logits = dims(inputs[0]), dims(proto.graph.output[0])
+    if len(image) != 4 or len(logits) != 2:
+        raise ModelError(f"{label} maps a rank-{len(image)} input to a rank-{len(logits)} output; interprune "
+                         "prunes classifiers of images [N, C, H, W] -> logits [N, classes]")
+    return image, logits
+
+
+def input_shape_for(graph_dims: list[int | None], asked: tuple[int, ...] | None,
+                    label: str) -> tuple[int, int, int]:
+    """C, H, W: the graph's fixed sizes, the spec for symbolic ones (else 3x224x224); a conflict is an error."""
+    fixed = graph_dims[1:]
+    if asked is not None:
+        clash = [(f, a) for f, a in zip(fixed, asked) if f is not None and f != a]
+        if clash:
+            raise SpecError(f"{label} takes {'x'.join(str(d or '?') for d in fixed)} inputs, not "
+                            f"{'x'.join(map(str, asked))}")
+        return tuple(asked)  # type: ignore[return-value]
+    return tuple(f if f is not None else d for f, d in zip(fixed, DEFAULT_INPUT_SHAPE))  # type: ignore[return-value]
+
+
+def convert(path: Path, expected_sha256: str | None = None) -> tuple[nn.Module, Any, str]:
+    """(converted module in eval mode, prepared proto, sha256); refuses unprunable graphs."""
+    proto, digest = read_onnx(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelError(f"{path.name} is not the ONNX file this plan was made from (sha256 {digest[:12]}..., the "
+                         f"plan recorded {expected_sha256[:12]}...)")
+    prepared = inline_constant_identities(proto)
+    problems = pruning_problems(prepared)
+    if problems:
+        raise ModelError(describe_problems(path.name, problems))
+    from onnx2torch import convert as onnx2torch_convert
+
+    try:
+        module = onnx2torch_convert(prepared)
+    except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError/KeyError/... per operator
+        raise ModelError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+    return module.eval(), prepared, digest
+
+
+@register_source
+class OnnxSource:
+    kind = "onnx"
+    prefix = ONNX_ARCH
+
+    def check(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> None:
+        if spec.arch != ONNX_ARCH:
+            raise SpecError(f"unknown architecture {spec.arch!r}; an ONNX model is given as arch 'onnx' with "
+                            "model_file")
+        if not spec.model_file:
+            raise SpecError("arch 'onnx' needs model_file: the .onnx file (--model model.onnx)")
+        if spec.weights:
+            raise SpecError("an ONNX model carries its own weights; drop the weights file (or export the ONNX "
+                            "with the weights you want)")
+        if spec.arch_kwargs:
+            raise SpecError("arch_kwargs are for python: and timm/ factories, not ONNX models")
+        if not Path(spec.model_file).is_file():
+            raise ModelError(f"model file {spec.model_file} does not exist")
+
+    def resolve(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> ResolvedModel:
+        self.check(spec, allowed_packages)
+        path = Path(spec.model_file)
+        module, proto, digest = convert(path)
+        image, logits = graph_shapes(proto, path.name)
+        input_shape = input_shape_for(image, spec.input_shape, path.name)
+        record = {"kind": self.kind, "arch": ONNX_ARCH, "file_name": path.name, "sha256": digest,
+                  "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0),
+                  "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
+        entry = describe(path.name, module, input_shape, spec.num_classes, record, {},
+                         builder=lambda n: convert(path, digest)[0], description=f"ONNX model {path.name}")
+        if logits[1] is not None and logits[1] != entry.num_classes:
+            raise ModelError(f"{path.name} declares {logits[1]} outputs but computes {entry.num_classes}")
+        return ResolvedModel(module, entry, reference=path)
+
+    def rebuild(self, record: Mapping[str, Any], num_classes: int, *, allowed_packages: Collection[str] | None,
+                model_file: str | None) -> nn.Module:
+        name, digest = record.get("file_name", "model.onnx"), str(record.get("sha256", ""))
+        if not model_file:
+            raise ModelError(f"this plan was made from the ONNX model {name} (sha256 {digest[:12]}...); pass that "
+                             "file again to reload it (load_compressed(plan, weights, model_file=...))")
+        return convert(Path(model_file), digest or None)[0]

@@ -1,0 +1,163 @@
+"""ONNX models in: conversion checked against ONNX Runtime, unprunable operators named, pruned end to end."""
+import hashlib
+import sys
+
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper
+
+from exporters.onnx import check_parity, export_onnx
+from pruning import surgery
+from pruning.compress import ModelSpec, compress
+from pruning.errors import ModelError, SpecError
+from pruning.intake import resolve, verify
+from pruning.intake.onnx_ops import pruning_problems
+from tests.intake_helpers import ACME, cifar_like_npz, quick_spec
+
+
+def _tiny_resnet() -> nn.Module:
+    """The acme residual CNN (identity and 1x1-projection shortcuts) with BatchNorm statistics that matter."""
+    sys.path.insert(0, str(ACME))
+    try:
+        from acme_models.nets import tiny_resnet
+    finally:
+        sys.path.remove(str(ACME))
+    torch.manual_seed(0)
+    model = tiny_resnet(width=8)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory):
+    """tiny_resnet exported to ONNX, then compressed from that file (L1, -30% MACs, no fine-tuning)."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    path = export_onnx(_tiny_resnet(), tmp / "model.onnx", torch.zeros(1, 3, 32, 32)).path
+    result = compress(quick_spec(ModelSpec("onnx", model_file=str(path)), cifar_like_npz(tmp / "d.npz")),
+                      out_dir=tmp / "run")
+    return tmp, path, result
+
+
+def test_onnx_model_is_channel_pruned_end_to_end_and_exported_again(onnx_run):
+    tmp, path, result = onnx_run
+    assert result.reduction("macs") == pytest.approx(0.3, abs=0.03)
+    assert result.cost["compressed"].params < result.cost["original"].params
+    source = result.plan.source
+    assert source["kind"] == "onnx" and source["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert source["conversion_check"]["max_rel_error"] < 1e-5 and source["conversion_check"]["num_inputs"] == 8
+    x = torch.randn(6, 3, 32, 32)
+    again = export_onnx(result.model, tmp / "pruned.onnx", torch.zeros(1, 3, 32, 32))
+    parity = check_parity(again.path, result.model, x)
+    assert parity.max_rel_error < 1e-5 and parity.top1_agreement == 1.0
+    convs = [n for n in onnx.load(str(again.path)).graph.node if n.op_type == "Conv"]
+    widths = {len(kept) for kept in result.plan.kept.values()}
+    assert len(convs) == 6 and min(widths) < 8                        # same layers, fewer channels
+
+
+def test_pruned_onnx_model_reloads_from_plan_weights_and_the_original_file(onnx_run, tmp_path):
+    _, path, result = onnx_run
+    files = result.files
+    reloaded = surgery.load_compressed(files["plan"], files["weights"], model_file=path)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(reloaded(x), result.model.eval()(x))
+    with pytest.raises(ModelError, match="pass that file again"):
+        surgery.load_compressed(files["plan"], files["weights"])
+    other = export_onnx(_tiny_resnet(), tmp_path / "other.onnx", torch.zeros(1, 3, 32, 32), opset=16).path
+    with pytest.raises(ModelError, match="not the ONNX file this plan was made from"):
+        surgery.load_compressed(files["plan"], files["weights"], model_file=other)
+
+
+def test_conversion_is_checked_against_onnx_runtime(tmp_path):
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32), dynamic_batch=False).path
+    resolved = resolve(ModelSpec("onnx", model_file=str(path)))
+    assert resolved.entry.input_shape == (3, 32, 32) and resolved.entry.num_classes == 10
+    images = torch.randn(3, 3, 32, 32)
+    check = verify(resolved, images).source["conversion_check"]       # batch fixed to 1 in the file: one by one
+    assert check["num_inputs"] == 3 and check["max_rel_error"] < 1e-5
+    with torch.no_grad():
+        next(m for m in resolved.module.modules() if isinstance(m, nn.Conv2d)).weight.mul_(1.5)
+    with pytest.raises(ModelError, match=r"exceeds the tolerance rtol=0.001"):
+        verify(resolved, images)
+
+
+class _Upsampling(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = nn.functional.interpolate(self.conv(x), scale_factor=2.0, mode="nearest")
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _ChannelShift(_Upsampling):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv(x) + self.shift, 1), 1))
+
+
+class _ViewFlatten(_Upsampling):
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.conv(x), 1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+@pytest.mark.parametrize("model,message", [
+    (_Upsampling(), r"Resize \(node .*\): this operator is not supported"),
+    (_ChannelShift(), r"Add \(node .*\): it applies a constant tensor"),
+    (_ViewFlatten(), r"Shape \(node .*torch.flatten"),
+])
+def test_operators_that_cannot_be_pruned_are_named(tmp_path, model, message):
+    path = export_onnx(model.eval(), tmp_path / "m.onnx", torch.zeros(1, 3, 8, 8)).path
+    with pytest.raises(ModelError, match=message):
+        resolve(ModelSpec("onnx", model_file=str(path)))
+
+
+def _graph(node, *initializers) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=list(initializers)))
+
+
+@pytest.mark.parametrize("node,initializers,problem", [
+    (helper.make_node("Concat", ["x", "x"], ["y"], axis=1, name="cat"), [], None),
+    (helper.make_node("Concat", ["x", "x"], ["y"], axis=2, name="cat"), [], "Concat (node cat): axis=2"),
+    (helper.make_node("Flatten", ["x"], ["y"], axis=2, name="f"), [], "Flatten (node f): axis=2"),
+    (helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], name="m"), [], None),
+    (helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], name="m"), [], "ReduceMean (node m): only a mean"),
+    (helper.make_node("Mul", ["x", "s"], ["y"], name="mul"), [helper.make_tensor("s", TensorProto.FLOAT, [], [2.0])],
+     None),
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="c"), [], "Conv (node c): its parameters (w) are computed"),
+    (helper.make_node("Relu", ["x"], ["y"], domain="com.acme", name="r"), [], "Relu (node r): custom operator"),
+])
+def test_pruning_rules_per_operator(node, initializers, problem):
+    problems = pruning_problems(_graph(node, *initializers))
+    assert problems == ([] if problem is None else [problems[0]])
+    if problem is not None:
+        assert problems[0].startswith(problem)
+
+
+def test_onnx_spec_mistakes_are_explained(tmp_path):
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32), dynamic_batch=False).path
+    torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    cases = [
+        (ModelSpec("onnx"), SpecError, "needs model_file"),
+        (ModelSpec("onnx", weights=str(tmp_path / "w.pt"), model_file=str(path)), SpecError, "carries its own weights"),
+        (ModelSpec("onnx", model_file=str(path), input_shape=(3, 64, 64)), SpecError, "takes 3x32x32 inputs"),
+        (ModelSpec("onnx", model_file=str(tmp_path / "w.pt")), ModelError, "is not an ONNX model .*torch"),
+        (ModelSpec("onnx", model_file=str(path), num_classes=7), ModelError, "outputs 10 classes, not the 7"),
+    ]
+    for spec, error, message in cases:
+        with pytest.raises(error, match=message):
+            resolve(spec)
