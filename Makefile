@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps ./tests/fixtures/acme_models    # a team's model package, for the intake tests
 	touch $(STAMP)
 
 demo: $(STAMP)

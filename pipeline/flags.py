@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from pipeline.spec import JobSpec
 from pruning.compress import CompressSpec, ModelSpec
+from pruning.intake.spec import ONNX_ARCH
 
 
 # --- argument types (also used by the service commands) -------------------------------------------------
@@ -62,6 +63,24 @@ def key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width\": 32}}', got {text[:200]!r} "
+                                         f"({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width\": 32}}', got {text[:200]!r}")
+    return value
+
+
+def shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected C,H,W like 3,224,224, got {text[:200]!r}")
+    return tuple(int(p) for p in parts)
+
+
 def targets(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -93,10 +112,18 @@ def _epochs(value: float) -> float | None:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag("--arch", "compress.model.arch", "model", "architecture, e.g. cifar/resnet56 (see `interprune models`)",
-         required=True),
-    Flag("--weights", "compress.model.weights", "model", "weights-only checkpoint (.th/.pt); omitted = random "
-                                                        "initialisation"),
+    Flag("--arch", "compress.model.arch", "model", "architecture: a zoo name (see `interprune models`), timm/NAME, "
+         "or python:PACKAGE.MODULE:FACTORY (a factory in an installed package)"),
+    Flag("--model", "compress.model.model_file", "model", "an ONNX model to compress, instead of --arch and "
+         "--weights", metavar="FILE.onnx"),
+    Flag("--arch-kwargs", "compress.model.arch_kwargs", "model", "keyword arguments of a timm/ or python: "
+         "factory, as a JSON object", type=json_object, metavar="JSON",
+         to_text=lambda v: json.dumps(v, sort_keys=True)),
+    Flag("--input-shape", "compress.model.input_shape", "model", "C,H,W the model was trained with (default: "
+         "the architecture's, else 3,224,224)", type=shape, to_text=lambda v: ",".join(str(x) for x in v),
+         metavar="C,H,W"),
+    Flag("--weights", "compress.model.weights", "model", "weights-only checkpoint (.pt/.th state_dict or "
+                                                        ".safetensors); omitted = random initialisation"),
     Flag("--num-classes", "compress.model.num_classes", "model", type=int),
     Flag("--data", "compress.data.path", "data", "folder with train*.npz/test.npz, one .npz, an ImageFolder "
          "dir/.tar/.zip, or CIFAR python batches; omitted = the bundled sample (scikit-learn digits)"),
@@ -214,6 +241,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """The ``JobSpec`` described by the flags of ``add_spec_arguments``."""
     tree: dict = {"compress": {"model": {}}}
+    if getattr(args, "model", None) and getattr(args, "arch", None):
+        raise argparse.ArgumentTypeError("give --arch NAME or --model FILE.onnx, not both")
+    if not getattr(args, "model", None) and not getattr(args, "arch", None):
+        raise argparse.ArgumentTypeError("name the model: --arch NAME (a zoo name, timm/NAME, python:PKG.MOD:FACTORY) "
+                                         "or --model FILE.onnx")
+    if getattr(args, "model", None):
+        _set(tree, "compress.model.arch", ONNX_ARCH)
     for dest, flag in _BY_DEST.items():
         value = getattr(args, dest, None)
         if value is None or (flag.kind.startswith("switch") and not value):
@@ -244,6 +278,8 @@ def argv_from_spec(spec: dict) -> list[str]:
         if flag.name in _EXCLUSIVE:
             argv += _target_flag(flag, prune)
             continue
+        if flag.name == "--arch" and value == ONNX_ARCH:
+            continue                                    # --model FILE.onnx says it
         if flag.name != "--arch" and _same(value, default):
             continue
         if flag.kind in ("switch_off", "switch_on"):
@@ -276,7 +312,7 @@ def unrepresented(spec: dict) -> list[str]:
     out: list[str] = []
 
     def walk(value, default, path):
-        if isinstance(value, dict) and isinstance(default, dict) and not path.endswith("_params"):
+        if isinstance(value, dict) and isinstance(default, dict) and not path.endswith(("_params", "_kwargs")):
             for key in value:
                 walk(value[key], default.get(key), f"{path}.{key}".lstrip("."))
         elif path not in covered and not _same(value, default):

@@ -33,7 +33,7 @@ def build_report(spec, result: CompressResult, exported: dict, measured: Measure
         "schema": REPORT_SCHEMA,
         "spec": spec.to_dict(),
         "model": {"arch": spec.compress.model.arch, "input_shape": list(result.input_shape),
-                  "num_classes": result.plan.num_classes},
+                  "num_classes": result.plan.num_classes, "source": dict(result.plan.source)},
         "data": {"splits": result.splits.sizes(), "mean": list(result.preprocess.mean),
                  "std": list(result.preprocess.std)},
         "accuracy": accuracy,

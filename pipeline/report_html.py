@@ -105,7 +105,27 @@ def _header(report: dict, title: str) -> str:
     narrowed = sum(layer["kept"] < layer["original"] for layer in report["layers"])
     return (f'<header><h1>{escape(title)}</h1>{verdict}<p class="sub">{what}; {narrowed} layers narrowed, '
             f'{len(report.get("removed_blocks", []))} blocks removed</p>'
+            f'<p class="sub">model: {escape(model_origin(report["model"].get("source") or {}))}</p>'
             f'<div class="cards">{items}</div>{warnings}{notes}</header>')
+
+
+def model_origin(source: dict) -> str:
+    """Where the compressed model came from, in one line (the plan's ``source`` record)."""
+    kind = source.get("kind", "zoo")
+    if kind == "onnx":
+        check = source.get("conversion_check") or {}
+        checked = (f"; converted to PyTorch, max relative difference from ONNX Runtime "
+                   f"{check['max_rel_error']:.1e}" if "max_rel_error" in check else "")
+        return (f"ONNX file {source.get('file_name', '?')} (sha256 {str(source.get('sha256', ''))[:12]}…, opset "
+                f"{source.get('opset', '?')}{', by ' + source['producer'] if source.get('producer') else ''}){checked}")
+    if kind == "python":
+        kwargs = source.get("kwargs") or {}
+        return (f"factory {source.get('arch', '?')}"
+                + (f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})" if kwargs else "()")
+                + (f", package version {source['package_version']}" if source.get("package_version") else ""))
+    if kind == "timm":
+        return f"{source.get('arch', '?')}" + (f" (timm {source['timm_version']})" if source.get("timm_version") else "")
+    return f"zoo architecture {source.get('arch', '?')}"
 
 
 def _summary(report: dict) -> str:

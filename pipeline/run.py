@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_targets, latency_probe
 from pipeline.export import ExportCheckFailed, export_and_verify
@@ -28,10 +28,12 @@ __all__ = ["ExportCheckFailed", "run_pipeline"]
 
 def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[ProgressEvent], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 remote_targets: RemoteTargetsFactory | None = None) -> dict:
+                 remote_targets: RemoteTargetsFactory | None = None,
+                 allowed_packages: Collection[str] | None = None) -> dict:
     """Run the whole job into ``out_dir`` and return the report (also written as ``report.json``).
 
-    ``remote_targets`` opens the job's device-agent targets (``agent:NAME``); without it they record an error."""
+    ``remote_targets`` opens the job's device-agent targets (``agent:NAME``); without it they record an error.
+    ``allowed_packages``: the packages a ``python:`` architecture may come from (None = any importable one)."""
     from exporters import environment
 
     out = Path(out_dir)
@@ -41,7 +43,8 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
     prune, bench = spec.compress.prune, spec.benchmark
     probe = latency_probe(prune.latency_target, bench.threads, out, bench.seconds_per_batch) \
         if prune.latency_budget_ms is not None else None
-    result = compress(spec.compress, out, progress, should_stop, latency_probe=probe)
+    result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
+                      allowed_packages=allowed_packages)
     result.notes[:0] = notes
     timings = dict(result.timings)
     exported: dict = {}

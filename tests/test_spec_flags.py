@@ -11,7 +11,8 @@ from pipeline.spec import JobSpec
 from service.core.wire import Execution, spec_to_dict, spec_to_proto
 
 EVERY_FIELD = [
-    "--arch", "cifar/resnet20", "--num-classes", "7",
+    "--arch", "python:acme_models.nets:tiny_resnet", "--num-classes", "7", "--arch-kwargs", '{"width": 8, "stages": [1, 2]}',
+    "--input-shape", "3,40,48",
     "--calibration-images", "123", "--eval-images", "45", "--finetune-pool", "678", "--input-size", "40x48",
     "--mean", "0.1,0.2,0.3", "--std", "0.4,0.5,0.6",
     "--criterion", "redundancy", "--criterion-param", "threshold=0.25", "--criterion-param", "merge=true",
@@ -35,8 +36,9 @@ def parse(argv: list[str]) -> JobSpec:
 def test_every_flag_sets_a_field_and_comes_back():
     spec = parse(EVERY_FIELD)
     c = spec.compress
-    assert (c.model.arch, c.model.num_classes, c.data.input_size, c.data.mean) == ("cifar/resnet20", 7, (40, 48),
-                                                                                   (0.1, 0.2, 0.3))
+    assert (c.model.arch, c.model.num_classes, c.data.input_size, c.data.mean) == (
+        "python:acme_models.nets:tiny_resnet", 7, (40, 48), (0.1, 0.2, 0.3))
+    assert c.model.arch_kwargs == {"width": 8, "stages": [1, 2]} and c.model.input_shape == (3, 40, 48)
     assert (c.prune.target_metric, c.prune.target_reduction, c.prune.protected) == ("params", 0.3, ("conv1", "fc"))
     assert dict(c.prune.criterion_params) == {"threshold": 0.25, "merge": True}
     assert (c.reconstruct.enabled, c.finetune.augment, c.finetune.epochs, spec.export.slim) == (False, False, 1.5, True)
@@ -59,6 +61,21 @@ def test_defaults_give_no_flags_and_no_flags_give_defaults():
     spec = parse(["--arch", "demo/small_cnn"])
     assert spec.to_dict() == JobSpec.from_dict({"compress": {"model": {"arch": "demo/small_cnn"}}}).to_dict()
     assert argv_from_spec(spec.to_dict()) == ["--arch", "demo/small_cnn", "--target-macs", "0.5"]
+
+
+def test_an_onnx_model_round_trips_through_flags_and_the_wire():
+    spec = parse(["--model", "net.onnx", "--targets", ""])
+    assert (spec.compress.model.arch, spec.compress.model.model_file) == ("onnx", "net.onnx")
+    assert argv_from_spec(spec.to_dict())[:2] == ["--model", "net.onnx"]
+    message = spec_to_proto(spec, model_artifact="c" * 64)
+    assert message.model.model == "artifacts/" + "c" * 64
+    assert spec_to_dict(message)[0]["compress"]["model"]["model_file"] == "artifact:" + "c" * 64
+
+
+@pytest.mark.parametrize("argv,says", [([], "name the model"), (["--arch", "x", "--model", "y.onnx"], "not both")])
+def test_the_model_is_named_once(argv, says):
+    with pytest.raises(argparse.ArgumentTypeError, match=says):
+        parse(argv)
 
 
 @pytest.mark.parametrize("argv", [["--latency-budget", "12.5", "--latency-batch", "64"], ["--targets", ""],

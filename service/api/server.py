@@ -92,7 +92,8 @@ class InterpruneServer:
     def _executor(self) -> LocalProcessExecutor:
         """Today's executor: worker processes on this machine, told where the stores are by URL."""
         threads = self.settings.threads_per_job or max(1, (os.cpu_count() or 1) // self.settings.job_workers)
-        environment = WorkerEnvironment(self.store.url, self.artifacts.url, str(self.state_dir / "work"), threads)
+        environment = WorkerEnvironment(self.store.url, self.artifacts.url, str(self.state_dir / "work"), threads,
+                                        tuple(sorted(self.settings.allowed_model_packages)))
         return LocalProcessExecutor(environment, warm_spare=self.settings.warm_spare)
 
     def _recover(self) -> Recovery:

@@ -70,7 +70,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
             raise Unavailable("the server is shutting down; submit again in a moment (with the same request_id)")
         if len(request.request_id) > 200:
             raise InvalidArgument("request_id is longer than 200 characters")
-        validate_spec(request.spec, self.artifacts.has)
+        validate_spec(request.spec, self.artifacts.has, self.settings.allowed_model_packages)
         spec, execution = spec_to_dict(request.spec)
         _add_agents(spec, spec["benchmark"].get("targets", ()), self.settings.agents)
         normalized = _normalize(spec)

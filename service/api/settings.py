@@ -22,3 +22,6 @@ class ServerSettings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     agents: dict = field(default_factory=dict)    # name -> service.agent.client.AgentEndpoint (serve --agent)
+    # Top-level packages `python:PKG.MODULE:FACTORY` architectures may come from (serve --allow-model-package);
+    # none by default: a server runs no user-named code unless its operator installed and allowed it.
+    allowed_model_packages: frozenset[str] = frozenset()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from typing import Callable, Collection
+
+from pruning.errors import clip
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
@@ -13,22 +15,17 @@ from service.core.wire import _params, precision_from_proto, target_to_text
 _AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None:
-    """Raise ``InvalidArgument`` (or ``NotFound`` for a missing artifact) for what can be checked cheaply."""
-    from pruning import zoo
+def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
+                  allowed_packages: Collection[str] = frozenset()) -> None:
+    """Raise ``InvalidArgument`` (or ``NotFound`` for a missing artifact) for what can be checked cheaply.
+    ``allowed_packages``: where ``python:`` architectures may come from (``serve --allow-model-package``)."""
     from pruning.criteria import create_criterion, is_criterion, list_criteria
     from pruning.errors import SpecError
     from service.core.errors import NotFound
 
-    if not spec.model.arch:
-        examples = ", ".join(zoo.list_models()[:4])
-        raise InvalidArgument(f"spec.model.arch is empty; name an architecture, e.g. {examples}")
-    if not zoo.is_model(spec.model.arch):
-        try:
-            zoo.get_entry(spec.model.arch)
-        except Exception as exc:  # noqa: BLE001 - ModelError with the did-you-mean text
-            raise InvalidArgument(str(exc)) from None
+    _check_model(spec.model, allowed_packages)
     for field, name, what in (("spec.model.weights", spec.model.weights, "model"),
+                              ("spec.model.model", spec.model.model, "ONNX model"),
                               ("spec.data.artifact", spec.data.artifact, "data")):
         if name:
             artifact_id = parse_artifact_name(name, field)
@@ -51,6 +48,32 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool]) -> None
                                   f"{', '.join(list_criteria('block')) or '(none registered)'}")
     _check_enums(spec)
     _check_ranges(spec)
+
+
+def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None:
+    """The architecture is one this server can build: a zoo name, timm/NAME (with timm installed), a python:
+    factory from an allowed package, or "onnx" with an ONNX artifact. Nothing the user named is imported here."""
+    from pruning import intake
+    from pruning.errors import InterpruneError
+
+    if not model.arch:
+        examples = ", ".join(intake.list_models()[:4])
+        raise InvalidArgument("spec.model.arch is empty; name an architecture (e.g. " + examples + ", timm/NAME, "
+                              "python:PKG.MODULE:FACTORY) or set arch 'onnx' with spec.model.model")
+    if model.arch == intake.ONNX_ARCH:
+        if not model.model:
+            raise InvalidArgument("spec.model.arch 'onnx' needs spec.model.model: the uploaded .onnx artifact")
+        if model.weights or model.arch_kwargs:
+            raise InvalidArgument("an ONNX model carries its own weights and takes no arch_kwargs; leave "
+                                  "spec.model.weights and spec.model.arch_kwargs empty")
+        return
+    if model.model:
+        raise InvalidArgument(f"spec.model.model is for arch 'onnx'; {clip(model.arch)!r} is built from its name")
+    try:
+        intake.check_spec(intake.ModelSpec(model.arch, arch_kwargs=_params(model.arch_kwargs, "arch_kwargs")),
+                          allowed_packages)
+    except InterpruneError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _check_enums(spec: pb.JobSpec) -> None:

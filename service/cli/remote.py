@@ -63,6 +63,9 @@ def _add_serve(subparsers) -> None:
                                              '"HOST:PORT", "token_file": "..."}}')
     serve.add_argument("--agent-token-file", help="token the server sends to agents without a token_file of their "
                                                   "own (first line; default $INTERPRUNE_AGENT_TOKEN)")
+    serve.add_argument("--allow-model-package", action="append", default=[], metavar="PKG",
+                       help="jobs may use python:PKG.MODULE:FACTORY architectures from this installed package "
+                            "(repeatable; default none: no user-named code runs on the server)")
     serve.set_defaults(func=cmd_serve)
 
 
@@ -201,13 +204,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), agents=agents,
                               quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
                               job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
-                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                              allowed_model_packages=frozenset(args.allow_model_package))
 
     def ready(server) -> None:
         host_part = args.listen.rpartition(":")[0]
         print(f"interprune: serving on {host_part}:{server.port} (state {server.state_dir}, "
               f"{'token auth' if tokens else 'no auth'}, {'TLS' if args.tls_cert else 'plaintext'}"
-              + (f", agents {', '.join(agents)}" if agents else "") + ")", flush=True)
+              + (f", agents {', '.join(agents)}" if agents else "")
+              + (f", model packages {', '.join(sorted(args.allow_model_package))}" if args.allow_model_package else "")
+              + ")", flush=True)
 
     try:
         serve(args.listen, args.state_dir, settings, ready=ready)
@@ -284,7 +290,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; give a folder", EXIT_USAGE)
-    for label, value in (("--weights", spec.compress.model.weights), ("--data", spec.compress.data.path)):
+    for label, value in (("--weights", spec.compress.model.weights), ("--data", spec.compress.data.path),
+                         ("--model", spec.compress.model.model_file)):
         if value and not Path(value).is_file():
             hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
                 else ""

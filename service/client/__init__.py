@@ -158,7 +158,8 @@ class Client:
             compress = spec.compress
             weights = self._artifact_ref(compress.model.weights, "model")
             data = self._artifact_ref(compress.data.path, "dataset")
-            spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash))
+            model = self._artifact_ref(compress.model.model_file, "model")
+            spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash), model)
         request = pb.SubmitJobRequest(spec=spec, request_id=request_id or f"client-{uuid.uuid4().hex}")
         return _job(self._unary(self._stub.SubmitJob, request))
 

@@ -55,14 +55,19 @@ def _present(message, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def _params(values) -> dict[str, Any]:
-    out = {}
-    for key, value in values.items():
-        kind = value.WhichOneof("kind")
-        if kind is None:
-            raise InvalidArgument(f"criterion parameter {key!r} has no value; set one of bool/int/double/string")
-        out[key] = getattr(value, kind)
-    return out
+def _params(values, what: str = "criterion parameter") -> dict[str, Any]:
+    return {key: _plain_value(value, f"{what} {key!r}") for key, value in values.items()}
+
+
+def _plain_value(value: pb.ParamValue, label: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(f"{label} has no value; set one of bool/int/double/string/list/map")
+    if kind == "list_value":
+        return [_plain_value(item, label) for item in value.list_value.values]
+    if kind == "map_value":
+        return _params(value.map_value.values, label)
+    return getattr(value, kind)
 
 
 def _artifact_ref(name: str, field: str) -> str | None:
@@ -108,7 +113,10 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     engine's defaults apply."""
     m, d, p, r, f = spec.model, spec.data, spec.prune, spec.reconstruct, spec.finetune
     model = {"arch": m.arch, "weights": _artifact_ref(m.weights, "spec.model.weights"),
-             **_present(m, ("num_classes",))}
+             "model_file": _artifact_ref(m.model, "spec.model.model"), **_present(m, ("num_classes",)),
+             "arch_kwargs": _params(m.arch_kwargs, "arch_kwargs")}
+    if m.input_shape:
+        model["input_shape"] = list(m.input_shape)
     data = {"path": _artifact_ref(d.artifact, "spec.data.artifact"),
             **_present(d, ("calibration_images", "evaluation_images", "finetune_images", "batch_size"))}
     if d.HasField("input_size"):
@@ -160,6 +168,13 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
 # --- dataclass JobSpec -> proto (client side) -----------------------------------------------------------
 
 def _param_value(key: str, value: Any) -> pb.ParamValue:
+    if isinstance(value, (list, tuple)):
+        return pb.ParamValue(list_value=pb.ParamList(values=[_param_value(key, v) for v in value]))
+    if isinstance(value, dict):
+        out = pb.ParamValue(map_value=pb.ParamMap())
+        for k, v in value.items():
+            out.map_value.values[str(k)].CopyFrom(_param_value(key, v))
+        return out
     if isinstance(value, bool):
         return pb.ParamValue(bool_value=value)
     if isinstance(value, int):
@@ -168,7 +183,8 @@ def _param_value(key: str, value: Any) -> pb.ParamValue:
         return pb.ParamValue(double_value=value)
     if isinstance(value, str):
         return pb.ParamValue(string_value=value)
-    raise InvalidArgument(f"criterion parameter {key!r}={value!r}: only numbers, strings and booleans are supported")
+    raise InvalidArgument(f"parameter {key!r}={value!r}: only numbers, strings, booleans, lists and maps are "
+                          "supported")
 
 
 def _set(message, **values: Any) -> None:
@@ -177,13 +193,17 @@ def _set(message, **values: Any) -> None:
             setattr(message, name, value)
 
 
-def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "",
-                  execution: Execution = Execution()) -> pb.JobSpec:
-    """A ``pipeline.run.JobSpec`` as a message; local paths are replaced by the given artifact ids."""
+def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", execution: Execution = Execution(),
+                  model_artifact: str = "") -> pb.JobSpec:
+    """A ``pipeline.spec.JobSpec`` as a message; local paths are replaced by the given artifact ids (sha256)."""
     c = spec.compress
     out = pb.JobSpec()
     out.model.arch = c.model.arch
     out.model.weights = artifact_name(weights_artifact)
+    out.model.model = artifact_name(model_artifact)
+    for key, value in dict(c.model.arch_kwargs).items():
+        out.model.arch_kwargs[key].CopyFrom(_param_value(key, value))
+    out.model.input_shape.extend(c.model.input_shape or ())
     _set(out.model, num_classes=c.model.num_classes)
     d = c.data
     out.data.artifact = artifact_name(data_artifact)

@@ -63,6 +63,7 @@ class WorkerEnvironment:
     artifact_store_url: str
     work_dir: str
     threads: int = 1
+    allowed_model_packages: tuple[str, ...] = ()    # serve --allow-model-package: python: architectures from these
 
 
 class LocalProcessExecutor:
@@ -112,7 +113,8 @@ class LocalProcessExecutor:
         env = self.environment
         command = [sys.executable, "-m", "service.jobs.worker", job_id or "--standby",
                    "--job-store", env.job_store_url, "--artifact-store", env.artifact_store_url,
-                   "--work-dir", env.work_dir, "--threads", str(env.threads), "--parent-pid", str(os.getpid())]
+                   "--work-dir", env.work_dir, "--threads", str(env.threads), "--parent-pid", str(os.getpid()),
+                   *[a for package in env.allowed_model_packages for a in ("--allow-model-package", package)]]
         path = os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))
         return subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=path), process_group=0, close_fds=True,
                                 text=True, stdin=subprocess.DEVNULL if job_id else subprocess.PIPE)

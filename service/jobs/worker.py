@@ -30,7 +30,7 @@ OUTPUT_FILES = (("plan", "plan.json", "plan"), ("weights", "weights.pt", "weight
 
 
 def worker_main(job_id: str | None, job_store_url: str, artifact_store_url: str, work_root: str, threads: int,
-                parent_pid: int) -> None:
+                parent_pid: int, allowed_packages: tuple[str, ...] = ()) -> None:
     """Entry point of a worker process: run one job and record its outcome in the store. With ``job_id`` None
     (a spare), import the pipeline first, then wait for the job id on stdin (EOF = not needed; exit)."""
     if os.getpgrp() != os.getpid():
@@ -48,7 +48,7 @@ def worker_main(job_id: str | None, job_store_url: str, artifact_store_url: str,
     artifacts = open_artifact_store(artifact_store_url)
     work = Path(work_root) / job_id
     try:
-        run_job(store.get(job_id), store, artifacts, work, threads)
+        run_job(store.get(job_id), store, artifacts, work, threads, allowed_packages)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         store.close()
@@ -81,8 +81,10 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, threads: int) -> None:
-    """Run ``job`` (RUNNING) to a terminal state, recording it in ``store``."""
+def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, threads: int,
+            allowed_packages: tuple[str, ...] = ()) -> None:
+    """Run ``job`` (RUNNING) to a terminal state, recording it in ``store``. ``allowed_packages``: the packages
+    a ``python:`` architecture may come from (the operator's ``--allow-model-package``; none by default)."""
     import torch
 
     from pipeline.run import ExportCheckFailed, run_pipeline
@@ -95,7 +97,7 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
     try:
         spec = JobSpec.from_dict(resolve_artifacts(job.spec, artifacts, work))
         report = run_pipeline(spec, out, progress=_Progress(store, job.id), should_stop=CancelFlag(store, job.id),
-                              remote_targets=AgentTargets)
+                              remote_targets=AgentTargets, allowed_packages=frozenset(allowed_packages))
         outputs = store_outputs(out, artifacts)
         result = summarize(report, outputs)
         store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED, message=_success_line(result),
@@ -140,14 +142,15 @@ def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path) -> dict:
     with its format's suffix (the data loader tells formats apart by suffix; the suffix comes from a whitelist)."""
     from pruning.errors import DataError, ModelError
     from service.core.errors import NotFound
-    from service.jobs.artifacts import data_suffix
+    from service.jobs.artifacts import clean_name, data_suffix
 
     spec = {**spec, "compress": {**spec["compress"]}}
     model, data = dict(spec["compress"]["model"]), dict(spec["compress"].get("data", {}))
     try:
-        if str(model.get("weights") or "").startswith(ARTIFACT_PREFIX):
-            artifact_id = model["weights"][len(ARTIFACT_PREFIX):]
-            model["weights"] = str(artifacts.materialize(artifact_id, work / "weights"))
+        for key in ("weights", "model_file"):           # under the name the user gave: messages and the report
+            if str(model.get(key) or "").startswith(ARTIFACT_PREFIX):   # name the file as they know it
+                info = artifacts.get(model[key][len(ARTIFACT_PREFIX):])
+                model[key] = str(artifacts.materialize(info.id, work / key / clean_name(info.name)))
     except NotFound as exc:
         raise ModelError(f"the model artifact is gone from the server: {exc}") from None
     try:
@@ -217,11 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", required=True, help="per-job scratch folders go here")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--allow-model-package", action="append", default=[], metavar="PKG")
     args = parser.parse_args(argv)
     if not args.standby and not args.job_id:
         parser.error("give a job id or --standby")
     worker_main(None if args.standby else args.job_id, args.job_store, args.artifact_store, args.work_dir,
-                args.threads, args.parent_pid)
+                args.threads, args.parent_pid, tuple(args.allow_model_package))
 
 
 if __name__ == "__main__":

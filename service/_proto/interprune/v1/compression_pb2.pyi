@@ -160,14 +160,27 @@ class DownloadArtifactResponse(_message.Message):
     def __init__(self, artifact: _Optional[_Union[Artifact, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("arch", "weights", "num_classes")
+    __slots__ = ("arch", "weights", "num_classes", "arch_kwargs", "input_shape", "model")
+    class ArchKwargsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ParamValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParamValue, _Mapping]] = ...) -> None: ...
     ARCH_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ARCH_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     arch: str
     weights: str
     num_classes: int
-    def __init__(self, arch: _Optional[str] = ..., weights: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    arch_kwargs: _containers.MessageMap[str, ParamValue]
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    model: str
+    def __init__(self, arch: _Optional[str] = ..., weights: _Optional[str] = ..., num_classes: _Optional[int] = ..., arch_kwargs: _Optional[_Mapping[str, ParamValue]] = ..., input_shape: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")
@@ -198,16 +211,39 @@ class DataSpec(_message.Message):
     def __init__(self, artifact: _Optional[str] = ..., calibration_images: _Optional[int] = ..., evaluation_images: _Optional[int] = ..., finetune_images: _Optional[int] = ..., input_size: _Optional[_Union[ImageSize, _Mapping]] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ParamValue(_message.Message):
-    __slots__ = ("bool_value", "int_value", "double_value", "string_value")
+    __slots__ = ("bool_value", "int_value", "double_value", "string_value", "list_value", "map_value")
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     INT_VALUE_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAP_VALUE_FIELD_NUMBER: _ClassVar[int]
     bool_value: bool
     int_value: int
     double_value: float
     string_value: str
-    def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
+    list_value: ParamList
+    map_value: ParamMap
+    def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., list_value: _Optional[_Union[ParamList, _Mapping]] = ..., map_value: _Optional[_Union[ParamMap, _Mapping]] = ...) -> None: ...
+
+class ParamList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[ParamValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[ParamValue, _Mapping]]] = ...) -> None: ...
+
+class ParamMap(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ParamValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParamValue, _Mapping]] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.MessageMap[str, ParamValue]
+    def __init__(self, values: _Optional[_Mapping[str, ParamValue]] = ...) -> None: ...
 
 class PruneSpec(_message.Message):
     __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin")
