@@ -45,7 +45,7 @@ def train_demo_model(path: Path, epochs: int = 30, seed: int = 0) -> float:
 
 def demo_spec(weights: Path, data: Path):
     from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
-    from pipeline.run import BenchmarkSpec, GateSpec, JobSpec
+    from pipeline.spec import BenchmarkSpec, GateSpec, JobSpec
 
     return JobSpec(
         CompressSpec(model=ModelSpec(DEMO_ARCH, str(weights)), data=DataSpec(str(data), calibration_images=500),
