@@ -20,19 +20,18 @@ def artifact_name(sha256: str) -> str:
 
 def parse_job_name(name: str, field: str = "name") -> str:
     """The job id in ``jobs/{id}``."""
-    prefix, _, job_id = name.partition("/")
-    if prefix != "jobs" or not _JOB_ID.match(job_id):
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        raise InvalidArgument(f"{field} {shown!r} is not a job name; expected jobs/{{id}} as SubmitJob and ListJobs "
-                              "return it")
-    return job_id
+    return _parse(name, "jobs", _JOB_ID, field, "a job name; expected jobs/{id} as SubmitJob and ListJobs return it")
 
 
 def parse_artifact_name(name: str, field: str = "name") -> str:
     """The SHA-256 in ``artifacts/{sha256}``."""
-    prefix, _, digest = name.partition("/")
-    if prefix != "artifacts" or not _DIGEST.match(digest):
+    return _parse(name, "artifacts", _DIGEST, field, "an artifact name; expected artifacts/{sha256} (64 lowercase "
+                                                     "hex digits) as UploadArtifact returns it")
+
+
+def _parse(name: str, collection: str, pattern: re.Pattern, field: str, expected: str) -> str:
+    prefix, _, value = name.partition("/")
+    if prefix != collection or not pattern.match(value):
         shown = name if len(name) <= 80 else name[:77] + "..."
-        raise InvalidArgument(f"{field} {shown!r} is not an artifact name; expected artifacts/{{sha256}} (64 lowercase "
-                              "hex digits) as UploadArtifact returns it")
-    return digest
+        raise InvalidArgument(f"{field} {shown!r} is not {expected}")
+    return value
