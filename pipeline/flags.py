@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.spec import JobSpec
-from pruning.compress import CompressSpec, ModelSpec
-from pruning.intake.spec import ONNX_ARCH
+from pruning.spec import ONNX_ARCH, CompressSpec, ModelSpec
 
 
 # --- argument types (also used by the service commands) -------------------------------------------------

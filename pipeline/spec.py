@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, ReconstructSpec
+from pruning.spec import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, ReconstructSpec
 from pruning.errors import SpecError
 
 

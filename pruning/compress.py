@@ -16,7 +16,7 @@ import copy
 import inspect
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterator, Mapping
 
@@ -28,8 +28,9 @@ from pruning import intake, zoo
 from pruning.allocate import CostModel, Target, allocate, allocate_blocks, widths_removed
 from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
 from pruning.errors import Cancelled, SpecError
-from pruning.finetune import FinetuneBudget, FinetuneReport, FinetuneSettings, evaluation_callback, finetune
-from pruning.intake import ModelSpec  # noqa: F401  (the model part of the spec; zoo, timm/, python:, onnx)
+from pruning.finetune import FinetuneReport, FinetuneSettings, evaluation_callback, finetune
+from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
+                          PruneSpec, ReconstructSpec)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
@@ -42,80 +43,6 @@ DEFAULT_ROUND_TO = 8    # width multiple when PruneSpec.round_to is None and no 
 
 
 # --- the spec -----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DataSpec:
-    path: str | None = None                 # None = the bundled sample (scikit-learn digits)
-    calibration_images: int = 2000
-    evaluation_images: int | None = None    # None = the whole test set (or 20% of a single pool)
-    finetune_images: int | None = None      # size of the fine-tune pool; None = all that is left
-    input_size: tuple[int, int] | None = None   # resize to (H, W); None = the model's
-    mean: tuple[float, ...] | None = None   # None = the architecture's
-    std: tuple[float, ...] | None = None
-    batch_size: int = 200
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    criterion: str = "l1"
-    criterion_params: Mapping[str, Any] = field(default_factory=dict)
-    target_metric: str = "macs"             # "macs" | "params"
-    target_reduction: float = 0.5           # fraction of the original model's cost to remove
-    allocation: str = "uniform"             # "uniform" | "global"
-    round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
-                                            # the service picks by target and precision (32 for int8 on a GPU,
-                                            # else 8), ``compress`` alone uses DEFAULT_ROUND_TO
-    min_channels: int = 1
-    protected: tuple[str, ...] = ()         # layers whose output channels stay (beyond the architecture's)
-    layer_criterion: str | None = None      # a block criterion run first (e.g. "layer_probe"), then `criterion`
-    layer_criterion_params: Mapping[str, Any] = field(default_factory=dict)
-    layer_share: float = 0.5                # share of the target that block removal may take when combined
-    latency_budget_ms: float | None = None  # instead of a fixed reduction: p90 latency to reach (measured by
-                                            # the caller's latency probe), searched over MACs reductions
-    latency_batch: int = 1
-    latency_target: str = "local:cpu"
-    latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
-
-
-@dataclass(frozen=True)
-class ReconstructSpec:
-    enabled: bool = True
-    positions_per_image: int = 8
-    ridge: float = 1e-3                     # relative to trace(X^T X) / d
-    batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
-                                            # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
-
-
-@dataclass(frozen=True)
-class FinetuneSpec:
-    epochs: float | None = None
-    steps: int | None = None
-    images: int | None = None               # images seen
-    minutes: float | None = None
-    batch_size: int = 128
-    lr: float = 0.01
-    temperature: float = 4.0
-    alpha: float = 0.9
-    augment: bool = True
-    validation_images: int = 500            # carved from the fine-tune split for early stopping
-
-    def budget(self) -> FinetuneBudget:
-        return FinetuneBudget(self.epochs, self.steps, self.images, self.minutes)
-
-
-@dataclass(frozen=True)
-class CompressSpec:
-    model: ModelSpec
-    data: DataSpec = field(default_factory=DataSpec)
-    prune: PruneSpec = field(default_factory=PruneSpec)
-    reconstruct: ReconstructSpec = field(default_factory=ReconstructSpec)
-    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
-    seed: int = 0
-    threads: int | None = None              # torch intra-op threads; None = leave as is
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # --- the result ---------------------------------------------------------------------------------
 

@@ -176,7 +176,9 @@ def _connect(args: argparse.Namespace):
     credentials = None
     if args.tls_ca:
         credentials = channel_credentials(None if args.tls_ca == "system" else args.tls_ca)
-    return Client(args.server, token=read_client_token(args.token_file), credentials=credentials)
+    # two attempts: a CLI against a dead address answers in well under a second (exit 5); the Python client's
+    # default of four suits long-running callers better
+    return Client(args.server, token=read_client_token(args.token_file), credentials=credentials, retry_attempts=2)
 
 
 # --- serve -------------------------------------------------------------------------------------------------

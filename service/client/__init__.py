@@ -40,10 +40,14 @@ __all__ = ["Accuracy", "Artifact", "Client", "Cost", "Device", "Failure", "GateV
 
 CHUNK_BYTES = 1 << 20
 _DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})$")
-_RETRY_CONFIG = json.dumps({"methodConfig": [{
-    "name": [{"service": "interprune.v1.Compression"}],
-    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+def _retry_config(attempts: int) -> str:
+    """Retry UNAVAILABLE (a server restarting, a dropped connection) up to ``attempts`` calls in all."""
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": "interprune.v1.Compression"}],
+        "retryPolicy": {"maxAttempts": max(2, attempts), "initialBackoff": "0.2s", "maxBackoff": "2s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
 def _job_name(job_id: str) -> str:
@@ -55,9 +59,11 @@ class Client:
     """Talks to one interprune server. ``target`` is ``HOST:PORT`` or a ``grpc.Channel`` (yours to close)."""
 
     def __init__(self, target: str | grpc.Channel, *, token: str | None = None,
-                 credentials: grpc.ChannelCredentials | None = None, timeout_s: float = 60.0) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, timeout_s: float = 60.0,
+                 retry_attempts: int = 4) -> None:
         if isinstance(target, str):
-            options = [("grpc.service_config", _RETRY_CONFIG), ("grpc.enable_retries", 1),
+            options = [("grpc.service_config", _retry_config(retry_attempts)), ("grpc.enable_retries", 1),
+                       ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                        ("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
             self._channel = (grpc.secure_channel(target, credentials, options) if credentials
                              else grpc.insecure_channel(target, options))

@@ -1,0 +1,110 @@
+"""The engine's job spec as frozen dataclasses, free of torch: the CLI, the client and the service read and write
+specs without importing the engine. ``pruning.compress.compress(spec)`` runs one.
+
+    CompressSpec(model=ModelSpec("cifar/resnet56", weights="resnet56.th"), data=DataSpec("cifar10"),
+                 prune=PruneSpec(criterion="l1", target_reduction=0.5))
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+ONNX_ARCH = "onnx"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str                               # a zoo name ("cifar/resnet56"), "timm/NAME", "python:PKG.MODULE:FACTORY",
+                                            # or "onnx" (then model_file is the model)
+    weights: str | None = None              # weights-only checkpoint (.pt/.pth/.th or .safetensors); None = the
+                                            # architecture's random init (an ONNX model carries its own)
+    num_classes: int | None = None          # default: the architecture's (python:/timm/: passed as num_classes=)
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)   # JSON-able keyword arguments of the factory
+                                                                   # (python:, timm/); recorded in the plan
+    input_shape: tuple[int, int, int] | None = None   # C, H, W the weights were trained with; None = the
+                                            # architecture's (zoo entry, the factory's pretrained_cfg, the ONNX
+                                            # input), else 3x224x224. Mean/std: DataSpec, else the same sources.
+    model_file: str | None = None           # arch "onnx": the .onnx file (architecture and weights)
+
+    def __post_init__(self) -> None:        # JSON round trips turn tuples into lists
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
+        object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs or {}))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    path: str | None = None                 # None = the bundled sample (scikit-learn digits)
+    calibration_images: int = 2000
+    evaluation_images: int | None = None    # None = the whole test set (or 20% of a single pool)
+    finetune_images: int | None = None      # size of the fine-tune pool; None = all that is left
+    input_size: tuple[int, int] | None = None   # resize to (H, W); None = the model's
+    mean: tuple[float, ...] | None = None   # None = the architecture's
+    std: tuple[float, ...] | None = None
+    batch_size: int = 200
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    criterion: str = "l1"
+    criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    target_metric: str = "macs"             # "macs" | "params"
+    target_reduction: float = 0.5           # fraction of the original model's cost to remove
+    allocation: str = "uniform"             # "uniform" | "global"
+    round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
+                                            # the service picks by target and precision (32 for int8 on a GPU,
+                                            # else 8), ``compress`` alone uses 8
+    min_channels: int = 1
+    protected: tuple[str, ...] = ()         # layers whose output channels stay (beyond the architecture's)
+    layer_criterion: str | None = None      # a block criterion run first (e.g. "layer_probe"), then `criterion`
+    layer_criterion_params: Mapping[str, Any] = field(default_factory=dict)
+    layer_share: float = 0.5                # share of the target that block removal may take when combined
+    latency_budget_ms: float | None = None  # instead of a fixed reduction: p90 latency to reach (measured by
+                                            # the caller's latency probe), searched over MACs reductions
+    latency_batch: int = 1
+    latency_target: str = "local:cpu"
+    latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
+
+
+@dataclass(frozen=True)
+class ReconstructSpec:
+    enabled: bool = True
+    positions_per_image: int = 8
+    ridge: float = 1e-3                     # relative to trace(X^T X) / d
+    batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
+                                            # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: float | None = None
+    steps: int | None = None
+    images: int | None = None               # images seen
+    minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 0.01
+    temperature: float = 4.0
+    alpha: float = 0.9
+    augment: bool = True
+    validation_images: int = 500            # carved from the fine-tune split for early stopping
+
+    def budget(self):
+        """The ``pruning.finetune.FinetuneBudget`` of these limits."""
+        from pruning.finetune import FinetuneBudget
+
+        return FinetuneBudget(self.epochs, self.steps, self.images, self.minutes)
+
+
+@dataclass(frozen=True)
+class CompressSpec:
+    model: ModelSpec
+    data: DataSpec = field(default_factory=DataSpec)
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    reconstruct: ReconstructSpec = field(default_factory=ReconstructSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    seed: int = 0
+    threads: int | None = None              # torch intra-op threads; None = leave as is
+
+    def to_dict(self) -> dict:
+        return asdict(self)
