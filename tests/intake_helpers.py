@@ -37,6 +37,16 @@ def reload_in_fresh_process(runs: list[tuple[Path, Path]], inputs: torch.Tensor,
     return [torch.load(job[3]) for job in jobs], done.stdout
 
 
+def acme_version() -> str | None:
+    """The installed version of acme_models (``make`` installs it), or None when it is only on the path."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("acme_models")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @pytest.fixture
 def acme(monkeypatch):
     """The fixture package importable as ``acme_models`` (as if pip-installed)."""

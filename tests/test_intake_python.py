@@ -5,7 +5,7 @@ import torch
 from pruning.compress import ModelSpec
 from pruning.errors import ModelError, SpecError
 from pruning.intake import check_spec, resolve
-from tests.intake_helpers import acme  # noqa: F401  (fixture)
+from tests.intake_helpers import acme, acme_version  # noqa: F401  (fixture)
 
 TINY = "python:acme_models.nets:tiny_resnet"
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -17,7 +17,7 @@ def test_factory_gets_kwargs_and_num_classes_and_its_pretrained_cfg_is_read(acme
     entry = resolved.entry
     assert (entry.input_shape, entry.num_classes, entry.mean) == ((3, 32, 32), 7, CIFAR_MEAN)
     assert resolved.source == {"kind": "python", "arch": TINY, "kwargs": {"width": 8, "num_classes": 7},
-                               "package_version": None}
+                               "package_version": acme_version()}
     assert not resolved.module.training
 
 

@@ -9,7 +9,7 @@ from pruning import surgery, zoo
 from pruning.compress import ModelSpec, compress, save_compressed
 from pruning.errors import ModelError
 from pruning.plan import PruningPlan
-from tests.intake_helpers import ACME, cifar_like_npz, quick_spec, reload_in_fresh_process
+from tests.intake_helpers import ACME, acme_version, cifar_like_npz, quick_spec, reload_in_fresh_process
 
 TINY = "python:acme_models.nets:tiny_resnet"
 
@@ -32,7 +32,7 @@ def test_plans_record_the_source_and_the_target_is_met(runs):
     _, results = runs
     python_plan, timm_plan = PruningPlan.load(results["python"].files["plan"]), PruningPlan.load(
         results["timm"].files["plan"])
-    assert python_plan.source == {"kind": "python", "arch": TINY, "kwargs": {"width": 8}, "package_version": None}
+    assert python_plan.source == {"kind": "python", "arch": TINY, "kwargs": {"width": 8}, "package_version": acme_version()}
     assert timm_plan.source["kind"] == "timm" and timm_plan.source["kwargs"] == {"num_classes": 10}
     assert timm_plan.source["timm_version"]
     for result in results.values():
