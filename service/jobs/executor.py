@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,19 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class WorkerHandle:
-    """A started worker, as its executor knows it; ``where`` says where it runs (host, node), for the record."""
+    """A started worker, as its executor knows it; ``where`` says where it runs (host, node), for the record.
+
+    A remote worker's pid is not known at launch (None): the worker records it, and its node, itself. ``poll``
+    may set ``exit_reason`` (what ended it, when the executor knows more than an exit code) and ``lost`` (the
+    machine it ran on is gone: not the job's fault, so ``retry_on_crash`` re-queues the job)."""
 
     job_id: str
     pid: int | None
     where: str = "local"
     process: subprocess.Popen | None = None
+    ref: Any = None                         # the executor's own handle (a Ray ObjectRef)
+    exit_reason: str | None = None
+    lost: bool = False
 
 
 class Executor(Protocol):
