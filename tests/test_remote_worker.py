@@ -122,3 +122,17 @@ def test_worker_urls_open_the_remote_stores(home, model_file, data_file, monkeyp
     assert open_job_store(url).get(job.id).state == JobState.RUNNING
     weights = job.spec["compress"]["model"]["weights"].removeprefix("artifact:")
     assert open_artifact_store(url).get(weights).name == "model.pt"
+
+
+def test_jobs_ask_ray_for_a_gpu_only_when_a_local_target_needs_one():
+    from service.jobs.ray_executor import job_resources
+
+    def spec(targets=(), threads=None, **prune):
+        return {"compress": {"threads": threads, "prune": prune}, "benchmark": {"targets": list(targets)}}
+    assert job_resources(spec(), 1.0) == (1.0, 0)
+    assert job_resources(spec(["local:cpu", "agent:jetson"], threads=4), 1.0) == (4.0, 0)   # agents are remote
+    assert job_resources(spec(["local:cuda"]), 2.0) == (2.0, 1)
+    assert job_resources(spec(["local:tensorrt"]) | {"benchmark": {"skip": True, "targets": ["local:tensorrt"]}}) \
+        == (1.0, 0)
+    assert job_resources(spec(latency_budget_ms=2.0, latency_target="local:tensorrt")) == (1.0, 1)
+    assert job_resources(spec(latency_target="local:cuda")) == (1.0, 0)     # no budget: the target is unused

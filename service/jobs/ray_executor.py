@@ -2,9 +2,11 @@
 
 Each job is one Ray task that asks for what its spec needs (``job_resources``: one GPU when a benchmark target
 or the latency target runs on CUDA / TensorRT, else CPUs), so Ray places it on a node with those resources
-free. The task runs ``service.jobs.worker.run_job`` in a fresh Ray worker process (``max_calls=1``: nothing is
-inherited from an earlier job, and its memory is returned when it ends) against the server's stores through
-the worker protocol (``service.jobs.remote_store``): no disk is shared with the server.
+free. The task runs ``service.jobs.worker.run_job`` in a Ray worker process against the server's stores through
+the worker protocol (``service.jobs.remote_store``): no disk is shared with the server. A GPU job gets a fresh
+process (``max_calls=1``, Ray's default for GPU tasks: its CUDA memory is returned when it ends); CPU jobs reuse
+Ray's worker processes (the engine is imported once per process, so a job starts at once, as with the local
+executor's spare worker; ``RaySettings.reuse_workers=False`` gives every job a fresh process).
 
 The server stays the control plane. The SQLite job store is the record; Ray only runs tasks (``max_retries=0``:
 the scheduler decides about re-runs) and is not asked to remember jobs. Tasks belong to the server's Ray
@@ -48,6 +50,7 @@ class RaySettings:
                                     # one here; else the head's HOST:PORT (or ray://HOST:PORT for Ray Client)
     cpus_per_job: float = 1.0       # CPUs a job asks for when its spec sets no thread count
     namespace: str = "interprune"
+    reuse_workers: bool = True      # CPU jobs may run in a Ray worker process an earlier job used
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class RayExecutor:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _connect(ray, settings)
-        self._task = ray.remote(max_retries=0, max_calls=1)(run_on_node)
+        self._fresh = ray.remote(max_retries=0, max_calls=1)(run_on_node)
+        self._reused = ray.remote(max_retries=0)(run_on_node) if settings.reuse_workers else self._fresh
         self._stops: dict[str, bool] = {}            # job id -> force (the strongest stop sent)
         log.info("Ray executor on %s: %d nodes", settings.address, sum(n.alive for n in self.nodes()))
 
@@ -135,7 +139,8 @@ class RayExecutor:
         cpus, gpus = job_resources(job.spec, self.settings.cpus_per_job)
         credentials = self.tokens.credentials(job_id, job.attempts)
         try:
-            ref = self._task.options(num_cpus=cpus, num_gpus=gpus, name=f"interprune {job_id}").remote(
+            task = self._fresh if gpus else self._reused
+            ref = task.options(num_cpus=cpus, num_gpus=gpus, name=f"interprune {job_id}").remote(
                 job_id, self.endpoint(), credentials, max(1, int(cpus)))
         except Exception as exc:  # noqa: BLE001 - Ray's errors: the scheduler records them as a failed start
             raise OSError(f"Ray refused the task: {exc}") from exc
