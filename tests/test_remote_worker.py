@@ -136,3 +136,31 @@ def test_jobs_ask_ray_for_a_gpu_only_when_a_local_target_needs_one():
         == (1.0, 0)
     assert job_resources(spec(latency_budget_ms=2.0, latency_target="local:tensorrt")) == (1.0, 1)
     assert job_resources(spec(latency_target="local:cuda")) == (1.0, 0)     # no budget: the target is unused
+
+
+def test_serve_flags_choose_the_executor(monkeypatch):
+    import service.api.server as server_module
+    from service.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(server_module, "serve", lambda listen, state, settings, ready=None: seen.append(settings))
+    assert main(["serve", "--state-dir", "s", "--executor", "ray", "--ray-address", "10.0.0.2:6379",
+                 "--advertise-address", "10.0.0.1:50051", "--ray-cpus-per-job", "2"]) == 0
+    assert main(["serve", "--state-dir", "s"]) == 0
+    ray, local = seen
+    assert (ray.executor, ray.ray_address, ray.advertise_address, ray.ray_cpus_per_job) == \
+        ("ray", "10.0.0.2:6379", "10.0.0.1:50051", 2.0)
+    assert ray.job_workers == 0, "with Ray, as many jobs at once as the cluster has CPU slots"
+    assert (local.executor, local.job_workers) == ("local", 1)
+
+
+def test_a_refused_executor_leaves_the_state_folder_usable(tmp_path):
+    from service.api.server import create_server
+    from service.core.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition, match="tls-client-ca"):
+        create_server("127.0.0.1:0", tmp_path, executor="ray", tls_client_ca="ca.pem")
+    with pytest.raises(FailedPrecondition, match="unknown executor 'slurm'"):
+        create_server("127.0.0.1:0", tmp_path, executor="slurm")
+    server, _ = create_server("127.0.0.1:0", tmp_path, warm_spare=False)     # the lock was released
+    server.stop(grace_s=0)

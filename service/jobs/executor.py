@@ -3,8 +3,9 @@
 The scheduler decides *when* a job runs and records *how it ended*; an executor only starts a worker for a job
 (``launch``), says whether it is still running (``poll``) and stops it (``stop``: politely, then by force). A worker
 is ``python -m service.jobs.worker`` wherever it runs; it reaches the job store and the artifact store through the
-URLs it is given, so an executor that places workers on other machines (Ray) implements these three methods and
-hands them reachable URLs.
+URLs it is given, so an executor that places workers on other machines implements these methods and hands them
+reachable stores: ``service.jobs.ray_executor.RayExecutor`` runs jobs as Ray tasks whose workers reach the stores
+through the server (``service.jobs.remote_store``).
 
 ``LocalProcessExecutor``: each worker is a fresh interpreter (spawned: exec'd, not forked, so no threads, locks or
 CUDA state are inherited) in its own process group (``process_group=0``: ``setpgid`` before exec, so no kill can

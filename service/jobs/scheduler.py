@@ -9,7 +9,9 @@ records how a worker ended when the worker could not record it itself.
   after the request is stopped by the executor (SIGTERM, then SIGKILL after ``cancel_grace_s``). A job over its
   wall-time budget, and every job at shutdown, is stopped at once.
 - When a worker exits and the job is still RUNNING, the scheduler records why: cancelled by request, exceeded
-  its time budget, or crashed (with the exit code or the signal).
+  its time budget, or crashed (with the exit code or the signal, or the executor's reason). A worker lost with
+  its machine (``WorkerHandle.lost``: a Ray node died) is not the job's fault: the job is re-queued under
+  ``retry_on_crash``, else failed naming the machine (``store.lost_worker_outcome``).
 """
 from __future__ import annotations
 
