@@ -45,9 +45,9 @@ def worker_endpoint(settings: ServerSettings, listen: str, port: int) -> WorkerE
     if not address:
         host = listen.rpartition(":")[0]
         if host in _WILDCARD_HOSTS:
-            import ray
+            from service.jobs.ray_executor import node_ip_address
 
-            host = ray.util.get_node_ip_address()
+            host = node_ip_address()
         address = f"{host}:{port}"
     root = Path(settings.tls_cert).read_bytes() if settings.tls_cert else None
     return WorkerEndpoint(address, root)

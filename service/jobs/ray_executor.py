@@ -84,7 +84,8 @@ def run_on_node(job_id: str, endpoint: WorkerEndpoint, credentials: JobCredentia
     from service.jobs.remote_store import connect
     from service.jobs.worker import run_job
 
-    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker {job_id} %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker {job_id} %(name)s: %(message)s",
+                        force=True)                    # a reused process: this job's id in its log lines
     node = f"ray node {ray.get_runtime_context().get_node_id()} ({ray.util.get_node_ip_address()})"
     store, artifacts = connect(endpoint, credentials)
     work = _scratch(job_id, credentials.attempt)
@@ -198,8 +199,8 @@ class RayExecutor:
 
     def stop(self, handle: WorkerHandle, force: bool = False) -> None:
         ray = _ray()
-        if handle.ref is None:
-            return
+        if handle.ref is None or ray.wait([handle.ref], timeout=0)[0]:
+            return                                      # never started, or already ended
         self._stops[handle.job_id] = force or self._stops.get(handle.job_id, False)
         try:
             ray.cancel(handle.ref, force=force, recursive=True)
@@ -218,7 +219,12 @@ class RayExecutor:
         ray = _ray()
         free = _free_per_node()
         out = []
-        for node in ray.nodes():
+        try:
+            listed = ray.nodes()
+        except Exception as exc:  # noqa: BLE001 - e.g. the head is gone: no nodes to show
+            log.warning("cannot list the Ray cluster's nodes: %s", exc)
+            return []
+        for node in listed:
             total, available = node.get("Resources") or {}, free.get(node["NodeID"], {})
             extra = {k: v for k, v in total.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")
                      and not k.startswith("node:")}
@@ -237,6 +243,11 @@ def _free_per_node() -> dict[str, dict[str, float]]:
         return state.available_resources_per_node()
     except Exception:  # noqa: BLE001 - not part of Ray's public API
         return {}
+
+
+def node_ip_address() -> str:
+    """This machine's IP as Ray sees it (what nodes dial when the server listens on a wildcard address)."""
+    return _ray().util.get_node_ip_address()
 
 
 def _connect(ray, settings: RaySettings) -> None:
