@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -125,6 +126,22 @@ def test_cancel_reaches_a_job_on_a_remote_node(ray_server, client, model_file, d
     assert ready, "the Ray task has ended"
     wait_for(lambda: _free_cpus(ray_server, node) == 1, timeout_s=10, what="the node's CPU to be free again")
     wait_for(lambda: job.id not in ray_server.scheduler._running, timeout_s=5, what="the scheduler to reap it")
+
+
+def test_a_job_no_node_can_take_waits_in_rays_queue_until_cancelled(ray_server, client, model_file, data_file):
+    """Eight CPUs: no node has them, so the task never starts and the worker cannot stop by itself; the scheduler
+    stops the task through Ray (``ray.cancel``) after the cooperative period."""
+    spec = tiny_spec(model_file, data_file)
+    job = client.submit(replace(spec, compress=replace(spec.compress, threads=8)))
+    wait_for(lambda: job.id in ray_server.scheduler._running, timeout_s=10, what="the job to be handed to Ray")
+    ref = ray_server.scheduler._running[job.id].handle.ref
+    assert not ray.wait([ref], timeout=1)[0] and not client.get(job.id).worker_node     # waiting for a node
+    start = time.monotonic()
+    cancelled = client.wait(client.cancel(job.id).id)
+    assert cancelled.state == JobState.CANCELLED and time.monotonic() - start < 10
+    assert "was stopped" in cancelled.message                       # by the executor, not by the worker
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=5)
 
 
 def _free_cpus(server, node_id: str) -> float:

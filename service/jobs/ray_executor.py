@@ -146,6 +146,10 @@ class RayExecutor:
         except Exception as exc:  # noqa: BLE001 - Ray's errors: the scheduler records them as a failed start
             raise OSError(f"Ray refused the task: {exc}") from exc
         log.info("job %s handed to Ray (%g CPUs, %d GPUs)", job_id, cpus, gpus)
+        if not any(n.alive and n.cpus >= cpus and n.gpus >= gpus for n in self.nodes()):
+            log.warning("job %s asks for %g CPUs and %d GPUs, more than any node of the cluster has now: it waits "
+                        "in Ray's queue until such a node joins (or it is cancelled, or its time budget ends)",
+                        job_id, cpus, gpus)
         return WorkerHandle(job_id, None, "ray", ref=ref)
 
     def poll(self, handle: WorkerHandle) -> int | None:
