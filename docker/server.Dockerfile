@@ -1,6 +1,7 @@
 # interprune server (x86-64, NVIDIA GPU): CUDA + cuDNN runtime, Python 3.11, TensorRT and onnxruntime-gpu from
 # the `gpu` extra. Build from the repository root:
 #   docker build -f docker/server.Dockerfile -t interprune-server .
+#   docker build -f docker/server.Dockerfile --build-arg EXTRAS=gpu,ray -t interprune-ray .   # Ray head / nodes
 # Not built on the project's CI machines (no Docker engine there); linted by tests/test_docker.py.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
@@ -20,8 +21,10 @@ COPY --chown=interprune:interprune exporters ./exporters
 COPY --chown=interprune:interprune service ./service
 COPY --chown=interprune:interprune proto ./proto
 
+# Extras to install: gpu (TensorRT, onnxruntime-gpu); add ray for `serve --executor ray` and Ray nodes.
+ARG EXTRAS=gpu
 RUN python3.11 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir '.[gpu]'
+ && /opt/venv/bin/pip install --no-cache-dir ".[${EXTRAS}]"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 

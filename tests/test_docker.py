@@ -29,6 +29,24 @@ def test_dockerfiles_copy_what_the_package_needs():
 
 def test_compose_starts_server_and_agent():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"server", "agent"}
+    default = {name for name, service in compose["services"].items() if "profiles" not in service}
+    assert default == {"server", "agent"}
     assert "--agent" in compose["services"]["server"]["command"]
     assert compose["services"]["agent"]["entrypoint"] == ["interprune", "agent"]
+
+
+def test_compose_ray_profile_runs_a_head_with_the_server_and_gpu_workers():
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    ray = {name for name, service in services.items() if "ray" in service.get("profiles", ())}
+    assert ray == {"ray-head", "ray-worker"}
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert "ray" in head["build"]["args"]["EXTRAS"].split(",") and worker["image"] == head["image"]
+    command = " ".join(head["command"]).split()
+    assert command[:3] == ["ray", "start", "--head"] and "--num-cpus" in command
+    serve = command[command.index("interprune"):]
+    assert serve[serve.index("--executor") + 1] == "ray" and "--advertise-address" in serve
+    assert worker["entrypoint"][:4] == ["ray", "start", "--address", "ray-head:6379"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "volumes" not in worker, "Ray nodes share no disk with the server"
+    dockerfile = (DOCKER / "server.Dockerfile").read_text()
+    assert "ARG EXTRAS=gpu" in dockerfile and '".[${EXTRAS}]"' in dockerfile

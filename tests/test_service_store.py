@@ -10,7 +10,7 @@ from service.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from service.jobs.memory_store import MemoryJobStore
 from service.jobs.sqlite_store import SqliteJobStore
 from service.jobs.store import (MAX_ATTEMPTS, SERVER_STOPPED_REASON, Failure, JobState,
-                           TRANSITIONS)
+                           TRANSITIONS, lost_worker_outcome)
 
 SPEC = {"compress": {"model": {"arch": "demo/small_cnn"}}}
 
@@ -190,6 +190,24 @@ class StoreContract:
         store.recover()
         assert store.get(job.id).state == JobState.FAILED
 
+    def test_the_worker_and_its_node_are_recorded_and_cleared_on_requeue(self, store):
+        job = self.running(store, retry_on_crash=True)
+        store.set_worker(job.id, 123, "ray node ab12 (10.0.0.5)")
+        assert (store.get(job.id).worker_pid, store.get(job.id).worker_node) == (123, "ray node ab12 (10.0.0.5)")
+        store.recover()
+        requeued = store.get(job.id)
+        assert requeued.state == JobState.QUEUED and (requeued.worker_pid, requeued.worker_node) == (None, None)
+
+    def test_a_lost_node_requeues_or_fails_by_the_spec(self, store):
+        reason = "the Ray node running the job died (ray node ab12 (10.0.0.5))"
+        retried, plain = self.running(store, retry_on_crash=True), self.running(store)
+        assert lost_worker_outcome(retried, reason)[:2] == (JobState.QUEUED, f"re-queued: {reason} (attempt 1 of 3)")
+        to, message, failure = lost_worker_outcome(plain, reason)
+        assert (to, message, failure.kind, failure.error_type) == (JobState.FAILED, reason, "crashed", "NodeDied")
+        assert "--retry-on-crash" in failure.message
+        store.request_cancel(plain.id)
+        assert lost_worker_outcome(store.get(plain.id), reason)[0] == JobState.CANCELLED
+
     def test_recover_completes_a_cancellation_in_progress(self, store):
         job = self.running(store)
         store.request_cancel(job.id)
@@ -205,6 +223,21 @@ class TestMemoryStore(StoreContract):
 class TestSqliteStore(StoreContract):
     def make_store(self, tmp_path):
         return SqliteJobStore(tmp_path / "jobs.db")
+
+    def test_a_store_from_before_worker_node_gains_the_column(self, tmp_path):
+        import sqlite3
+
+        path = tmp_path / "old.db"
+        store = SqliteJobStore(path)
+        job, _ = store.create(SPEC)
+        store.close()
+        with sqlite3.connect(path) as conn:                   # as the store was before worker_node existed
+            conn.execute("ALTER TABLE jobs DROP COLUMN worker_node")
+        reopened = SqliteJobStore(path)
+        assert reopened.get(job.id).worker_node is None
+        reopened.set_worker(job.id, 7, "local")
+        assert reopened.get(job.id).worker_node == "local"
+        reopened.close()
 
     def test_jobs_survive_reopening(self, tmp_path):
         store = SqliteJobStore(tmp_path / "jobs.db")

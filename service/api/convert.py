@@ -19,6 +19,7 @@ def artifact_to_proto(info) -> pb.Artifact:
 def job_to_proto(job: JobRecord) -> pb.Job:
     out = pb.Job(name=job_name(job.id), id=job.id, state=STATE_TO_PROTO[job.state], request_id=job.request_id or "", message=job.message,
                  cancel_requested=job.cancel_requested, last_sequence=job.last_sequence,
+                 worker_node=job.worker_node or "",
                  create_time=timestamp(job.created), start_time=timestamp(job.started),
                  end_time=timestamp(job.finished))
     if job.request:
@@ -33,6 +34,13 @@ def job_to_proto(job: JobRecord) -> pb.Job:
     if job.result is not None:
         out.result.CopyFrom(result_to_proto(job.result))
     return out
+
+
+def node_to_proto(node) -> pb.ClusterNode:
+    """A ``service.jobs.ray_executor.ClusterNode`` as a message."""
+    return pb.ClusterNode(node_id=node.node_id, address=node.address, alive=node.alive, cpus=node.cpus,
+                          free_cpus=node.free_cpus, gpus=node.gpus, free_gpus=node.free_gpus,
+                          resources=node.resources)
 
 
 def event_to_proto(event: Event) -> pb.JobEvent:

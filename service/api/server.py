@@ -33,9 +33,13 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.jobs.artifacts import ArtifactStore, VerifyReport
-from service.core.auth import BearerTokenInterceptor, server_credentials
+from service._proto.interprune.v1 import worker_pb2 as wpb
+from service._proto.interprune.v1 import worker_pb2_grpc as wpb_grpc
+from service.api.worker_servicer import JobWorkerServicer
+from service.core.auth import OPEN_METHOD_PREFIXES, BearerTokenInterceptor, server_credentials
 from service.core.errors import FailedPrecondition
-from service.jobs.executor import LocalProcessExecutor, WorkerEnvironment
+from service.api.executors import build_executor, worker_endpoint
+from service.jobs.job_tokens import JobTokens
 from service.jobs.scheduler import Scheduler, SchedulerSettings
 from service.api.servicer import CompressionServicer
 from service.api.settings import ServerSettings
@@ -46,6 +50,7 @@ from service.jobs.store import JobRecord
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Compression"].full_name
+WORKER_SERVICE = wpb.DESCRIPTOR.services_by_name["JobWorker"].full_name
 CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 8 << 20          # chunks are 1 MiB; anything near this is a misbehaving client
 MAX_PAGE_SIZE = 500
@@ -81,20 +86,23 @@ class InterpruneServer:
         self.artifacts = ArtifactStore(self.state_dir / "artifacts", settings.max_upload_bytes, settings.quota_bytes)
         self.recovery = self._recover()
         _warm_imports()
-        self.scheduler = Scheduler(self.store, self._executor(), self.state_dir / "work", SchedulerSettings(
-            max_workers=settings.job_workers, default_timeout_s=settings.job_timeout_s))
+        self.address, self.port = address, 0
+        self.job_tokens = JobTokens()                   # credentials of remote workers (executor "ray")
+        try:
+            executor = build_executor(settings, self.store, self.artifacts, self.state_dir / "work", self.job_tokens,
+                                      lambda: worker_endpoint(settings, self.address, self.port))
+        except BaseException:
+            self.store.close()
+            self._lock.release(clean=True)
+            raise
+        workers = settings.job_workers or getattr(executor, "capacity", lambda: 1)()
+        self.scheduler = Scheduler(self.store, executor, self.state_dir / "work", SchedulerSettings(
+            max_workers=workers, default_timeout_s=settings.job_timeout_s))
         self.stopping = threading.Event()
         self.health = health.HealthServicer()
         self.grpc_server = self._build_grpc_server()
         self.port = self._bind(address)
         self._stopped = False
-
-    def _executor(self) -> LocalProcessExecutor:
-        """Today's executor: worker processes on this machine, told where the stores are by URL."""
-        threads = self.settings.threads_per_job or max(1, (os.cpu_count() or 1) // self.settings.job_workers)
-        environment = WorkerEnvironment(self.store.url, self.artifacts.url, str(self.state_dir / "work"), threads,
-                                        tuple(sorted(self.settings.allowed_model_packages)))
-        return LocalProcessExecutor(environment, warm_spare=self.settings.warm_spare)
 
     def _recover(self) -> Recovery:
         recovery = Recovery(unclean_shutdown=self._lock.previous_unclean)
@@ -112,7 +120,9 @@ class InterpruneServer:
     def _build_grpc_server(self) -> grpc.Server:
         from concurrent import futures
 
-        interceptors = [BearerTokenInterceptor(self.settings.tokens)] if self.settings.tokens else []
+        remote = self.settings.executor != "local"      # workers elsewhere: serve them the JobWorker protocol
+        open_prefixes = OPEN_METHOD_PREFIXES + ((f"/{WORKER_SERVICE}/",) if remote else ())  # job tokens instead
+        interceptors = [BearerTokenInterceptor(self.settings.tokens, open_prefixes)] if self.settings.tokens else []
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.settings.rpc_threads, thread_name_prefix="interprune-rpc"),
             interceptors=interceptors, maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
@@ -121,6 +131,9 @@ class InterpruneServer:
                      ("grpc.so_reuseport", 0)])
         pb_grpc.add_CompressionServicer_to_server(
             CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping), server)
+        if remote:
+            wpb_grpc.add_JobWorkerServicer_to_server(JobWorkerServicer(self.store, self.artifacts, self.job_tokens),
+                                                     server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server

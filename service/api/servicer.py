@@ -9,7 +9,7 @@ from typing import Iterator
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto
+from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto, node_to_proto
 from service.api.validate import validate_spec
 from service.api.settings import ServerSettings
 from service.core.names import parse_artifact_name, parse_job_name
@@ -143,7 +143,9 @@ class CompressionServicer(pb_grpc.CompressionServicer):
     def ListDevices(self, request, context):
         from service.agent.client import list_devices
 
-        return pb.ListDevicesResponse(devices=list_devices(self.settings.agents))
+        nodes = getattr(self.scheduler.executor, "nodes", None)
+        return pb.ListDevicesResponse(devices=list_devices(self.settings.agents), executor=self.settings.executor,
+                                      nodes=[node_to_proto(n) for n in (nodes() if nodes else ())])
 
 
 def _add_agents(spec: dict, targets, agents: dict) -> None:

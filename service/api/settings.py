@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 class ServerSettings:
     max_upload_bytes: int = 4 << 30          # per artifact
     quota_bytes: int = 100 << 30             # all artifacts together
-    job_workers: int = 1                     # concurrent jobs (worker processes)
+    job_workers: int = 1                     # concurrent jobs (worker processes); 0 = what the executor can run
     job_timeout_s: float | None = None       # default wall-time budget of a job
     threads_per_job: int | None = None
     warm_spare: bool = True                  # keep one worker process started for the next job
@@ -25,3 +25,7 @@ class ServerSettings:
     # Top-level packages `python:PKG.MODULE:FACTORY` architectures may come from (serve --allow-model-package);
     # none by default: a server runs no user-named code unless its operator installed and allowed it.
     allowed_model_packages: frozenset[str] = frozenset()
+    executor: str = "local"                  # where jobs run: "local" processes or "ray" (service.api.executors)
+    ray_address: str = "auto"                # with executor "ray": "auto", "local" or the head's HOST:PORT
+    ray_cpus_per_job: float = 1.0            # CPUs a Ray job asks for when its spec sets no thread count
+    advertise_address: str | None = None     # HOST:PORT remote workers reach this server at (default: --listen)

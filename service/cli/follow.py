@@ -84,6 +84,19 @@ def result_lines(job) -> str:
 
 
 
+def print_nodes(nodes) -> None:
+    """The Ray cluster's nodes (``interprune devices`` with ``serve --executor ray``)."""
+    if not nodes:
+        print("Ray executor: no cluster nodes reported")
+        return
+    print(f"{'RAY NODE':<14} {'ADDRESS':<16} {'STATE':<6} {'CPUS FREE':>10} {'GPUS FREE':>10}  RESOURCES")
+    for n in nodes:
+        extra = ", ".join(f"{k}={v:g}" for k, v in sorted(n.resources.items()))
+        print(f"{n.node_id[:12]:<14} {n.address:<16} {'alive' if n.alive else 'DEAD':<6} "
+              f"{n.free_cpus:>4g}/{n.cpus:<5g} {n.free_gpus:>4g}/{n.gpus:<5g}  {extra}")
+    print()
+
+
 def plain(value: Any) -> Any:
     if is_dataclass(value):
         return {k: plain(v) for k, v in asdict(value).items() if k != "spec"}
@@ -112,6 +125,8 @@ def job_json(job) -> dict:
 
 def job_text(job) -> str:
     lines = [f"job {job.id}: {job.state.value}" + (f" — {job.message}" if job.message else "")]
+    if job.worker_node:
+        lines.append(f"  worker: {job.worker_node}")
     if job.progress and not job.done:
         lines.append(f"  at {job.progress.stage} {job.progress.fraction:.0%}: {job.progress.message}")
     if job.failure:

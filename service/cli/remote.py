@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.flags import add_spec_arguments, spec_from_args
-from service.cli.follow import download_outputs, exit_code, follow, job_json, job_text, plain, report_job
+from service.cli.follow import (download_outputs, exit_code, follow, job_json, job_text, plain, print_nodes,
+                                report_job)
 from service.cli.output import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError,
                                 positive_float, positive_int)
 
@@ -50,7 +51,8 @@ def _add_serve(subparsers) -> None:
                                             "none = no authentication")
     serve.add_argument("--max-upload-mb", type=positive_float, default=4096, help="largest artifact (MiB)")
     serve.add_argument("--quota-gb", type=positive_float, default=100, help="all artifacts together (GiB)")
-    serve.add_argument("--workers", type=positive_int, default=1, help="jobs run at once (one per GPU; 1 on CPU)")
+    serve.add_argument("--workers", type=positive_int, help="jobs run at once (default 1: one per GPU, 1 on CPU; "
+                                                             "with --executor ray, the cluster's CPU slots)")
     serve.add_argument("--job-timeout", type=positive_float, help="default wall-time budget of a job (seconds)")
     serve.add_argument("--no-spare-worker", action="store_true",
                        help="do not keep a worker process started for the next job (saves its memory)")
@@ -66,7 +68,23 @@ def _add_serve(subparsers) -> None:
     serve.add_argument("--allow-model-package", action="append", default=[], metavar="PKG",
                        help="jobs may use python:PKG.MODULE:FACTORY architectures from this installed package "
                             "(repeatable; default none: no user-named code runs on the server)")
+    _add_executor_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+
+def _add_executor_arguments(serve) -> None:
+    group = serve.add_argument_group("where jobs run")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: worker processes on this machine (default); ray: Ray tasks on a cluster's nodes "
+                            "(pip install 'interprune[ray]')")
+    group.add_argument("--ray-address", default="auto", metavar="ADDRESS",
+                       help="with --executor ray: the cluster's head HOST:PORT, 'auto' (the running cluster: "
+                            "$RAY_ADDRESS or this machine's, default) or 'local' (start a one-machine cluster)")
+    group.add_argument("--ray-cpus-per-job", type=positive_float, default=1.0,
+                       help="CPUs a job asks Ray for when its spec sets no --threads (default %(default)s)")
+    group.add_argument("--advertise-address", metavar="HOST:PORT",
+                       help="where Ray workers reach this server (default: --listen, a 0.0.0.0 host replaced by "
+                            "this node's IP)")
 
 
 def _add_agent(subparsers) -> None:
@@ -204,7 +222,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), agents=agents,
-                              quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
+                              quota_bytes=int(args.quota_gb * (1 << 30)),
+                              job_workers=args.workers or (0 if args.executor == "ray" else 1),
+                              executor=args.executor, ray_address=args.ray_address,
+                              ray_cpus_per_job=args.ray_cpus_per_job, advertise_address=args.advertise_address,
                               job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                               allowed_model_packages=frozenset(args.allow_model_package))
@@ -213,6 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host_part = args.listen.rpartition(":")[0]
         print(f"interprune: serving on {host_part}:{server.port} (state {server.state_dir}, "
               f"{'token auth' if tokens else 'no auth'}, {'TLS' if args.tls_cert else 'plaintext'}"
+              + (f", jobs on Ray at {args.ray_address}" if args.executor == "ray" else "")
               + (f", agents {', '.join(agents)}" if agents else "")
               + (f", model packages {', '.join(sorted(args.allow_model_package))}" if args.allow_model_package else "")
               + ")", flush=True)
@@ -264,10 +286,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
 @_client_command
 def cmd_devices(args: argparse.Namespace) -> int:
     with _connect(args) as client:
-        devices = client.list_devices()
+        listing = client.devices()
+    devices = listing.agents
     if args.json:
-        print(json.dumps({"devices": [plain(d) for d in devices]}))
+        print(json.dumps({"devices": [plain(d) for d in devices], "executor": listing.executor,
+                          "nodes": [plain(n) for n in listing.nodes]}))
         return EXIT_OK
+    if listing.executor == "ray":
+        print_nodes(listing.nodes)
     if not devices:
         print("no device agents configured on this server (interprune serve --agent NAME=HOST:PORT)")
         return EXIT_OK

@@ -27,14 +27,14 @@ import grpc
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from service.client.types import (Accuracy, Artifact, Cost, Device, Failure, GateVerdict, InterpruneClientError,
+from service.client.types import (Accuracy, Artifact, ClusterNode, Cost, Device, Devices, Failure, GateVerdict, InterpruneClientError,
                                    InterpruneRPCError, Job, JobEvent, JobPage, JobResult, LatencyRow, Progress,
                                    StatusCode, TargetAccuracy, _artifact, _event, _job)
 from service.core.hashing import sha256_file
 from service.core.names import artifact_name, job_name
 from service.core.states import JobState
 
-__all__ = ["Accuracy", "Artifact", "Client", "Cost", "Device", "Failure", "GateVerdict", "InterpruneClientError",
+__all__ = ["Accuracy", "Artifact", "Client", "ClusterNode", "Cost", "Device", "Devices", "Failure", "GateVerdict", "InterpruneClientError",
            "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState", "LatencyRow", "Progress",
            "StatusCode", "TargetAccuracy"]
 
@@ -232,11 +232,19 @@ class Client:
 
     def list_devices(self, timeout_s: float = 30.0) -> list[Device]:
         """The device agents the server knows, each asked for its description now."""
+        return self.devices(timeout_s).agents
+
+    def devices(self, timeout_s: float = 30.0) -> Devices:
+        """The device agents, the executor and, with the Ray executor, the cluster's nodes and their free
+        CPUs / GPUs."""
         from service.agent.client import info_to_dict
 
         response = self._unary(self._stub.ListDevices, pb.ListDevicesRequest(), timeout_s)
-        return [Device(d.name, d.address, d.healthy, d.error, info_to_dict(d.info) if d.HasField("info") else None)
-                for d in response.devices]
+        agents = [Device(d.name, d.address, d.healthy, d.error, info_to_dict(d.info) if d.HasField("info") else None)
+                  for d in response.devices]
+        nodes = [ClusterNode(n.node_id, n.address, n.alive, n.cpus, n.free_cpus, n.gpus, n.free_gpus,
+                             dict(n.resources)) for n in response.nodes]
+        return Devices(agents, response.executor or "local", nodes)
 
     def wait(self, job_id: str) -> Job:
         """Block until the job ends; return it."""

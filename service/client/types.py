@@ -144,6 +144,29 @@ class Device:
 
 
 @dataclass(frozen=True)
+class ClusterNode:
+    """A node of the Ray cluster the server runs jobs on (``serve --executor ray``)."""
+
+    node_id: str
+    address: str
+    alive: bool
+    cpus: float
+    free_cpus: float
+    gpus: float
+    free_gpus: float
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What ListDevices says: the device agents, where jobs run (``local`` or ``ray``) and the cluster's nodes."""
+
+    agents: list[Device]
+    executor: str
+    nodes: list[ClusterNode]
+
+
+@dataclass(frozen=True)
 class JobResult:
     accuracy: dict[str, Accuracy]
     final_stage: str
@@ -175,6 +198,7 @@ class Job:
     cancel_requested: bool
     last_sequence: int
     spec: Any = field(default=None, repr=False)     # the submitted interprune.v1.JobSpec message
+    worker_node: str = ""                          # where its worker runs / ran: "local", "ray node {id} ({ip})"
 
     @property
     def done(self) -> bool:
@@ -254,7 +278,8 @@ def _job(m: pb.Job) -> Job:
     progress = Progress(m.progress.stage, m.progress.fraction, m.progress.message) if m.HasField("progress") else None
     return Job(m.id, STATE_FROM_PROTO[m.state], m.request_id, m.message, _time(m, "create_time"),
                _time(m, "start_time"), _time(m, "end_time"), progress, failure,
-               _result(m.result) if m.HasField("result") else None, m.cancel_requested, m.last_sequence, m.spec)
+               _result(m.result) if m.HasField("result") else None, m.cancel_requested, m.last_sequence, m.spec,
+               m.worker_node)
 
 
 def _event(m: pb.JobEvent) -> JobEvent:

@@ -3,8 +3,9 @@
 The scheduler decides *when* a job runs and records *how it ended*; an executor only starts a worker for a job
 (``launch``), says whether it is still running (``poll``) and stops it (``stop``: politely, then by force). A worker
 is ``python -m service.jobs.worker`` wherever it runs; it reaches the job store and the artifact store through the
-URLs it is given, so an executor that places workers on other machines (Ray) implements these three methods and
-hands them reachable URLs.
+URLs it is given, so an executor that places workers on other machines implements these methods and hands them
+reachable stores: ``service.jobs.ray_executor.RayExecutor`` runs jobs as Ray tasks whose workers reach the stores
+through the server (``service.jobs.remote_store``).
 
 ``LocalProcessExecutor``: each worker is a fresh interpreter (spawned: exec'd, not forked, so no threads, locks or
 CUDA state are inherited) in its own process group (``process_group=0``: ``setpgid`` before exec, so no kill can
@@ -21,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,19 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass
 class WorkerHandle:
-    """A started worker, as its executor knows it; ``where`` says where it runs (host, node), for the record."""
+    """A started worker, as its executor knows it; ``where`` says where it runs (host, node), for the record.
+
+    A remote worker's pid is not known at launch (None): the worker records it, and its node, itself. ``poll``
+    may set ``exit_reason`` (what ended it, when the executor knows more than an exit code) and ``lost`` (the
+    machine it ran on is gone: not the job's fault, so ``retry_on_crash`` re-queues the job)."""
 
     job_id: str
     pid: int | None
     where: str = "local"
     process: subprocess.Popen | None = None
+    ref: Any = None                         # the executor's own handle (a Ray ObjectRef)
+    exit_reason: str | None = None
+    lost: bool = False
 
 
 class Executor(Protocol):

@@ -66,10 +66,10 @@ class MemoryJobStore:
             self._update(queued[0].id, attempts=self._jobs[queued[0].id].attempts + 1)
             return self._jobs[queued[0].id]
 
-    def set_worker(self, job_id: str, pid: int | None) -> None:
+    def set_worker(self, job_id: str, pid: int | None, node: str | None = None) -> None:
         with self._lock:
             self.get(job_id)
-            self._update(job_id, worker_pid=pid)
+            self._update(job_id, worker_pid=pid, worker_node=node)
 
     def transition(self, job_id: str, expect: JobState, to: JobState, *, message: str = "",
                    failure: Failure | None = None, result: dict | None = None) -> JobRecord:
@@ -103,7 +103,7 @@ class MemoryJobStore:
                 to, message, failure = recovery_outcome(job)
                 self._transition(job.id, JobState.RUNNING, to, message, failure)
                 if to == JobState.QUEUED:
-                    self._update(job.id, started=None, worker_pid=None, progress=None)
+                    self._update(job.id, started=None, worker_pid=None, worker_node=None, progress=None)
             return [self._jobs[j.id] for j in running]
 
     def _update(self, job_id: str, **changes: Any) -> None:

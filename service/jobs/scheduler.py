@@ -9,7 +9,9 @@ records how a worker ended when the worker could not record it itself.
   after the request is stopped by the executor (SIGTERM, then SIGKILL after ``cancel_grace_s``). A job over its
   wall-time budget, and every job at shutdown, is stopped at once.
 - When a worker exits and the job is still RUNNING, the scheduler records why: cancelled by request, exceeded
-  its time budget, or crashed (with the exit code or the signal).
+  its time budget, or crashed (with the exit code or the signal, or the executor's reason). A worker lost with
+  its machine (``WorkerHandle.lost``: a Ray node died) is not the job's fault: the job is re-queued under
+  ``retry_on_crash``, else failed naming the machine (``store.lost_worker_outcome``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from service.core.states import CRASHED, TIMED_OUT
 from service.jobs.executor import Executor, WorkerHandle
-from service.jobs.store import Failure, JobRecord, JobState, JobStore
+from service.jobs.store import Failure, JobRecord, JobState, JobStore, lost_worker_outcome
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,8 @@ class Scheduler:
         timeout = job.timeout_seconds or self.settings.default_timeout_s
         now = time.monotonic()
         self._running[job.id] = _Running(job.id, handle, now, now + timeout if timeout else None, timeout_s=timeout)
-        self.store.set_worker(job.id, handle.pid)
+        if handle.pid is not None:                  # a remote worker records its pid and node itself
+            self.store.set_worker(job.id, handle.pid, handle.where)
         log.info("job %s started in worker pid %s (%s)", job.id, handle.pid, handle.where)
 
     def _enforce(self) -> None:
@@ -191,8 +194,17 @@ class Scheduler:
             self._finish(job, JobState.FAILED, message, Failure(TIMED_OUT, message, "TimedOut"))
         elif running.stop_reason == "shutdown":
             pass                                                # stop() applies the recovery rules
+        elif running.handle.lost:
+            self._lost(job, running.handle.exit_reason or "the machine running the worker was lost")
         else:
-            self._finish(job, JobState.FAILED, *_crash(code))
+            self._finish(job, JobState.FAILED, *_crash(code, running.handle.exit_reason))
+
+    def _lost(self, job: JobRecord, reason: str) -> None:
+        to, message, failure = lost_worker_outcome(job, reason)
+        log.warning("job %s: %s; now %s", job.id, reason, to.value)
+        if to == JobState.QUEUED:
+            self.store.set_worker(job.id, None, None)
+        self._finish(job, to, message, failure)
 
     def _finish(self, job: JobRecord, to: JobState, message: str, failure: Failure | None = None) -> None:
         try:
@@ -201,7 +213,10 @@ class Scheduler:
             log.warning("job %s: could not record %s", job.id, to.value, exc_info=True)
 
 
-def _crash(code: int | None) -> tuple[str, Failure]:
+def _crash(code: int | None, reason: str | None = None) -> tuple[str, Failure]:
+    if reason:
+        return reason, Failure(CRASHED, reason, "WorkerCrashed", exit_code=code if code and code > 0 else None,
+                               signal=-code if code and code < 0 else None)
     if code is not None and code < 0:
         number = -code
         try:

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker_pid INTEGER,
+    worker_node TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_sequence INTEGER NOT NULL DEFAULT 0,
     progress TEXT
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
 """
+_ADDED_COLUMNS = (("worker_node", "TEXT"),)      # columns added after the first release: (name, type)
+
 
 class SqliteJobStore:
     """SQLite in WAL mode; one connection per thread, every write in ``BEGIN IMMEDIATE``."""
@@ -65,6 +68,10 @@ class SqliteJobStore:
         with self._write() as c:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 c.execute(statement)
+            columns = {row["name"] for row in c.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in columns:                       # a store made before the column existed
+                    c.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     @property
     def url(self) -> str:
@@ -157,9 +164,9 @@ class SqliteJobStore:
             c.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
         return self.get(row["id"])
 
-    def set_worker(self, job_id: str, pid: int | None) -> None:
+    def set_worker(self, job_id: str, pid: int | None, node: str | None = None) -> None:
         with self._write() as c:
-            c.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, job_id))
+            c.execute("UPDATE jobs SET worker_pid = ?, worker_node = ? WHERE id = ?", (pid, node, job_id))
 
     def transition(self, job_id: str, expect: JobState, to: JobState, *, message: str = "",
                    failure: Failure | None = None, result: dict | None = None) -> JobRecord:
@@ -196,7 +203,8 @@ class SqliteJobStore:
                 to, message, failure = recovery_outcome(job)
                 self._transition(c, job.id, JobState.RUNNING, to, message, failure)
                 if to == JobState.QUEUED:
-                    c.execute("UPDATE jobs SET started = NULL, worker_pid = NULL, progress = NULL WHERE id = ?",
+                    c.execute("UPDATE jobs SET started = NULL, worker_pid = NULL, worker_node = NULL, progress = NULL "
+                              "WHERE id = ?",
                               (job.id,))
                 changed.append(job.id)
         return [self.get(job_id) for job_id in changed]
@@ -244,5 +252,5 @@ def _record(row: sqlite3.Row) -> JobRecord:
         retry_on_crash=bool(row["retry_on_crash"]), created=row["created"], started=row["started"],
         finished=row["finished"], message=row["message"], failure=Failure(**failure) if failure else None,
         result=json.loads(row["result"]) if row["result"] else None, cancel_requested=bool(row["cancel_requested"]),
-        worker_pid=row["worker_pid"], attempts=row["attempts"], last_sequence=row["last_sequence"],
+        worker_pid=row["worker_pid"], worker_node=row["worker_node"], attempts=row["attempts"], last_sequence=row["last_sequence"],
         progress=json.loads(row["progress"]) if row["progress"] else None)

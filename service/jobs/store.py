@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from service.core.errors import AlreadyExists, FailedPrecondition
-from service.core.states import SERVER_STOPPED, JobState
+from service.core.states import CRASHED, SERVER_STOPPED, JobState
 
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
@@ -77,7 +77,8 @@ class JobRecord:
     failure: Failure | None = None
     result: dict | None = None
     cancel_requested: bool = False
-    worker_pid: int | None = None
+    worker_pid: int | None = None               # on worker_node
+    worker_node: str | None = None              # where the worker runs: "local", "ray node {id} ({ip})"
     attempts: int = 0
     last_sequence: int = 0
     progress: dict | None = None                # the latest progress event: stage, fraction, message
@@ -97,7 +98,8 @@ class JobStore(Protocol):
     def claim_next(self) -> JobRecord | None:
         """Move the oldest QUEUED job to RUNNING and return it (None if none waits)."""
 
-    def set_worker(self, job_id: str, pid: int | None) -> None: ...
+    def set_worker(self, job_id: str, pid: int | None, node: str | None = None) -> None:
+        """Record the job's worker: its process id and where it runs (None, None when it has none)."""
 
     def transition(self, job_id: str, expect: JobState, to: JobState, *, message: str = "",
                    failure: Failure | None = None, result: dict | None = None) -> JobRecord: ...
@@ -137,6 +139,18 @@ def recovery_outcome(job: JobRecord) -> tuple[JobState, str, Failure | None]:
         return JobState.QUEUED, f"re-queued: {SERVER_STOPPED_REASON} (attempt {job.attempts} of {MAX_ATTEMPTS})", None
     reason = SERVER_STOPPED_REASON + ("" if not job.retry_on_crash else f", {job.attempts} times")
     return JobState.FAILED, reason, Failure(SERVER_STOPPED, f"{reason}; submit it again", "ServerStopped")
+
+
+def lost_worker_outcome(job: JobRecord, reason: str) -> tuple[JobState, str, Failure | None]:
+    """What happens to a RUNNING job whose worker was lost with its machine (a cluster node died): as after a
+    server stop, re-queued when the spec allows (``retry_on_crash``), else failed with ``reason``."""
+    if job.cancel_requested:
+        return JobState.CANCELLED, f"cancelled ({reason} while the cancellation was in progress)", None
+    if job.retry_on_crash and job.attempts < MAX_ATTEMPTS:
+        return JobState.QUEUED, f"re-queued: {reason} (attempt {job.attempts} of {MAX_ATTEMPTS})", None
+    hint = "submit it again" if job.retry_on_crash else "submit it again (with --retry-on-crash to re-run it " \
+                                                          "elsewhere by itself)"
+    return JobState.FAILED, reason, Failure(CRASHED, f"{reason}; {hint}", "NodeDied")
 
 
 # --- SQLite -------------------------------------------------------------------------------------------

@@ -548,7 +548,7 @@ class TargetAccuracy(_message.Message):
     def __init__(self, original: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ..., compressed: _Optional[_Union[_common_pb2.Accuracy, _Mapping]] = ..., backend: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("name", "id", "state", "spec", "request_id", "create_time", "start_time", "end_time", "progress", "failure", "message", "result", "cancel_requested", "last_sequence")
+    __slots__ = ("name", "id", "state", "spec", "request_id", "create_time", "start_time", "end_time", "progress", "failure", "message", "result", "cancel_requested", "last_sequence", "worker_node")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -563,6 +563,7 @@ class Job(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_NODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     state: JobState
@@ -577,7 +578,8 @@ class Job(_message.Message):
     result: JobResult
     cancel_requested: bool
     last_sequence: int
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    worker_node: str
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., request_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., message: _Optional[str] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., last_sequence: _Optional[int] = ..., worker_node: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")
@@ -663,8 +665,39 @@ class Device(_message.Message):
     info: _device_pb2.DeviceInfo
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., error: _Optional[str] = ..., info: _Optional[_Union[_device_pb2.DeviceInfo, _Mapping]] = ...) -> None: ...
 
+class ClusterNode(_message.Message):
+    __slots__ = ("node_id", "address", "alive", "cpus", "free_cpus", "gpus", "free_gpus", "resources")
+    class ResourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    FREE_CPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    FREE_GPUS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    alive: bool
+    cpus: float
+    free_cpus: float
+    gpus: float
+    free_gpus: float
+    resources: _containers.ScalarMap[str, float]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., cpus: _Optional[float] = ..., free_cpus: _Optional[float] = ..., gpus: _Optional[float] = ..., free_gpus: _Optional[float] = ..., resources: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "executor", "nodes")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    executor: str
+    nodes: _containers.RepeatedCompositeFieldContainer[ClusterNode]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., executor: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ...) -> None: ...

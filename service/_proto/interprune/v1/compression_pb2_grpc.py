@@ -145,7 +145,8 @@ class CompressionServicer:
 
     def ListDevices(self, request, context):
         """The device agents this server knows (serve --agent / --agents-file), each asked for its description now
-        (a few seconds at most): healthy with its DeviceInfo, or unhealthy with the reason.
+        (a few seconds at most): healthy with its DeviceInfo, or unhealthy with the reason. With the Ray executor,
+        also the cluster's nodes and their free CPUs and GPUs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

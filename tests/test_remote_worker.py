@@ -1,0 +1,166 @@
+"""The worker protocol without Ray: a job run in this process against the server's stores through the
+``JobWorker`` service (what a worker on a Ray node does), job-scoped credentials, fencing of stale attempts, and
+digests checked on both ends."""
+from __future__ import annotations
+
+import hashlib
+from concurrent import futures
+
+import grpc
+import pytest
+
+from service._proto.interprune.v1 import worker_pb2_grpc as wpb_grpc
+from service.api.worker_servicer import JobWorkerServicer
+from service.core.errors import FailedPrecondition, Internal, NotFound, Unauthenticated
+from service.jobs.artifacts import ArtifactStore
+from service.jobs.job_tokens import JobCredentials, JobTokens
+from service.jobs.remote_store import WorkerEndpoint, connect
+from service.jobs.sqlite_store import SqliteJobStore
+from service.jobs.store import JobState
+from service.jobs.worker import run_job
+from tests.service_helpers import data_file, model_file, tiny_spec  # noqa: F401
+
+
+@pytest.fixture
+def home(tmp_path):
+    """The server's side: its stores and a gRPC server with only the JobWorker service."""
+    store = SqliteJobStore(tmp_path / "jobs.db")
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    tokens = JobTokens()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    wpb_grpc.add_JobWorkerServicer_to_server(JobWorkerServicer(store, artifacts, tokens), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    home = type("Home", (), {})()
+    home.store, home.artifacts, home.tokens = store, artifacts, tokens
+    home.endpoint = WorkerEndpoint(f"127.0.0.1:{port}")
+    yield home
+    server.stop(0)
+    store.close()
+
+
+def _running_job(home, model_file, data_file, **spec_args):
+    weights = home.artifacts.put_file(model_file, "model.pt", "model").id
+    data = home.artifacts.put_file(data_file, "digits.npz", "dataset").id
+    spec = tiny_spec(f"artifact:{weights}", f"artifact:{data}", **spec_args).to_dict()
+    home.store.create(spec)
+    job = home.store.claim_next()
+    return job, home.tokens.credentials(job.id, job.attempts)
+
+
+def test_a_job_runs_through_the_worker_protocol(home, model_file, data_file, tmp_path):
+    job, credentials = _running_job(home, model_file, data_file)
+    store, artifacts = connect(home.endpoint, credentials)
+    store.set_worker(job.id, 4242, "ray node abc (10.0.0.7)")
+    run_job(store.get(job.id), store, artifacts, tmp_path / "work", threads=1)
+    store.close()
+
+    done = home.store.get(job.id)
+    assert done.state == JobState.SUCCEEDED, done.message
+    assert (done.worker_pid, done.worker_node) == (4242, "ray node abc (10.0.0.7)")
+    outputs = done.result["outputs"]
+    assert set(outputs) >= {"plan", "weights", "onnx", "report_json", "report_html"}
+    for artifact_id in outputs.values():            # kept by the server, under the digest of their bytes
+        blob = home.artifacts.path(artifact_id)
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == artifact_id
+    events = home.store.events(job.id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    stages = [e.stage for e in events if e.type == "progress"]
+    assert stages and stages.index("export") > stages.index("prune")
+    assert events[-1].state == JobState.SUCCEEDED and events[-1].terminal
+
+
+def test_credentials_open_one_job_and_one_attempt(home, model_file, data_file):
+    job, credentials = _running_job(home, model_file, data_file, finetune=None)
+    forged = JobCredentials(job.id, credentials.attempt, "0" * 64)
+    with pytest.raises(Unauthenticated):
+        connect(home.endpoint, forged)[0].get(job.id)
+    store, artifacts = connect(home.endpoint, credentials)
+    assert store.get(job.id).spec["compress"]["model"]["arch"] == "demo/small_cnn"
+    other = home.artifacts.put_file(__file__, "test.py", "other").id
+    with pytest.raises(NotFound, match="not an input of this job"):
+        artifacts.get(other)                                    # only the inputs its spec names
+    with pytest.raises(ValueError, match="credentials are for job"):
+        store.get("job-someone-else")
+
+    home.store.transition(job.id, JobState.RUNNING, JobState.QUEUED, message="re-queued: node lost")
+    assert home.store.claim_next().attempts == 2                # the job runs again elsewhere
+    with pytest.raises(FailedPrecondition, match="attempt 1 is over"):
+        store.add_progress(job.id, "finetune", 0.5, "stale")
+    with pytest.raises(FailedPrecondition):
+        store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED, result={})
+    fresh, _ = connect(home.endpoint, home.tokens.credentials(job.id, 2))
+    fresh.add_progress(job.id, "load", 0.0, "attempt 2")
+    fresh.transition(job.id, JobState.RUNNING, JobState.FAILED, message="x")
+    fresh.transition(job.id, JobState.RUNNING, JobState.FAILED, message="x")      # a retried call: same answer
+    assert home.store.get(job.id).state == JobState.FAILED
+
+
+def test_a_corrupted_download_is_never_used(home, model_file, data_file, tmp_path, monkeypatch):
+    job, credentials = _running_job(home, model_file, data_file)
+    weights = job.spec["compress"]["model"]["weights"].removeprefix("artifact:")
+    original = home.artifacts.read_chunks
+
+    def flipped(artifact_id, chunk_bytes=1 << 20):
+        for chunk in original(artifact_id, chunk_bytes):
+            yield bytes([chunk[0] ^ 1]) + chunk[1:]
+    monkeypatch.setattr(home.artifacts, "read_chunks", flipped)
+    _, artifacts = connect(home.endpoint, credentials)
+    with pytest.raises(Internal, match="arrived corrupted"):
+        artifacts.materialize(weights, tmp_path / "node" / "weights.pt")
+    assert not list((tmp_path / "node").iterdir()), "neither the file nor a partial one is left"
+
+
+def test_worker_urls_open_the_remote_stores(home, model_file, data_file, monkeypatch):
+    from service.jobs.backends import CREDENTIALS_ENV, open_artifact_store, open_job_store
+
+    job, credentials = _running_job(home, model_file, data_file)
+    url = home.endpoint.url
+    with pytest.raises(ValueError, match=CREDENTIALS_ENV):
+        open_job_store(url)
+    monkeypatch.setenv(CREDENTIALS_ENV, credentials.to_text())
+    assert open_job_store(url).get(job.id).state == JobState.RUNNING
+    weights = job.spec["compress"]["model"]["weights"].removeprefix("artifact:")
+    assert open_artifact_store(url).get(weights).name == "model.pt"
+
+
+def test_jobs_ask_ray_for_a_gpu_only_when_a_local_target_needs_one():
+    from service.jobs.ray_executor import job_resources
+
+    def spec(targets=(), threads=None, **prune):
+        return {"compress": {"threads": threads, "prune": prune}, "benchmark": {"targets": list(targets)}}
+    assert job_resources(spec(), 1.0) == (1.0, 0)
+    assert job_resources(spec(["local:cpu", "agent:jetson"], threads=4), 1.0) == (4.0, 0)   # agents are remote
+    assert job_resources(spec(["local:cuda"]), 2.0) == (2.0, 1)
+    assert job_resources(spec(["local:tensorrt"]) | {"benchmark": {"skip": True, "targets": ["local:tensorrt"]}}) \
+        == (1.0, 0)
+    assert job_resources(spec(latency_budget_ms=2.0, latency_target="local:tensorrt")) == (1.0, 1)
+    assert job_resources(spec(latency_target="local:cuda")) == (1.0, 0)     # no budget: the target is unused
+
+
+def test_serve_flags_choose_the_executor(monkeypatch):
+    import service.api.server as server_module
+    from service.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(server_module, "serve", lambda listen, state, settings, ready=None: seen.append(settings))
+    assert main(["serve", "--state-dir", "s", "--executor", "ray", "--ray-address", "10.0.0.2:6379",
+                 "--advertise-address", "10.0.0.1:50051", "--ray-cpus-per-job", "2"]) == 0
+    assert main(["serve", "--state-dir", "s"]) == 0
+    ray, local = seen
+    assert (ray.executor, ray.ray_address, ray.advertise_address, ray.ray_cpus_per_job) == \
+        ("ray", "10.0.0.2:6379", "10.0.0.1:50051", 2.0)
+    assert ray.job_workers == 0, "with Ray, as many jobs at once as the cluster has CPU slots"
+    assert (local.executor, local.job_workers) == ("local", 1)
+
+
+def test_a_refused_executor_leaves_the_state_folder_usable(tmp_path):
+    from service.api.server import create_server
+    from service.core.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition, match="tls-client-ca"):
+        create_server("127.0.0.1:0", tmp_path, executor="ray", tls_client_ca="ca.pem")
+    with pytest.raises(FailedPrecondition, match="unknown executor 'slurm'"):
+        create_server("127.0.0.1:0", tmp_path, executor="slurm")
+    server, _ = create_server("127.0.0.1:0", tmp_path, warm_spare=False)     # the lock was released
+    server.stop(grace_s=0)
