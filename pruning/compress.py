@@ -27,12 +27,13 @@ from pruning import data as data_mod
 from pruning import zoo
 from pruning.allocate import CostModel, Target, allocate, allocate_blocks, widths_removed
 from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
-from pruning.errors import Cancelled, SpecError
+from pruning.errors import Cancelled, EngineError, InterpruneError, SpecError
 from pruning.finetune import FinetuneBudget, FinetuneReport, FinetuneSettings, evaluation_callback, finetune
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
-from pruning.surgery import apply_plan, build_graph, channel_groups, remove_blocks
+from pruning.surgery import analyse_groups, apply_plan, build_graph, kept_outputs, remove_blocks
+from pruning.targeting import allocate_to_target
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class PruneSpec:
     latency_batch: int = 1
     latency_target: str = "local:cpu"
     latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
+    allow_shortfall: bool = False           # a target the model cannot reach: prune to the largest reachable
+                                            # reduction and record a warning, instead of failing (TargetUnreachable)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,11 @@ class ReconstructSpec:
     ridge: float = 1e-3                     # relative to trace(X^T X) / d
     batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
                                             # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
+    max_memory_mb: float = 1024             # one layer's least-squares working set (half of it for cached block
+                                            # inputs); larger systems are solved in kernel form, subsampled or
+                                            # skipped with a note. 1024 keeps every zoo model at 224x224 in bounds
+    holdout: int = 5                        # every n-th calibration image is held out to pick the ridge and to
+                                            # check the re-fit (a layer / the model keeps its weights if worse)
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,7 @@ class CompressResult:
     latency_search: list[dict] = field(default_factory=list)     # probes of a latency-budget search
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)             # the job did less than asked (a shortfall, ...)
 
     @property
     def final_accuracy(self) -> Accuracy:
@@ -197,6 +206,9 @@ class _Runner:
                 runner.timings[name] = runner.timings.get(name, 0.0) + time.perf_counter() - self.start
                 if exc_type is None:
                     runner.emit(name, 1.0, f"done in {runner.timings[name]:.1f}s")
+                elif issubclass(exc_type, Exception) and not issubclass(exc_type, (InterpruneError, MemoryError)):
+                    raise EngineError(f"stage {name!r} failed: {exc_type.__name__}: "
+                                      f"{str(exc).splitlines()[0][:300] if str(exc) else 'no message'}") from exc
         return _Clock()
 
 
@@ -268,7 +280,9 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     _check_protected(model, spec.prune.protected)
     with run.stage("score"):
         graph = build_graph(model, input_shape)
-        groups = channel_groups(model, input_shape, protected, graph=graph)
+        analysis = analyse_groups(model, input_shape, protected, graph=graph)
+        groups = analysis.groups
+        result.notes.extend(analysis.notes())
         if spec.prune.target_reduction > 0 and not groups and not removed_blocks:
             raise SpecError("nothing to prune: every layer is protected")
         scorer = create_criterion(spec.prune.criterion,
@@ -289,7 +303,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                      latency_probe)
         if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
                 < target.reduction - 0.005:
-            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost, target)
+            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost, target,
+                                   result.warnings)
             kept, original_widths = allocation.kept, allocation.original
         plan = PruningPlan(spec.model.arch, num_classes, input_shape, kept, original_widths, removed_blocks,
                            criterion=spec.prune.criterion,
@@ -335,10 +350,26 @@ def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
 
 
 def _allocate(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
-              input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target):
+              input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
+              warnings: list[str] | None = None):
+    """The allocation for ``target``; with ``warnings`` (the final plan, not a latency probe) the measured
+    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall``."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
-    return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
-                    mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+    options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+    if warnings is None:
+        return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric), **options)
+    return allocate_to_target(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
+                              lambda kept, original: _measure(spec, model, input_shape, base_cost, target, kept,
+                                                              original),
+                              allow_shortfall=spec.prune.allow_shortfall, warnings=warnings, **options)
+
+
+def _measure(spec: CompressSpec, model: nn.Module, input_shape: tuple[int, int, int], base_cost: Cost,
+             target: Target, kept: dict, original: dict) -> float:
+    """The exact reduction a candidate allocation gives (applied to a copy of ``model``, counted)."""
+    plan = PruningPlan(spec.model.arch, 1, input_shape, kept, original)
+    cost = count_cost(apply_plan(copy.deepcopy(model), plan), input_shape)
+    return 1.0 - getattr(cost, target.metric) / getattr(base_cost, target.metric)
 
 
 def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
@@ -479,20 +510,29 @@ def _reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult,
         if rec.enabled and result.plan.kept:
             consumers = sorted({c for g in groups if g.name in result.plan.kept
                                 and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
-            out_channels = {}
-            for g in groups:
-                if g.name in result.plan.kept:
-                    for member, side in g.members:
-                        if side == "out" and member in consumers:
-                            out_channels[member] = result.plan.kept[g.name]
+            out_channels = kept_outputs(original, groups, result.plan, consumers)
             result.fits = reconstruct(original, pruned, consumers, out_channels, lambda: iter(images),
                                       positions_per_image=rec.positions_per_image, ridge=rec.ridge,
-                                      seed=spec.seed)
-        if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and result.fits)):
+                                      seed=spec.seed, max_memory_mb=rec.max_memory_mb, holdout=rec.holdout)
+            result.notes.extend(_fit_notes(result.fits))
+        refitted = any(f.status == "refit" for f in result.fits)
+        if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and refitted)):
             recalibrate_batchnorm(pruned, images)
             result.notes.append("BatchNorm statistics re-estimated on the calibration set")
         result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
         run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
+
+
+def _fit_notes(fits: list[LayerFit]) -> list[str]:
+    """One line per kind of layer the re-fit left alone (kept, skipped, reverted), for the report."""
+    notes = []
+    for status, what in (("kept", "kept their un-refit weights (the re-fit did not lower the held-out residual)"),
+                         ("skipped", "were not re-fitted"), ("reverted", "were reverted")):
+        names = [f.name for f in fits if f.status == status]
+        if names:
+            example = next(f.note for f in fits if f.status == status)
+            notes.append(f"reconstruction: {len(names)} of {len(fits)} layer(s) {what}, e.g. {names[0]}: {example}")
+    return notes
 
 
 def _finetune_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
