@@ -1,8 +1,7 @@
 """From scores to a plan: how many channels each group keeps, and which.
 
-The cost of a candidate plan is computed analytically from layer widths (conv: out x in/groups x k x k x H_out x
-W_out MACs; linear: out x in), anchored to the exact count of the unpruned model, so the search costs no forward
-passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
+The cost of a candidate plan is computed analytically from layer widths (``pruning.cost_model``), anchored to the
+exact count of the unpruned model, so the search costs no forward passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
 ONNX Runtime's AVX-512 kernels), lowest-scored chunk first, until the target is met; the final state is whichever
 of the last two is closer to the target.
 
@@ -17,8 +16,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
+from pruning.cost_model import CostModel
 from pruning.criteria.base import ChannelGroup, normalise_scores
 from pruning.errors import SpecError, TargetUnreachable
 
@@ -35,72 +34,6 @@ class Target:
             raise SpecError(f"target metric must be 'macs' or 'params', got {self.metric!r}")
         if not 0.0 <= self.reduction < 1.0:
             raise SpecError(f"target reduction must be in [0, 1), got {self.reduction}")
-
-
-@dataclass(frozen=True)
-class _Layer:
-    name: str
-    kind: str            # conv | linear | norm
-    out: int
-    inp: int
-    groups: int
-    kernel: int          # kh * kw
-    spatial: int         # output H * W (1 for linear)
-    bias: bool
-
-
-class CostModel:
-    """MACs and parameters of a model as a function of the widths its channel groups keep."""
-
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], exact_macs: int, exact_params: int):
-        self.layers = _layer_shapes(model, input_shape)
-        self._anchor = {"macs": exact_macs - self._total("macs", {}), "params": exact_params - self._total("params", {})}
-
-    def cost(self, metric: str, removed: dict[tuple[str, str], float]) -> float:
-        """Cost with ``removed[name, side]`` channels gone from each (module, side) (see ``widths_removed``)."""
-        return self._anchor[metric] + self._total(metric, removed)
-
-    def _total(self, metric: str, removed: dict) -> float:
-        total = 0.0
-        for layer in self.layers:
-            out = layer.out - removed.get((layer.name, "out"), 0)
-            inp = layer.inp - removed.get((layer.name, "in"), 0)
-            if layer.kind == "norm":
-                total += 0 if metric == "macs" else 2 * out
-                continue
-            depthwise = layer.groups > 1 and layer.groups == layer.inp
-            per_out = 1 if depthwise else inp / layer.groups
-            weights = out * per_out * layer.kernel
-            total += weights * layer.spatial if metric == "macs" else weights + (out if layer.bias else 0)
-        return total
-
-
-def _layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_Layer]:
-    spatial: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: spatial.__setitem__(name, o.shape[-1] * o.shape[-2])))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    layers = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and name in spatial:
-            kh, kw = module.kernel_size
-            layers.append(_Layer(name, "conv", module.out_channels, module.in_channels, module.groups, kh * kw,
-                                 spatial[name], module.bias is not None))
-        elif isinstance(module, nn.Linear):
-            layers.append(_Layer(name, "linear", module.out_features, module.in_features, 1, 1, 1,
-                                 module.bias is not None))
-        elif isinstance(module, nn.BatchNorm2d) and module.affine:
-            layers.append(_Layer(name, "norm", module.num_features, module.num_features, 1, 1, 1, True))
-    return layers
 
 
 def widths_removed(groups: list[ChannelGroup], counts: dict[str, int]) -> dict[tuple[str, str], float]:

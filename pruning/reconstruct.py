@@ -83,21 +83,29 @@ def reconstruct(original: nn.Module, pruned: nn.Module, consumers: list[str],
     order = forward_order(pruned, consumers)
     tails = residual_tails(pruned) if residual else {}
     settings = _Settings(positions_per_image, ridge, seed, holdout, int(max_memory_mb * 2 ** 20))
+    whole = _as_one_batch(pruned, batches, settings.budget // 2)
+    if whole is not None:
+        batches = lambda: iter([whole])                                        # noqa: E731
     targets = original_targets(original, order, tails, batches, positions_per_image, seed)
-    inputs = BlockInputs(pruned, batches, settings.budget // 2)
     saved = {n: [p.detach().clone() for p in pruned.get_submodule(n).parameters(recurse=False)] for n in order}
     before = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
-    fits = []
-    for name in order:
+
+    def refit(name: str, pairs) -> LayerFit:
         layer = pruned.get_submodule(name)
         try:
-            fits.append(_refit(pruned, name, layer, targets.pop(name), out_channels.get(name), tails.get(name),
-                               inputs, settings))
+            return _refit(pruned, name, layer, targets.pop(name), out_channels.get(name), tails.get(name), pairs,
+                          settings)
         except InterpruneError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug or an unsupported layer: name it
             raise EngineError(f"reconstruction of {name} ({type(layer).__name__}) failed: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+    if whole is not None:
+        fits = _refit_in_one_pass(pruned, order, tails, whole, refit)
+    else:
+        inputs = BlockInputs(pruned, batches, settings.budget // 2)
+        fits = [refit(name, inputs(name)) for name in order]
     after = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
     if before is not None and after is not None and after > before:
         _restore(pruned, saved)
@@ -108,8 +116,54 @@ def reconstruct(original: nn.Module, pruned: nn.Module, consumers: list[str],
     return fits
 
 
+def _as_one_batch(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], budget: int) -> torch.Tensor | None:
+    """All calibration images as one batch when a forward pass of them fits ``budget`` bytes (estimated: six
+    times the largest layer output, per image), else None."""
+    images = list(batches())
+    if len(images) == 1:
+        return images[0]
+    largest = [0]
+
+    def on_output(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+    handles = [m.register_forward_hook(on_output) for m in model.modules() if not list(m.children())]
+    try:
+        model(images[0][:1])
+    finally:
+        for h in handles:
+            h.remove()
+    count = sum(len(b) for b in images)
+    return torch.cat(images) if 6 * largest[0] * count <= budget else None
+
+
+def _refit_in_one_pass(model: nn.Module, order: list[str], tails: dict[str, ResidualTail], images: torch.Tensor,
+                       refit: Callable) -> list[LayerFit]:
+    """One forward pass of all calibration images: each consumer is re-fitted on its input as the pass reaches it
+    (earlier consumers are re-fitted by then), and the pass goes on with the new weights."""
+    fits: dict[str, LayerFit] = {}
+    block_in: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in order:
+        tail = tails.get(name)
+
+        def before(module, inputs, name=name, tail=tail):
+            if name not in fits:
+                fits[name] = refit(name, [(inputs[0], block_in.get(tail.block) if tail else None)])
+        handles.append(model.get_submodule(name).register_forward_pre_hook(before))
+    for tail in {t.block: t for t in tails.values()}.values():
+        handles.append(model.get_submodule(tail.block).register_forward_pre_hook(
+            lambda m, inputs, block=tail.block: block_in.__setitem__(block, inputs[0])))
+    try:
+        model(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return [fits[n] for n in order if n in fits]
+
+
 def _refit(pruned: nn.Module, name: str, layer: nn.Module, target: dict[str, list[torch.Tensor]],
-           keep_out: list[int] | None, tail: ResidualTail | None, inputs: BlockInputs, s: _Settings) -> LayerFit:
+           keep_out: list[int] | None, tail: ResidualTail | None, pairs: Iterable, s: _Settings) -> LayerFit:
     groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
     prior = _prior(layer, groups)                                                    # [G, C_g, D_g]
     d, c = prior.shape[2], prior.shape[1]
@@ -124,7 +178,7 @@ def _refit(pruned: nn.Module, name: str, layer: nn.Module, target: dict[str, lis
         scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).double()   # a, [C_out']
         block = pruned.get_submodule(tail.block)
     offset = used = count = 0
-    for index, (x_full, block_in) in enumerate(inputs(name)):
+    for index, (x_full, block_in) in enumerate(pairs):
         pos = sample_positions(name, index, x_full.shape[0], positions_of(layer, x_full), s.per_image, s.seed)
         y = target["y"][index].double()
         if keep_out is not None:

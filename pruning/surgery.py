@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 
@@ -21,8 +22,8 @@ from pruning.errors import EngineError, ModelError
 from pruning.plan import PruningPlan
 from pruning.tp_compat import build_graph
 
-__all__ = ["GroupAnalysis", "analyse_groups", "apply_plan", "build_graph", "channel_groups", "classifier_layers",
-           "kept_outputs", "load_compressed", "remove_blocks"]
+__all__ = ["GroupAnalysis", "analyse_groups", "apply_plan", "build_graph", "channel_groups", "check_consistent",
+           "classifier_layers", "kept_outputs", "load_compressed", "remove_blocks"]
 
 
 def classifier_layers(model: nn.Module, graph: tp.DependencyGraph | None = None) -> list[str]:
@@ -176,7 +177,33 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         except Exception as exc:  # noqa: BLE001 - a Torch-Pruning failure on this layer: name it
             raise EngineError(f"pruning {len(removed)} channel(s) of {name} failed in Torch-Pruning: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    check_consistent(model, plan.input_shape)
     return model
+
+
+def check_consistent(model: nn.Module, input_shape: tuple[int, int, int]) -> None:
+    """``EngineError`` naming the layer if the pruned model is no longer a valid network (a grouped conv whose
+    widths do not split into its groups, a forward pass that fails)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and (module.in_channels % module.groups or module.out_channels % module.groups
+                                              or module.weight.shape[1] * module.groups != module.in_channels):
+            raise EngineError(f"pruning left {name} with {module.in_channels} input / {module.out_channels} output "
+                              f"channels for {module.groups} groups (weight {tuple(module.weight.shape)})")
+    current: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda m, i, n=n: current.append(n))
+               for n, m in model.named_modules() if not list(m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    except RuntimeError as exc:
+        where = current[-1] if current else "the model"
+        raise EngineError(f"the pruned model fails at {where}: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 def load_compressed(plan_path: str | Path, weights_path: str | Path) -> nn.Module:
