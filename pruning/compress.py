@@ -259,6 +259,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         original, entry, splits, preprocess, input_shape = load_inputs(spec)
         num_classes = spec.model.num_classes or entry.num_classes
         _validate_prune_spec(spec.prune)
+        _validate_reconstruct_spec(spec.reconstruct)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape),
@@ -272,7 +273,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                                                   spec.data.batch_size)]
     calibration = _attach_masks(calibration, splits.calibration, spec.data.batch_size)
     target = Target(spec.prune.target_metric, spec.prune.target_reduction)
-    model = copy.deepcopy(original)
+    model = copy.deepcopy(original) if _removes_blocks(spec) else original    # scorers never modify their model
     removed_blocks = _prune_blocks(spec, run, result, original, model, entry, calibration, input_shape,
                                    num_classes, base_cost, target)
 
@@ -296,15 +297,16 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
             result.scores = scorer.score(ctx)
 
     with run.stage("allocate"):
-        kept, original_widths = {}, {}
+        kept, original_widths, measure = {}, {}, None
         current = count_cost(model, input_shape)
         if result.scores is not None and spec.prune.latency_budget_ms is not None:
             target = _search_latency(spec, run, result, original, model, groups, input_shape, base_cost, current,
                                      latency_probe)
         if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
                 < target.reduction - 0.005:
+            measure = _Candidates(original, removed_blocks, input_shape, base_cost, target.metric)
             allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost, target,
-                                   result.warnings)
+                                   result.warnings, measure)
             kept, original_widths = allocation.kept, allocation.original
         plan = PruningPlan(spec.model.arch, num_classes, input_shape, kept, original_widths, removed_blocks,
                            criterion=spec.prune.criterion,
@@ -314,14 +316,20 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         result.plan = plan
 
     with run.stage("prune"):
-        pruned = copy.deepcopy(original)
-        if result.scores is not None and spec.prune.criterion == "redundancy" \
-                and spec.prune.criterion_params.get("merge"):
-            merges = _merge_duplicates(pruned, groups, plan, result.scores)
-            result.notes.append(f"redundancy merge: {len(merges)} removed filter(s) folded into their representatives")
-        pruned = apply_plan(pruned, plan)
+        merge = result.scores is not None and spec.prune.criterion == "redundancy" \
+            and bool(spec.prune.criterion_params.get("merge"))
+        measured = measure.take(plan.kept) if measure is not None and not merge else None
+        if measured is not None:                   # the allocation's last measured candidate is this plan
+            pruned, result.cost["compressed"] = measured
+        else:
+            pruned = copy.deepcopy(original)
+            if merge:
+                merges = _merge_duplicates(pruned, groups, plan, result.scores)
+                result.notes.append(f"redundancy merge: {len(merges)} removed filter(s) folded into their "
+                                    "representatives")
+            pruned = apply_plan(pruned, plan)
+            result.cost["compressed"] = count_cost(pruned, input_shape)
         result.model = pruned
-        result.cost["compressed"] = count_cost(pruned, input_shape)
         result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
                          for name, idx in plan.kept.items()]
         result.accuracy["pruned"] = evaluate(pruned, eval_batches())
@@ -349,27 +357,45 @@ def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
     return resolved, f"widths rounded to multiples of {DEFAULT_ROUND_TO} (round_to not set: the engine default)"
 
 
+def _removes_blocks(spec: CompressSpec) -> bool:
+    main = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
+    return main.kind == "block" or bool(spec.prune.layer_criterion)
+
+
 def _allocate(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
               input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
-              warnings: list[str] | None = None):
-    """The allocation for ``target``; with ``warnings`` (the final plan, not a latency probe) the measured
-    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall``."""
+              warnings: list[str] | None = None, measure: "_Candidates | None" = None):
+    """The allocation for ``target``; with ``measure`` (the final plan, not a latency probe) the measured
+    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``)."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
     options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
-    if warnings is None:
+    if measure is None:
         return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric), **options)
     return allocate_to_target(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
-                              lambda kept, original: _measure(spec, model, input_shape, base_cost, target, kept,
-                                                              original),
-                              allow_shortfall=spec.prune.allow_shortfall, warnings=warnings, **options)
+                              measure, allow_shortfall=spec.prune.allow_shortfall, warnings=warnings, **options)
 
 
-def _measure(spec: CompressSpec, model: nn.Module, input_shape: tuple[int, int, int], base_cost: Cost,
-             target: Target, kept: dict, original: dict) -> float:
-    """The exact reduction a candidate allocation gives (applied to a copy of ``model``, counted)."""
-    plan = PruningPlan(spec.model.arch, 1, input_shape, kept, original)
-    cost = count_cost(apply_plan(copy.deepcopy(model), plan), input_shape)
-    return 1.0 - getattr(cost, target.metric) / getattr(base_cost, target.metric)
+class _Candidates:
+    """Prunes a copy of the original for a candidate allocation and counts it; keeps the last one, so the prune
+    stage reuses it when it is the plan (one pruned copy alive at a time)."""
+
+    def __init__(self, original: nn.Module, removed_blocks: list[str], input_shape: tuple[int, int, int],
+                 base_cost: Cost, metric: str) -> None:
+        self.original, self.blocks, self.input_shape = original, removed_blocks, input_shape
+        self.base, self.metric = base_cost, metric
+        self.last: tuple[dict, nn.Module, Cost] | None = None
+
+    def __call__(self, kept: dict, widths: dict) -> float:
+        self.last = None
+        plan = PruningPlan("", 1, self.input_shape, kept, widths, list(self.blocks))
+        model = apply_plan(copy.deepcopy(self.original), plan)
+        cost = count_cost(model, self.input_shape)
+        self.last = (kept, model, cost)
+        return 1.0 - getattr(cost, self.metric) / getattr(self.base, self.metric)
+
+    def take(self, kept: dict) -> tuple[nn.Module, Cost] | None:
+        last, self.last = self.last, None
+        return (last[1], last[2]) if last is not None and last[0] is kept else None
 
 
 def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
@@ -425,6 +451,15 @@ def _merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores:
             merges += [dict(m, layer=group.name) for m in
                        merge_into_representative(model, group, plan.removed(group.name), partners)]
     return merges
+
+
+def _validate_reconstruct_spec(rec: ReconstructSpec) -> None:
+    if not rec.max_memory_mb > 0:
+        raise SpecError(f"reconstruct.max_memory_mb must be positive, got {rec.max_memory_mb}")
+    if rec.holdout < 0 or rec.holdout == 1:
+        raise SpecError(f"reconstruct.holdout must be 0 (none) or >= 2 (every n-th image), got {rec.holdout}")
+    if rec.batchnorm not in ("auto", "on", "off"):
+        raise SpecError(f"reconstruct.batchnorm must be auto, on or off, got {rec.batchnorm!r}")
 
 
 def _validate_prune_spec(prune: PruneSpec) -> None:

@@ -224,10 +224,10 @@ def _method(groups: int, d: int, c: int, rows_total: int, budget: int) -> tuple[
 
 
 def _prior(layer: nn.Module, groups: int) -> torch.Tensor:
-    """Kept old weights as [G, C_out/G, D_g] (bias appended as the last column)."""
-    w = layer.weight.detach().flatten(1).double()                                    # [C_out, D_g]
+    """Kept old weights as [G, C_out/G, D_g] (bias appended as the last column), in the layer's dtype."""
+    w = layer.weight.detach().flatten(1)                                             # [C_out, D_g]
     if layer.bias is not None:
-        w = torch.cat([w, layer.bias.detach().double().unsqueeze(1)], dim=1)
+        w = torch.cat([w, layer.bias.detach().unsqueeze(1)], dim=1)
     return w.reshape(groups, w.shape[0] // groups, w.shape[1])
 
 

@@ -12,7 +12,9 @@ fifth; the best is re-fitted on all samples, unless none beats W_S on the held-o
 few samples per input, D >~ S, the unregularised fit memorises the calibration set). A grouped conv is G
 independent problems, solved as a batch (leading dimension G).
 
-Memory, float64: primal ~3 G D^2 x 8 bytes (two Gram matrices and a factor), dual ~8 (S (D + C) + 2 S^2) bytes;
+Memory: primal ~8 G (3 D^2 + 3 D C) bytes (two Gram matrices and a factor, float64), dual ~8 (S (D + C) + 2 S^2)
++ 4 C D bytes (rows and kernel in float64, the new weights in float32 — a classifier with 25,088 inputs never
+gets a float64 copy);
 ``reconstruct`` picks the cheaper and subsamples rows or skips a layer that does not fit its budget.
 """
 from __future__ import annotations
@@ -40,13 +42,14 @@ def primal_bytes(groups: int, d: int, c: int) -> int:
 
 
 def dual_bytes(samples: int, d: int, c: int) -> int:
-    return 8 * (samples * (d + c) + 2 * samples * samples)
+    """X and Y rows, the kernel and its factor (float64), the new weights (float32)."""
+    return 8 * (samples * (d + c) + 2 * samples * samples) + 4 * c * d
 
 
 def dual_rows(budget: int, d: int, c: int) -> int:
-    """The most samples whose dual system fits ``budget`` bytes: 16 S^2 + 8 S (D + C) <= budget."""
-    b = 8 * (d + c)
-    return max(0, int((-b + math.sqrt(b * b + 64 * budget)) / 32))
+    """The most samples whose dual system fits ``budget`` bytes: 16 S^2 + 8 S (D + C) + 4 C D <= budget."""
+    b, rest = 8 * (d + c), budget - 4 * c * d
+    return max(0, int((-b + math.sqrt(b * b + 64 * rest)) / 32)) if rest > 0 else 0
 
 
 class Gram:
@@ -70,6 +73,7 @@ class Gram:
 
     def solve(self, prior: torch.Tensor, ridge: float, factors=FACTORS) -> Solution:
         """prior [G, C, D] -> the chosen re-fit (see the module docstring)."""
+        prior = prior.double()
         fit, held = 0, 1
         base = ridge * _trace(self.xtx[fit] + self.xtx[held]) / prior.shape[-1]             # [G]
         held_prior = _relative(self._energy(held, prior), self.yty[held]) if self.rows[held] else None
@@ -117,8 +121,8 @@ class Samples:
     def solve(self, prior: torch.Tensor, ridge: float, factors=FACTORS) -> Solution:
         x, y, held = torch.cat(self.x), torch.cat(self.y), torch.cat(self.held)             # [S, D], [S, C], [S]
         self.x, self.y = [], []
-        w0 = prior[0]                                                                        # [C, D]
-        r = y - x @ w0.T                                                                     # [S, C]
+        w0 = prior[0]                                                                        # [C, D], float32
+        r = y - (x.to(w0.dtype) @ w0.T).double()                                             # [S, C]
         base = ridge * float((x * x).sum()) / x.shape[1]
         fit = ~held
         held_prior = _relative(_sq(r[held]), _sq(y[held])) if held.any() else None
@@ -134,11 +138,13 @@ class Samples:
         before = _relative(_sq(r), _sq(y))
         if best is None:
             return Solution(None, 0.0, before, before, held_prior, held_prior)
-        delta = (x.T @ _dual(x, r, best * base)).T                                           # [C, D]
-        after = _relative(_sq(r - x @ delta.T), _sq(y))
+        alpha = _dual(x, r, best * base)                                                     # [S, C]
+        after = _relative(_sq(r - (x @ x.T) @ alpha), _sq(y))
         if after > before:
             return Solution(None, 0.0, before, before, held_prior, held_prior)
-        return Solution((w0 + delta).unsqueeze(0), best, before, after, held_prior, best_err)
+        weight = w0.clone()
+        weight.addmm_(alpha.T.to(w0.dtype), x.to(w0.dtype))                                  # W_S + alpha^T X
+        return Solution(weight.unsqueeze(0), best, before, after, held_prior, best_err)
 
 
 def _ridge(xtx: torch.Tensor, xty: torch.Tensor, prior: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

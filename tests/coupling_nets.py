@@ -49,13 +49,14 @@ class ConcatResidualNet(nn.Module):
         self.stem = _cbr(3, width)
         self.block1 = _ConcatBlock(width)
         self.block2 = _ConcatBlock(width)
-        self.down = _cbr(width, 2 * width, stride=2)
+        self.down = _cbr(width, 2 * width, stride=2)                   # a re-fitted conv whose outputs the next
+        self.block3 = _ConcatBlock(2 * width)                           # concatenation splits over two groups
         self.mixed = nn.ModuleList([_cbr(2 * width, width, 1), _cbr(2 * width, width, 3)])
         self.tail = _cbr(2 * width, 2 * width)
         self.head = _Head(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.down(self.block2(self.block1(self.stem(x))))
+        x = self.block3(self.down(self.block2(self.block1(self.stem(x)))))
         x = torch.cat([m(x) for m in self.mixed], dim=1)               # plain concatenation, no residual
         return self.head(self.tail(x))
 

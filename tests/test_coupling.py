@@ -158,3 +158,20 @@ def test_per_batch_and_single_pass_refits_both_improve_the_output():
         assert len(fits) == 9 and sum(f.samples for f in fits) > 0
         assert _output_error(pruned, model, probe) < 0.7 * plain
 
+
+
+def test_a_refitted_conv_whose_outputs_a_concatenation_splits_keeps_both_halves():
+    torch.manual_seed(0)
+    model = coupling_nets.ConcatResidualNet().eval()
+    rec.recalibrate_batchnorm(model, [torch.randn(32, 3, 32, 32)])
+    model.eval()
+    groups = surgery.channel_groups(model, (3, 32, 32))
+    plan = PruningPlan("test/concat_residual", 10, (3, 32, 32),
+                       {g.name: list(range(0, g.size, 2)) for g in groups}, {g.name: g.size for g in groups})
+    pruned = surgery.apply_plan(copy.deepcopy(model), plan).eval()
+    consumers = sorted({c for g in groups for c in g.consumers})
+    kept = surgery.kept_outputs(model, groups, plan, consumers)
+    assert kept["down.0"] == list(range(0, 64, 2))             # both halves of block3's concatenation, each halved
+    fits = rec.reconstruct(model, pruned, consumers, kept, lambda: iter([torch.randn(40, 3, 32, 32)]))
+    down = next(f for f in fits if f.name == "down.0")
+    assert down.samples > 0 and down.error_after <= down.error_before
