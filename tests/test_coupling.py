@@ -13,7 +13,7 @@ import torch.nn as nn
 import coupling_nets
 from pruning import reconstruct as rec
 from pruning import surgery, zoo
-from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec, ReconstructSpec, compress
+from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec, compress
 from pruning.errors import EngineError, TargetUnreachable
 from pruning.plan import PruningPlan
 
