@@ -66,8 +66,8 @@ def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module,
 
 
 def allocate_for(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
-              input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
-              warnings: list[str] | None = None, measure: "Candidates | None" = None):
+                 input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
+                 warnings: list[str] | None = None, measure: "Candidates | None" = None):
     """The allocation for ``target``; with ``measure`` (the final plan, not a latency probe) the measured
     reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``)."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
@@ -113,7 +113,7 @@ def search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, mod
         candidate = copy.deepcopy(model)
         if reduction > 0:
             allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost,
-                                   Target("macs", reduction))
+                                      Target("macs", reduction))
             plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, allocation.kept,
                                allocation.original)
             candidate = apply_plan(candidate, plan)
@@ -144,8 +144,9 @@ def merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: 
 
 
 def reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
-                       pruned: nn.Module, groups: list, calibration: list[Batch],
-                       eval_batches: Callable[[], Iterator]) -> None:
+                      pruned: nn.Module, groups: list, calibration: list[Batch],
+                      eval_batches: Callable[[], Iterator]) -> None:
+    """Re-fit the consumers of pruned channels (``ReconstructSpec``), re-estimate BatchNorm if asked, evaluate."""
     rec = spec.reconstruct
     images = [b.images for b in calibration]
     changed = bool(result.plan.removed_blocks) or any(
