@@ -76,11 +76,13 @@ def main() -> None:
     from pruning import data as data_mod
     from pruning.activations import ChannelStats, collect
     from pruning.allocate import Target
-    from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec, _allocate, load_inputs
+    from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec, load_inputs
     from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
     from pruning.measure import count_cost, evaluate
     from pruning.plan import PruningPlan
-    from pruning.reconstruct import _output_at, _output_spatial, _positions, _unfold_at, reconstruct
+    from pruning.layer_io import patches, positions_of, rows, sample_positions
+    from pruning.reconstruct import reconstruct
+    from pruning.stages import allocate_for
     from pruning.surgery import apply_plan, build_graph, channel_groups
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -101,8 +103,8 @@ def main() -> None:
                          input_shape=input_shape, num_classes=10, seed=0, keep_fraction=0.5, graph=graph)
 
     def accuracy(scores: dict[str, torch.Tensor]) -> tuple[float, float]:
-        allocation = _allocate(spec, groups, ScoreResult(channels=scores), original, input_shape, base, base,
-                               Target("macs", 0.5))
+        allocation = allocate_for(spec, groups, ScoreResult(channels=scores), original, input_shape, base, base,
+                                  Target("macs", 0.5))
         plan = PruningPlan("cifar/resnet56", 10, input_shape, allocation.kept, allocation.original)
         pruned = apply_plan(copy.deepcopy(original), plan)
         consumers = sorted({c for g in groups if len(plan.kept[g.name]) < g.size for c in g.consumers})
@@ -136,8 +138,8 @@ def main() -> None:
 
         def hook(module, inputs, output, name=g.name, layer=layer):
             x = inputs[0]
-            pos = _positions(name, batch_index[0], x.shape[0], _output_spatial(layer, x), 8, 0)
-            xs, ys = _unfold_at(layer, x, pos).double(), _output_at(layer, output, pos).double()
+            pos = sample_positions(name, batch_index[0], x.shape[0], positions_of(layer, x), 8, 0)
+            xs, ys = patches(layer, x, pos).double(), rows(layer, output, pos).double()
             grams[name][0] = grams[name][0] + xs.T @ xs
             grams[name][1] = grams[name][1] + xs.T @ ys
         handles.append(layer.register_forward_hook(hook))

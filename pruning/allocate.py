@@ -1,8 +1,7 @@
 """From scores to a plan: how many channels each group keeps, and which.
 
-The cost of a candidate plan is computed analytically from layer widths (conv: out x in/groups x k x k x H_out x
-W_out MACs; linear: out x in), anchored to the exact count of the unpruned model, so the search costs no forward
-passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
+The cost of a candidate plan is computed analytically from layer widths (``pruning.cost_model``), anchored to the
+exact count of the unpruned model, so the search costs no forward passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
 ONNX Runtime's AVX-512 kernels), lowest-scored chunk first, until the target is met; the final state is whichever
 of the last two is closer to the target.
 
@@ -17,10 +16,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
+from pruning.cost_model import CostModel
 from pruning.criteria.base import ChannelGroup, normalise_scores
-from pruning.errors import SpecError
+from pruning.errors import SpecError, TargetUnreachable
 
 
 @dataclass(frozen=True)
@@ -37,80 +36,15 @@ class Target:
             raise SpecError(f"target reduction must be in [0, 1), got {self.reduction}")
 
 
-@dataclass(frozen=True)
-class _Layer:
-    name: str
-    kind: str            # conv | linear | norm
-    out: int
-    inp: int
-    groups: int
-    kernel: int          # kh * kw
-    spatial: int         # output H * W (1 for linear)
-    bias: bool
-
-
-class CostModel:
-    """MACs and parameters of a model as a function of the widths its channel groups keep."""
-
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], exact_macs: int, exact_params: int):
-        self.layers = _layer_shapes(model, input_shape)
-        self._anchor = {"macs": exact_macs - self._total("macs", {}), "params": exact_params - self._total("params", {})}
-
-    def cost(self, metric: str, removed: dict[str, int]) -> float:
-        """Cost with ``removed[name, side]`` channels gone from each (module, side) (see ``widths_removed``)."""
-        return self._anchor[metric] + self._total(metric, removed)
-
-    def _total(self, metric: str, removed: dict) -> float:
-        total = 0.0
-        for layer in self.layers:
-            out = layer.out - removed.get((layer.name, "out"), 0)
-            inp = layer.inp - removed.get((layer.name, "in"), 0)
-            if layer.kind == "norm":
-                total += 0 if metric == "macs" else 2 * out
-                continue
-            depthwise = layer.groups > 1 and layer.groups == layer.inp
-            per_out = 1 if depthwise else inp / layer.groups
-            weights = out * per_out * layer.kernel
-            total += weights * layer.spatial if metric == "macs" else weights + (out if layer.bias else 0)
-        return total
-
-
-def _layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_Layer]:
-    spatial: dict[str, int] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: spatial.__setitem__(name, o.shape[-1] * o.shape[-2])))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    layers = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and name in spatial:
-            kh, kw = module.kernel_size
-            layers.append(_Layer(name, "conv", module.out_channels, module.in_channels, module.groups, kh * kw,
-                                 spatial[name], module.bias is not None))
-        elif isinstance(module, nn.Linear):
-            layers.append(_Layer(name, "linear", module.out_features, module.in_features, 1, 1, 1,
-                                 module.bias is not None))
-        elif isinstance(module, nn.BatchNorm2d) and module.affine:
-            layers.append(_Layer(name, "norm", module.num_features, module.num_features, 1, 1, 1, True))
-    return layers
-
-
-def widths_removed(groups: list[ChannelGroup], counts: dict[str, int]) -> dict[tuple[str, str], int]:
-    """(module, side) -> channels removed, given how many channels each group loses."""
-    removed: dict[tuple[str, str], int] = {}
+def widths_removed(groups: list[ChannelGroup], counts: dict[str, int]) -> dict[tuple[str, str], float]:
+    """(module, side) -> channels removed, given how many channels each group loses (a member that sees each
+    group channel several times, like a linear layer after a flatten, loses that many per channel)."""
+    removed: dict[tuple[str, str], float] = {}
     for group in groups:
         n = counts.get(group.name, 0)
         if n:
-            for member in group.members:
-                removed[member] = removed.get(member, 0) + n
+            for index, member in enumerate(group.members):
+                removed[member] = removed.get(member, 0) + n * group.member_ratio(index)
     return removed
 
 
@@ -122,14 +56,81 @@ class Allocation:
     steps: int
 
 
+@dataclass
+class _Units:
+    """One group's removal units (a unit = the same offset in each of its ``interleave`` blocks), weakest first."""
+
+    group: ChannelGroup
+    order: list[int]                     # unit indices, lowest score first
+    norm: torch.Tensor                   # normalised score per unit
+    step: int                            # units per chunk (rounding)
+    floor: int                           # units that always stay
+    removed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.group.size // self.group.interleave
+
+    def chunk(self) -> list[int]:
+        """The next units to go (empty when the floor is reached)."""
+        kept = self.total - self.removed
+        n = _next_chunk(kept, self.step)
+        return [] if kept - n < self.floor else self.order[self.removed:self.removed + n]
+
+    def channels(self, units) -> list[int]:
+        width = self.total
+        return sorted(u + b * width for u in units for b in range(self.group.interleave))
+
+
+def _make_units(group: ChannelGroup, scores: torch.Tensor, round_to: int, min_channels: int,
+                min_keep_fraction: float) -> _Units:
+    blocks = group.interleave
+    per_unit = scores.double().reshape(blocks, group.size // blocks).mean(0)         # [units]
+    step = round_to // math.gcd(round_to, blocks)
+    if blocks > 1 and step * blocks > group.size // 4:
+        step = 1                         # coarser rounding would leave a grouped layer almost nothing to choose
+    floor = math.ceil(_floor(group.size, round_to, min_channels, min_keep_fraction) / blocks)
+    return _Units(group, torch.argsort(per_unit, stable=True).tolist(), normalise_scores(per_unit), step,
+                  max(1, floor))
+
+
 def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_model: CostModel, target: Target,
              base_cost: float, *, mode: str = "uniform", round_to: int = 8, min_channels: int = 1,
-             min_keep_fraction: float = 0.1) -> Allocation:
+             min_keep_fraction: float = 0.1, tolerance: float = 0.01) -> Allocation:
     """Choose the channels to remove so that cost <= (1 - target.reduction) x ``base_cost`` (closest state wins).
 
-    ``base_cost`` is the original model's cost (before any block removal); ``cost_model`` describes the model the
-    groups belong to. Raises ``SpecError`` if protected layers and minimum widths make the target unreachable.
+    Near the goal, a chunk that would overshoot it by more than ``tolerance`` x ``base_cost`` gives way to the
+    next-ranked chunk that does not (coarse groups — a residual stream shared by many layers — otherwise land
+    several points past or short of the target). ``base_cost`` is the original model's cost (before any block
+    removal); ``cost_model`` describes the model the groups belong to. Raises ``TargetUnreachable`` (naming the
+    largest reachable reduction) if protected layers and minimum widths make the target unreachable.
     """
+    _check_inputs(groups, scores, mode)
+    goal, slack = (1.0 - target.reduction) * base_cost, tolerance * base_cost
+    units = [_make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction) for g in groups]
+    cost = cost_model.cost(target.metric, {})
+    history = [(cost, {u.group.name: u.removed for u in units})]
+    while cost > goal:
+        ranked = sorted(((_key(u, mode), i) for i, u in enumerate(units) if u.chunk()))
+        if not ranked:
+            most = reachable_reduction(groups, cost_model, target.metric, base_cost, round_to=round_to,
+                                       min_channels=min_channels, min_keep_fraction=min_keep_fraction)
+            raise TargetUnreachable(
+                f"target {target.metric} reduction {target.reduction:.0%} is unreachable: at most {most:.1%} with "
+                f"widths rounded to {round_to} and at least {min_channels} channel(s) per layer; lower the target "
+                "(or allow a shortfall), the rounding or the protected layers", most, target.metric)
+        pick, cost = _landing(units, [i for _, i in ranked], cost_model, target.metric, goal - slack)
+        units[pick].removed += len(units[pick].chunk())
+        history.append((cost, {u.group.name: u.removed for u in units}))
+    if len(history) > 1 and abs(history[-2][0] - goal) < abs(history[-1][0] - goal):
+        cost = history[-2][0]
+        for u in units:
+            u.removed = history[-2][1][u.group.name]
+    kept = {u.group.name: u.channels(u.order[u.removed:]) for u in units}
+    return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, len(history) - 1)
+
+
+def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str) -> None:
     if mode not in ("uniform", "global"):
         raise SpecError(f"allocation mode must be 'uniform' or 'global', got {mode!r}")
     missing = [g.name for g in groups if g.name not in scores]
@@ -138,46 +139,42 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     for g in groups:
         if scores[g.name].numel() != g.size:
             raise SpecError(f"criterion scored {scores[g.name].numel()} channels of {g.name}, which has {g.size}")
-    goal = (1.0 - target.reduction) * base_cost
-    order = {g.name: torch.argsort(scores[g.name].double(), stable=True).tolist() for g in groups}
-    norm = {g.name: normalise_scores(scores[g.name]) for g in groups}
-    floor = {g.name: _floor(g.size, round_to, min_channels, min_keep_fraction) for g in groups}
-    counts = {g.name: 0 for g in groups}
-    cost = cost_model.cost(target.metric, {})
-    history = [(cost, dict(counts))]
-    steps = 0
-    while cost > goal:
-        best, best_key, best_n = None, None, 0
-        for g in groups:
-            kept = g.size - counts[g.name]
-            n = _next_chunk(kept, round_to)
-            if kept - n < floor[g.name]:
-                continue
-            chunk = order[g.name][counts[g.name]:counts[g.name] + n]
-            chunk_score = float(norm[g.name][chunk].mean())
-            key = (round(-kept / g.size, 6), chunk_score) if mode == "uniform" else (chunk_score,)
-            if best_key is None or key < best_key:
-                best, best_key, best_n = g, key, n
-        if best is None:
-            reached = 1.0 - cost / base_cost
-            raise SpecError(
-                f"target {target.metric} reduction {target.reduction:.0%} is unreachable: at most {reached:.1%} with "
-                f"widths rounded to {round_to} and at least {min_channels} channel(s) per layer; lower the target, "
-                "the rounding or the protected layers")
-        counts[best.name] += best_n
-        cost = cost_model.cost(target.metric, widths_removed(groups, counts))
-        history.append((cost, dict(counts)))
-        steps += 1
-    if len(history) > 1 and abs(history[-2][0] - goal) < abs(history[-1][0] - goal):
-        cost, counts = history[-2]
-    kept = {g.name: sorted(order[g.name][counts[g.name]:]) for g in groups}
-    return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, steps)
+
+
+def _key(u: _Units, mode: str) -> tuple:
+    chunk_score = float(u.norm[u.chunk()].mean())
+    kept = u.total - u.removed
+    return (round(-kept / u.total, 6), chunk_score) if mode == "uniform" else (chunk_score,)
+
+
+def _landing(units: list[_Units], ranked: list[int], cost_model: CostModel, metric: str,
+             lowest: float) -> tuple[int, float]:
+    """(unit set to cut, cost after): the best-ranked chunk, unless it takes the cost below ``lowest`` and a
+    lower-ranked one does not."""
+    def cost_after(i: int) -> float:
+        counts = {u.group.name: (u.removed + (len(u.chunk()) if j == i else 0)) * u.group.interleave
+                  for j, u in enumerate(units)}
+        return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
+
+    first = cost_after(ranked[0])
+    if first >= lowest:
+        return ranked[0], first
+    for i in ranked[1:]:
+        after = cost_after(i)
+        if after >= lowest:
+            return i, after
+    return ranked[0], first
 
 
 def reachable_reduction(groups: list[ChannelGroup], cost_model: CostModel, metric: str, base_cost: float, *,
                         round_to: int = 8, min_channels: int = 1, min_keep_fraction: float = 0.1) -> float:
     """The largest reduction ``allocate`` can reach: every group at its floor width (same rules as ``allocate``)."""
-    counts = {g.name: g.size - _floor(g.size, round_to, min_channels, min_keep_fraction) for g in groups}
+    counts = {}
+    for g in groups:
+        u = _make_units(g, torch.zeros(g.size), round_to, min_channels, min_keep_fraction)
+        while u.chunk():
+            u.removed += len(u.chunk())
+        counts[g.name] = u.removed * g.interleave
     return 1.0 - cost_model.cost(metric, widths_removed(groups, counts)) / base_cost
 
 
@@ -186,7 +183,7 @@ def _floor(size: int, round_to: int, min_channels: int, min_keep_fraction: float
 
 
 def _next_chunk(kept: int, round_to: int) -> int:
-    """Channels to drop so the width falls to the next lower multiple of ``round_to``."""
+    """Units to drop so the width falls to the next lower multiple of ``round_to``."""
     remainder = kept % round_to
     return remainder if remainder else round_to
 

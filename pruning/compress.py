@@ -18,23 +18,24 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import torch
 import torch.nn as nn
 
 from pruning import data as data_mod
 from pruning import intake, zoo
-from pruning.allocate import CostModel, Target, allocate, allocate_blocks, widths_removed
+from pruning.allocate import CostModel, Target, allocate_blocks
 from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
-from pruning.errors import Cancelled, SpecError
+from pruning.errors import Cancelled, EngineError, InterpruneError, SpecError
 from pruning.finetune import FinetuneReport, FinetuneSettings, evaluation_callback, finetune
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
                           PruneSpec, ReconstructSpec)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
-from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
-from pruning.surgery import apply_plan, build_graph, channel_groups, remove_blocks
+from pruning.reconstruct import LayerFit
+from pruning.stages import allocate_stage, prune_model, reconstruct_stage
+from pruning.surgery import analyse_groups, build_graph, remove_blocks
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class CompressResult:
     latency_search: list[dict] = field(default_factory=list)     # probes of a latency-budget search
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)             # the job did less than asked (a shortfall, ...)
 
     @property
     def final_accuracy(self) -> Accuracy:
@@ -118,6 +120,9 @@ class _Runner:
                 runner.timings[name] = runner.timings.get(name, 0.0) + time.perf_counter() - self.start
                 if exc_type is None:
                     runner.emit(name, 1.0, f"done in {runner.timings[name]:.1f}s")
+                elif issubclass(exc_type, Exception) and not issubclass(exc_type, (InterpruneError, MemoryError)):
+                    raise EngineError(f"stage {name!r} failed: {exc_type.__name__}: "
+                                      f"{str(exc).splitlines()[0][:300] if str(exc) else 'no message'}") from exc
         return _Clock()
 
 
@@ -172,6 +177,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         original, entry, splits, preprocess, input_shape = load_inputs(spec, allowed_packages)
         num_classes = spec.model.num_classes or entry.num_classes
         _validate_prune_spec(spec.prune)
+        _validate_reconstruct_spec(spec.reconstruct)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape,
@@ -186,7 +192,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                                                   spec.data.batch_size)]
     calibration = _attach_masks(calibration, splits.calibration, spec.data.batch_size)
     target = Target(spec.prune.target_metric, spec.prune.target_reduction)
-    model = copy.deepcopy(original)
+    model = copy.deepcopy(original) if _removes_blocks(spec) else original    # scorers never modify their model
     removed_blocks = _prune_blocks(spec, run, result, original, model, entry, calibration, input_shape,
                                    num_classes, base_cost, target)
 
@@ -194,7 +200,9 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     _check_protected(model, spec.prune.protected)
     with run.stage("score"):
         graph = build_graph(model, input_shape)
-        groups = channel_groups(model, input_shape, protected, graph=graph)
+        analysis = analyse_groups(model, input_shape, protected, graph=graph)
+        groups = analysis.groups
+        result.notes.extend(analysis.notes())
         if spec.prune.target_reduction > 0 and not groups and not removed_blocks:
             raise SpecError("nothing to prune: every layer is protected")
         scorer = create_criterion(spec.prune.criterion,
@@ -208,39 +216,19 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
             result.scores = scorer.score(ctx)
 
     with run.stage("allocate"):
-        kept, original_widths = {}, {}
-        current = count_cost(model, input_shape)
-        if result.scores is not None and spec.prune.latency_budget_ms is not None:
-            target = _search_latency(spec, run, result, original, model, groups, input_shape, base_cost, current,
-                                     latency_probe)
-        if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
-                < target.reduction - 0.005:
-            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost, target)
-            kept, original_widths = allocation.kept, allocation.original
-        plan = PruningPlan(spec.model.arch, num_classes, input_shape, kept, original_widths, removed_blocks,
-                           criterion=spec.prune.criterion,
-                           notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
-                                  "layer_criterion": spec.prune.layer_criterion,
-                                  "target": {"metric": target.metric, "reduction": target.reduction}},
-                           source=dict(entry.source))
+        plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,
+                                               input_shape, base_cost, target, latency_probe)
         result.plan = plan
 
     with run.stage("prune"):
-        pruned = copy.deepcopy(original)
-        if result.scores is not None and spec.prune.criterion == "redundancy" \
-                and spec.prune.criterion_params.get("merge"):
-            merges = _merge_duplicates(pruned, groups, plan, result.scores)
-            result.notes.append(f"redundancy merge: {len(merges)} removed filter(s) folded into their representatives")
-        pruned = apply_plan(pruned, plan)
-        result.model = pruned
-        result.cost["compressed"] = count_cost(pruned, input_shape)
+        pruned = result.model = prune_model(spec, result, original, groups, plan, measure, input_shape)
         result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
                          for name, idx in plan.kept.items()]
         result.accuracy["pruned"] = evaluate(pruned, eval_batches())
         run.emit("prune", 1.0, f"{result.reduction(target.metric):.1%} {target.metric} removed, "
                                 f"top-1 {result.accuracy['pruned'].top1:.2%}")
 
-    _reconstruct_stage(spec, run, result, original, pruned, groups, calibration, eval_batches)
+    reconstruct_stage(spec, run, result, original, pruned, groups, calibration, eval_batches)
     _finetune_stage(spec, run, result, original, pruned, splits, preprocess)
 
     with run.stage("save"):
@@ -261,41 +249,9 @@ def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
     return resolved, f"widths rounded to multiples of {DEFAULT_ROUND_TO} (round_to not set: the engine default)"
 
 
-def _allocate(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
-              input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target):
-    cost_model = CostModel(model, input_shape, current.macs, current.params)
-    return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
-                    mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
-
-
-def _search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
-                    model: nn.Module, groups: list, input_shape: tuple[int, int, int], base_cost: Cost,
-                    current: Cost, probe: LatencyProbe) -> Target:
-    """Search the MACs reduction that meets the latency budget on the target (probes measured, not modelled)."""
-    from pruning.allocate import reachable_reduction, search_latency_budget
-
-    budget, batch = spec.prune.latency_budget_ms, spec.prune.latency_batch
-
-    def latency_at(reduction: float) -> float:
-        run.check()
-        candidate = copy.deepcopy(model)
-        if reduction > 0:
-            allocation = _allocate(spec, groups, result.scores, model, input_shape, current, base_cost,
-                                   Target("macs", reduction))
-            plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, allocation.kept,
-                               allocation.original)
-            candidate = apply_plan(candidate, plan)
-        latency = probe(candidate.eval(), input_shape, batch)
-        run.emit("allocate", 0.5, f"probe -{reduction:.0%} MACs: p90 {latency:.3g} ms (budget {budget:.3g} ms)")
-        return latency
-
-    cost_model = CostModel(model, input_shape, current.macs, current.params)
-    most = reachable_reduction(groups, cost_model, "macs", base_cost.macs, round_to=spec.prune.round_to,
-                               min_channels=spec.prune.min_channels)
-    search = search_latency_budget(latency_at, budget, max_reduction=max(0.0, most - 0.005),
-                                   margin=spec.prune.latency_margin)
-    result.latency_search = search.steps
-    return Target("macs", search.reduction)
+def _removes_blocks(spec: CompressSpec) -> bool:
+    main = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
+    return main.kind == "block" or bool(spec.prune.layer_criterion)
 
 
 def _with_normalisation(name: str, params: Mapping[str, Any], preprocess: data_mod.Preprocess) -> dict:
@@ -310,17 +266,13 @@ def _with_normalisation(name: str, params: Mapping[str, Any], preprocess: data_m
     return params
 
 
-def _merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: ScoreResult) -> list[dict]:
-    """``redundancy`` with ``merge=True``: fold each removed near-duplicate into its representative first."""
-    from pruning.criteria.redundancy import merge_into_representative
-
-    merges = []
-    for group in groups:
-        if group.name in plan.kept and plan.removed(group.name):
-            partners = [reason.get("partner") for reason in scores.reasons[group.name]]
-            merges += [dict(m, layer=group.name) for m in
-                       merge_into_representative(model, group, plan.removed(group.name), partners)]
-    return merges
+def _validate_reconstruct_spec(rec: ReconstructSpec) -> None:
+    if not rec.max_memory_mb > 0:
+        raise SpecError(f"reconstruct.max_memory_mb must be positive, got {rec.max_memory_mb}")
+    if rec.holdout < 0 or rec.holdout == 1:
+        raise SpecError(f"reconstruct.holdout must be 0 (none) or >= 2 (every n-th image), got {rec.holdout}")
+    if rec.batchnorm not in ("auto", "on", "off"):
+        raise SpecError(f"reconstruct.batchnorm must be auto, on or off, got {rec.batchnorm!r}")
 
 
 def _validate_prune_spec(prune: PruneSpec) -> None:
@@ -391,35 +343,6 @@ def _block_cost(cost_model: CostModel, block: str, metric: str) -> float:
     for layer in inside:
         removed[(layer.name, "out")] = layer.out
     return cost_model.cost(metric, {}) - cost_model.cost(metric, removed)
-
-
-def _reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
-                       pruned: nn.Module, groups: list, calibration: list[Batch],
-                       eval_batches: Callable[[], Iterator]) -> None:
-    rec = spec.reconstruct
-    images = [b.images for b in calibration]
-    changed = bool(result.plan.removed_blocks) or any(
-        len(k) < result.plan.original[n] for n, k in result.plan.kept.items())
-    if not changed:
-        return
-    with run.stage("reconstruct"):
-        if rec.enabled and result.plan.kept:
-            consumers = sorted({c for g in groups if g.name in result.plan.kept
-                                and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
-            out_channels = {}
-            for g in groups:
-                if g.name in result.plan.kept:
-                    for member, side in g.members:
-                        if side == "out" and member in consumers:
-                            out_channels[member] = result.plan.kept[g.name]
-            result.fits = reconstruct(original, pruned, consumers, out_channels, lambda: iter(images),
-                                      positions_per_image=rec.positions_per_image, ridge=rec.ridge,
-                                      seed=spec.seed)
-        if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and result.fits)):
-            recalibrate_batchnorm(pruned, images)
-            result.notes.append("BatchNorm statistics re-estimated on the calibration set")
-        result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
-        run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
 
 
 def _finetune_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,

@@ -5,360 +5,286 @@ pruned model's input to C (earlier layers already re-fitted) unfolded at a few s
 the original model's pre-BatchNorm output of C at the same positions (``../shared/CRITERIA.md``, "After scoring"):
 
     W' = argmin_W ||Y - X W^T||^2 + lam ||W - W_S||^2        (ridge, prior centred on the kept old weights W_S)
-       = (X^T X + lam I)^-1 (X^T Y + lam W_S^T)              solved in float64
 
-with lam = ``ridge`` x trace(X^T X) / d. When C is the last conv of a residual block, the target also absorbs the
+solved in float64 by ``pruning.ridge``: lam is chosen on held-out images (every ``holdout``-th calibration image),
+and a layer whose re-fit does not lower the held-out residual keeps W_S (``LayerFit.status == "kept"``). A grouped
+conv is re-fitted group by group. When C is the last conv of a residual block, the target also absorbs the
 shortcut mismatch, so that BN(y) + shortcut(x_pruned) matches BN(y_orig) + shortcut(x_orig):
 
     Y = Y_orig + (s_orig - s_pruned) / a,     a = gamma / sqrt(running_var + eps) of the BatchNorm after C
 
-The original model runs once. The pruned model's input to a consumer is computed from the cached input of the
-residual block around it (carried block to block), or by a forward pass that stops at the consumer.
+Memory: a layer's least-squares working set stays under ``max_memory_mb`` (Gram form D x D or kernel form
+S x S, whichever is smaller; rows subsampled, or the layer skipped with a note, when neither fits); cached block
+inputs take at most half of it. Finally the whole re-fit is checked end to end: if the pruned model's output on
+the held-out images is further from the original's than before the re-fit, every layer goes back (``reverted``).
 """
 from __future__ import annotations
 
 import logging
-import zlib
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from pruning import ridge as ridge_mod
+from pruning.errors import EngineError, InterpruneError
+from pruning.layer_io import (BlockInputs, ResidualTail, forward_order, original_targets, patches, positions_of,
+                              residual_tails, rows, sample_positions)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ResidualTail:
-    """The last conv of a residual block, the BatchNorm after it and how the block's shortcut is computed."""
-
-    block: str
-    conv: str
-    norm: str
-    shortcut: Callable[[nn.Module, torch.Tensor], torch.Tensor]   # (block module, block input) -> shortcut
+__all__ = ["LayerFit", "ResidualTail", "reconstruct", "recalibrate_batchnorm", "residual_tails"]
 
 
 @dataclass(frozen=True)
 class LayerFit:
     name: str
-    inputs: int                  # input features per sample (C_in x k x k)
+    inputs: int                  # input features per sample (C_in x k x k, per conv group)
     samples: int
     error_before: float          # ||Y - X W_S^T||^2 / ||Y||^2 on the calibration samples
     error_after: float
     residual_compensated: bool
+    status: str = "refit"        # refit | kept (the re-fit did not lower the held-out residual: W_S stays) |
+                                 # skipped (see note) | reverted (the whole re-fit made the output worse)
+    note: str = ""
+    ridge: float = 0.0           # lam / (trace(X^T X) / D) actually used; 0 when W_S stays
+    heldout_before: float | None = None    # relative residual on the held-out images, W_S
+    heldout_after: float | None = None     # ... with the chosen ridge (fitted without them)
+    method: str = "gram"         # gram (D x D system) | kernel (S x S system)
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
 
 
-def residual_tails(model: nn.Module) -> dict[str, ResidualTail]:
-    """consumer conv name -> its residual tail, for the block types interprune knows."""
-    from torchvision.models.resnet import BasicBlock as TVBasic
-    from torchvision.models.resnet import Bottleneck as TVBottleneck
-
-    from pruning.models.cifar_resnet import BasicBlock as CifarBasic
-
-    tails = {}
-    for name, module in model.named_modules():
-        if isinstance(module, CifarBasic):
-            tails[f"{name}.conv2"] = ResidualTail(name, f"{name}.conv2", f"{name}.bn2", lambda b, x: b.shortcut(x))
-        elif isinstance(module, (TVBasic, TVBottleneck)):
-            last = "3" if isinstance(module, TVBottleneck) else "2"
-            tails[f"{name}.conv{last}"] = ResidualTail(
-                name, f"{name}.conv{last}", f"{name}.bn{last}",
-                lambda b, x: b.downsample(x) if b.downsample is not None else x)
-    return tails
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_at_input(store: dict[str, torch.Tensor]):
-    """A forward pre-hook that records the module's input in ``store["x"]`` and stops the forward pass."""
-    def on_input(module, inputs):
-        store["x"] = inputs[0]
-        raise _Stop
-    return on_input
-
-
-def _positions(name: str, batch_index: int, count: int, spatial: int, per_image: int, seed: int) -> torch.Tensor:
-    """Deterministic sampled output positions [count, per_image] for one batch of one layer."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()) + batch_index)
-    return torch.randint(0, spatial, (count, min(per_image, spatial)), generator=gen)
-
-
-def _unfold_at(layer: nn.Module, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Layer input at sampled output positions: conv -> [N*P, C_in*kh*kw] patches, linear -> [N, in].
-
-    Only the sampled windows are gathered (no full im2col); the column order (C_in, kh, kw) matches
-    ``weight.flatten(1)``.
-    """
-    if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    padded = F.pad(x, (pw, pw, ph, ph))                                                  # [N, C, H+2ph, W+2pw]
-    w_out = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    rows = (pos // w_out) * sh                                                            # [N, P] window top
-    cols = (pos % w_out) * sw
-    rows = rows[:, :, None] + torch.arange(kh) * dh                                       # [N, P, kh]
-    cols = cols[:, :, None] + torch.arange(kw) * dw                                       # [N, P, kw]
-    batch = torch.arange(x.shape[0])[:, None, None, None]                                 # [N, 1, 1, 1]
-    patches = padded.permute(0, 2, 3, 1)[batch, rows[..., None], cols[:, :, None, :]]     # [N, P, kh, kw, C]
-    return patches.permute(0, 1, 4, 2, 3).reshape(-1, x.shape[1] * kh * kw)              # [N*P, C*kh*kw]
-
-
-def _output_at(layer: nn.Module, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Layer output (or any map of the same size) at sampled positions: [N*P, C_out] (linear: [N, out])."""
-    if y.dim() == 2:
-        return y
-    flat = y.flatten(2)                                                                   # [N, C, L]
-    index = pos.unsqueeze(1).expand(-1, flat.shape[1], -1)
-    return flat.gather(2, index).permute(0, 2, 1).reshape(-1, flat.shape[1])
-
-
-def _weight_matrix(layer: nn.Module) -> torch.Tensor:
-    return layer.weight.detach().flatten(1).double()                                      # [C_out, D]
+@dataclass(frozen=True)
+class _Settings:
+    per_image: int
+    ridge: float
+    seed: int
+    holdout: int
+    budget: int                  # bytes for one layer's least-squares working set
 
 
 @torch.no_grad()
 def reconstruct(original: nn.Module, pruned: nn.Module, consumers: list[str],
                 out_channels: dict[str, list[int]], batches: Callable[[], Iterable[torch.Tensor]], *,
-                positions_per_image: int = 8, ridge: float = 1e-3, seed: int = 0,
-                residual: bool = True, cache_limit_bytes: int = 1 << 30) -> list[LayerFit]:
+                positions_per_image: int = 8, ridge: float = 1e-3, seed: int = 0, residual: bool = True,
+                max_memory_mb: float = 1024, holdout: int = 5) -> list[LayerFit]:
     """Re-fit ``consumers`` of ``pruned`` in place to match ``original`` on calibration ``batches``.
 
     ``out_channels[name]`` gives, for a consumer whose own output channels were also pruned, the original indices
-    it kept (others keep all). ``batches()`` yields normalised image tensors, the same order on every call.
-    Inputs of residual blocks are cached (up to ``cache_limit_bytes``) and carried from block to block when one
-    feeds the next directly, so a consumer's input costs one block's forward instead of a prefix of the network.
+    it keeps (others keep all). ``batches()`` yields normalised image tensors, the same order on every call.
+    Every ``holdout``-th image (0 = none) is held out to choose the ridge and to check the result end to end.
     """
     original.eval()
     pruned.eval()
-    order = _forward_order(pruned, consumers)
+    order = forward_order(pruned, consumers)
     tails = residual_tails(pruned) if residual else {}
-    targets = _original_targets(original, order, tails, batches, positions_per_image, seed)
-    inputs = _BlockInputs(pruned, batches, cache_limit_bytes)
-    fits = []
-    for name in order:
+    settings = _Settings(positions_per_image, ridge, seed, holdout, int(max_memory_mb * 2 ** 20))
+    whole = _as_one_batch(pruned, batches, settings.budget // 2)
+    if whole is not None:
+        batches = lambda: iter([whole])                                        # noqa: E731
+    targets = original_targets(original, order, tails, batches, positions_per_image, seed)
+    saved = {n: [p.detach().clone() for p in pruned.get_submodule(n).parameters(recurse=False)] for n in order}
+    before = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
+
+    def refit(name: str, pairs) -> LayerFit:
         layer = pruned.get_submodule(name)
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            log.info("reconstruction skips grouped conv %s", name)
-            continue
-        fits.append(_refit(pruned, name, layer, targets[name], out_channels.get(name), tails.get(name), inputs,
-                           positions_per_image, ridge, seed))
+        try:
+            return _refit(pruned, name, layer, targets.pop(name), out_channels.get(name), tails.get(name), pairs,
+                          settings)
+        except InterpruneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug or an unsupported layer: name it
+            raise EngineError(f"reconstruction of {name} ({type(layer).__name__}) failed: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+    if whole is not None:
+        fits = _refit_in_one_pass(pruned, order, tails, whole, refit)
+    else:
+        inputs = BlockInputs(pruned, batches, settings.budget // 2)
+        fits = [refit(name, inputs(name)) for name in order]
+    after = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
+    if before is not None and after is not None and after > before:
+        _restore(pruned, saved)
+        note = (f"re-fit reverted: output error on held-out images {after:.4g} > {before:.4g} without it "
+                "(too few calibration images for these layers?)")
+        log.warning("reconstruction: %s", note)
+        fits = [_reverted(f, note) for f in fits]
     return fits
 
 
-class _BlockInputs:
-    """Yields, per calibration batch, (consumer input, enclosing block input) for the pruned model as it is now.
+def _as_one_batch(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], budget: int) -> torch.Tensor | None:
+    """All calibration images as one batch when a forward pass of them fits ``budget`` bytes (estimated: six
+    times the largest layer output, per image), else None."""
+    images = list(batches())
+    if len(images) == 1:
+        return images[0]
+    largest = [0]
 
-    Consumers inside a known residual block are reached from that block's cached input; the cache advances
-    through blocks that feed each other directly. Anything else runs the model from the start, stopping at the
-    consumer. Correct as long as consumers are visited in forward order (earlier blocks are final by then).
-    """
-
-    def __init__(self, model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], limit: int) -> None:
-        self.model, self.batches, self.limit = model, batches, limit
-        self.blocks = _block_chain(model, batches)          # block names in forward order -> fed by previous?
-        self.names = list(self.blocks)
-        self.cached: tuple[str, list[torch.Tensor]] | None = None
-
-    def block_of(self, name: str) -> str | None:
-        owners = [b for b in self.names if name.startswith(b + ".")]
-        return max(owners, key=len) if owners else None
-
-    def __call__(self, name: str) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        layer = self.model.get_submodule(name)
-        block = self.block_of(name)
-        block_inputs = self._inputs_of(block) if block is not None else None
-        if block_inputs is None:
-            yield from ((x, self._last_block_in) for x in self._prefix(layer, name, block))
-            return
-        module = self.model.get_submodule(block)
-        for x_block in block_inputs:
-            yield _run_until(module, layer, x_block), x_block
-
-    def _inputs_of(self, block: str) -> list[torch.Tensor] | None:
-        if self.cached is not None and self.cached[0] == block:
-            return self.cached[1]
-        if self.cached is not None:
-            start, values = self.cached
-            i, j = self.names.index(start), self.names.index(block)
-            if i < j and all(self.blocks[self.names[k]] for k in range(i + 1, j + 1)):
-                for k in range(i, j):      # carry forward: blocks i..j-1 are final (forward order)
-                    module = self.model.get_submodule(self.names[k])
-                    values = [module(x) for x in values]
-                self.cached = (block, values)
-                return values
-        values = list(self._prefix(self.model.get_submodule(block), block, None, pre=True))
-        if sum(v.numel() * v.element_size() for v in values) > self.limit:
-            self.cached = None
-            return None
-        self.cached = (block, values)
-        return values
-
-    _last_block_in = None
-
-    def _prefix(self, stop_at: nn.Module, name: str, block: str | None, pre: bool = False):
-        """Run the whole model on each batch, stopping at ``stop_at``'s input."""
-        captured: dict[str, torch.Tensor] = {}
-        handles = [stop_at.register_forward_pre_hook(_stop_at_input(captured))]
-        if block is not None and not pre:
-            handles.append(self.model.get_submodule(block).register_forward_pre_hook(
-                lambda m, inputs: captured.__setitem__("block_in", inputs[0])))
-        try:
-            for images in self.batches():
-                try:
-                    self.model(images)
-                except _Stop:
-                    pass
-                self._last_block_in = captured.pop("block_in", None)
-                yield captured.pop("x")
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def _run_until(block: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    captured: dict[str, torch.Tensor] = {}
-    handle = layer.register_forward_pre_hook(_stop_at_input(captured))
+    def on_output(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+    handles = [m.register_forward_hook(on_output) for m in model.modules() if not list(m.children())]
     try:
-        block(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured["x"]
-
-
-def _block_chain(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]]) -> dict[str, bool]:
-    """Known residual blocks in forward order -> whether the previous block's output is exactly their input."""
-    blocks = {tail.block for tail in residual_tails(model).values()}
-    seen: list[tuple[str, int, int]] = []      # (name, id(input), id(output))
-    handles = []
-    for name, module in model.named_modules():
-        if name in blocks:
-            handles.append(module.register_forward_hook(
-                lambda m, inputs, output, name=name: seen.append((name, id(inputs[0]), id(output)))))
-    probe = next(iter(batches()))
-    try:
-        model(probe[:1])
+        model(images[0][:1])
     finally:
         for h in handles:
             h.remove()
-    chain = {}
-    for index, (name, in_id, _) in enumerate(seen):
-        chain[name] = index > 0 and seen[index - 1][2] == in_id
-    return chain
+    count = sum(len(b) for b in images)
+    return torch.cat(images) if 6 * largest[0] * count <= budget else None
 
 
-def _forward_order(model: nn.Module, names: list[str]) -> list[str]:
-    wanted = set(names)
-    return [n for n, _ in model.named_modules() if n in wanted]
-
-
-def _original_targets(original: nn.Module, order: list[str], tails: dict[str, ResidualTail],
-                      batches: Callable[[], Iterable[torch.Tensor]], per_image: int, seed: int
-                      ) -> dict[str, dict[str, list[torch.Tensor]]]:
-    """One pass of the original model: per consumer, its output (and shortcut) at the sampled positions."""
-    store: dict[str, dict[str, list[torch.Tensor]]] = {n: {"y": [], "s": []} for n in order}
-    block_inputs: dict[str, torch.Tensor] = {}
-    state = {"batch": 0}
+def _refit_in_one_pass(model: nn.Module, order: list[str], tails: dict[str, ResidualTail], images: torch.Tensor,
+                       refit: Callable) -> list[LayerFit]:
+    """One forward pass of all calibration images: each consumer is re-fitted on its input as the pass reaches it
+    (earlier consumers are re-fitted by then), and the pass goes on with the new weights."""
+    fits: dict[str, LayerFit] = {}
+    block_in: dict[str, torch.Tensor] = {}
     handles = []
     for name in order:
-        layer = original.get_submodule(name)
         tail = tails.get(name)
 
-        def on_output(module, inputs, output, name=name, tail=tail):
-            spatial = output.shape[-1] * output.shape[-2] if output.dim() == 4 else 1
-            pos = _positions(name, state["batch"], output.shape[0], spatial, per_image, seed)
-            store[name]["y"].append(_output_at(module, output, pos).float())
-            if tail is not None:
-                block = original.get_submodule(tail.block)
-                shortcut = tail.shortcut(block, block_inputs[tail.block])
-                store[name]["s"].append(_output_at(module, shortcut, pos).float())
-        handles.append(layer.register_forward_hook(on_output))
-        if tail is not None:
-            block = original.get_submodule(tail.block)
-            handles.append(block.register_forward_pre_hook(
-                lambda m, inputs, block_name=tail.block: block_inputs.__setitem__(block_name, inputs[0])))
+        def before(module, inputs, name=name, tail=tail):
+            if name not in fits:
+                fits[name] = refit(name, [(inputs[0], block_in.get(tail.block) if tail else None)])
+        handles.append(model.get_submodule(name).register_forward_pre_hook(before))
+    for tail in {t.block: t for t in tails.values()}.values():
+        handles.append(model.get_submodule(tail.block).register_forward_pre_hook(
+            lambda m, inputs, block=tail.block: block_in.__setitem__(block, inputs[0])))
     try:
-        for index, images in enumerate(batches()):
-            state["batch"] = index
-            original(images)
+        model(images)
     finally:
         for h in handles:
             h.remove()
-    return store
+    return [fits[n] for n in order if n in fits]
 
 
 def _refit(pruned: nn.Module, name: str, layer: nn.Module, target: dict[str, list[torch.Tensor]],
-           keep_out: list[int] | None, tail: ResidualTail | None, inputs: _BlockInputs,
-           per_image: int, ridge: float, seed: int) -> LayerFit:
-    has_bias = layer.bias is not None
-    w_prior = _weight_matrix(layer)                                          # [C_out', D]
-    if has_bias:
-        w_prior = torch.cat([w_prior, layer.bias.detach().double().unsqueeze(1)], dim=1)
-    d = w_prior.shape[1]
-    xtx = torch.zeros(d, d, dtype=torch.float64)
-    xty = torch.zeros(d, w_prior.shape[0], dtype=torch.float64)
-    yty = 0.0
-    samples = 0
+           keep_out: list[int] | None, tail: ResidualTail | None, pairs: Iterable, s: _Settings) -> LayerFit:
+    groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
+    prior = _prior(layer, groups)                                                    # [G, C_g, D_g]
+    d, c = prior.shape[2], prior.shape[1]
+    total = sum(len(y) for y in target["y"])
+    method, stride, why = _method(groups, d, c, total, s.budget)
+    if method == "skip":
+        return LayerFit(name, d, 0, 0.0, 0.0, tail is not None, "skipped", why)
+    problem = ridge_mod.Gram(groups, d, c) if method == "gram" else ridge_mod.Samples()
+    scale = block = None
     if tail is not None:
         norm = pruned.get_submodule(tail.norm)
         scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).double()   # a, [C_out']
         block = pruned.get_submodule(tail.block)
-    for index, (x_full, block_in) in enumerate(inputs(name)):
+    offset = used = count = 0
+    for index, (x_full, block_in) in enumerate(pairs):
+        pos = sample_positions(name, index, x_full.shape[0], positions_of(layer, x_full), s.per_image, s.seed)
         y = target["y"][index].double()
         if keep_out is not None:
             y = y[:, keep_out]
-        pos = _positions(name, index, x_full.shape[0], _output_spatial(layer, x_full), per_image, seed)
-        x = _unfold_at(layer, x_full, pos).double()                           # [S, D(-1)]
         if tail is not None:
             s_orig = target["s"][index].double()
-            if keep_out is not None:
-                s_orig = s_orig[:, keep_out]
-            s_pruned = _output_at(layer, tail.shortcut(block, block_in), pos).double()
-            y = y + (s_orig - s_pruned) / scale
-        if has_bias:
-            x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-        xtx += x.T @ x
-        xty += x.T @ y
-        yty += float((y * y).sum())
-        samples += x.shape[0]
-    lam = ridge * float(torch.trace(xtx)) / d
-    w_new = torch.linalg.solve(xtx + lam * torch.eye(d, dtype=xtx.dtype), xty + lam * w_prior.T).T   # [C_out', D]
-    before = _residual_energy(xtx, xty, yty, w_prior) / max(yty, 1e-12)
-    after = _residual_energy(xtx, xty, yty, w_new) / max(yty, 1e-12)
-    if after > before:   # never make a layer worse on its own calibration data
-        w_new, after = w_prior, before
-    _assign(layer, w_new, has_bias)
-    return LayerFit(name, d, samples, before, after, tail is not None)
+            s_orig = s_orig[:, keep_out] if keep_out is not None else s_orig
+            y = y + (s_orig - rows(None, tail.shortcut(block, block_in), pos).double()) / scale
+        x = patches(layer, x_full, pos).double()                                     # [S, D(-1)]
+        held = _held_rows(x_full.shape[0], pos.shape[1], offset, s.holdout)
+        keep = (torch.arange(len(x)) + used) % stride == 0
+        offset, used, count = offset + x_full.shape[0], used + len(x), count + int(keep.sum())
+        problem.add(*_grouped(x[keep], y[keep], groups, layer.bias is not None), held[keep])
+    solution = problem.solve(prior, s.ridge)
+    samples = count
+    note = f"rows subsampled 1 in {stride} to stay under max_memory_mb" if stride > 1 else ""
+    if solution.weight is None:
+        note = (note + "; " if note else "") + "re-fit did not lower the held-out residual: un-refit weights kept"
+        return LayerFit(name, d, samples, solution.error_before, solution.error_after, tail is not None, "kept",
+                        note, 0.0, solution.heldout_before, solution.heldout_after, _label(method))
+    _assign(layer, solution.weight, groups)
+    return LayerFit(name, d, samples, solution.error_before, solution.error_after, tail is not None, "refit", note,
+                    s.ridge * solution.factor, solution.heldout_before, solution.heldout_after, _label(method))
 
 
-def _output_spatial(layer: nn.Module, x: torch.Tensor) -> int:
-    """H_out * W_out of a conv for input ``x`` (1 for a linear layer)."""
-    if not isinstance(layer, nn.Conv2d):
-        return 1
-    size = []
-    for dim in (0, 1):
-        extent = x.shape[-2 + dim] + 2 * layer.padding[dim] - layer.dilation[dim] * (layer.kernel_size[dim] - 1) - 1
-        size.append(extent // layer.stride[dim] + 1)
-    return size[0] * size[1]
+def _label(method: str) -> str:
+    return "kernel" if method == "samples" else method
 
 
-def _residual_energy(xtx: torch.Tensor, xty: torch.Tensor, yty: float, w: torch.Tensor) -> float:
-    """||Y - X W^T||^2 from the accumulated Gram matrices."""
-    return float(yty - 2 * (xty * w.T).sum() + (w @ xtx * w).sum())
+def _method(groups: int, d: int, c: int, rows_total: int, budget: int) -> tuple[str, int, str]:
+    """("gram" | "samples" | "skip", keep 1 row in k, why skipped): the cheaper form that fits ``budget``."""
+    gram = ridge_mod.primal_bytes(groups, d, c)
+    kernel = ridge_mod.dual_bytes(rows_total, d, c) if groups == 1 else math.inf
+    if min(gram, kernel) <= budget:
+        return ("gram" if gram <= kernel else "samples"), 1, ""
+    if groups == 1:
+        fits = ridge_mod.dual_rows(budget, d, c)
+        if fits >= max(64, 2 * c) or fits >= rows_total:
+            return "samples", math.ceil(rows_total / fits), ""
+    need = min(gram, kernel) / 2 ** 20
+    return "skip", 1, (f"skipped: the least-squares system needs {need:.0f} MB ({d} inputs, {rows_total} samples), "
+                       f"over max_memory_mb={budget / 2 ** 20:.0f}")
 
 
-def _assign(layer: nn.Module, w: torch.Tensor, has_bias: bool) -> None:
-    if has_bias:
+def _prior(layer: nn.Module, groups: int) -> torch.Tensor:
+    """Kept old weights as [G, C_out/G, D_g] (bias appended as the last column), in the layer's dtype."""
+    w = layer.weight.detach().flatten(1)                                             # [C_out, D_g]
+    if layer.bias is not None:
+        w = torch.cat([w, layer.bias.detach().unsqueeze(1)], dim=1)
+    return w.reshape(groups, w.shape[0] // groups, w.shape[1])
+
+
+def _grouped(x: torch.Tensor, y: torch.Tensor, groups: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [S, G*D_g] -> [G, S, D_g(+1)], y [S, G*C_g] -> [G, S, C_g] (conv group j reads channel block j)."""
+    xs = x.reshape(x.shape[0], groups, -1).transpose(0, 1)
+    if bias:
+        xs = torch.cat([xs, torch.ones(groups, x.shape[0], 1, dtype=x.dtype)], dim=2)
+    return xs, y.reshape(y.shape[0], groups, -1).transpose(0, 1)
+
+
+def _held_rows(images: int, per_image: int, offset: int, holdout: int) -> torch.Tensor:
+    """[images * per_image] bool: rows of every ``holdout``-th calibration image (counted across batches)."""
+    if holdout <= 0:
+        return torch.zeros(images * per_image, dtype=torch.bool)
+    held = (torch.arange(images) + offset) % holdout == holdout - 1
+    return held.repeat_interleave(per_image)
+
+
+def _assign(layer: nn.Module, w: torch.Tensor, groups: int) -> None:
+    w = w.reshape(-1, w.shape[2])                                                     # [C_out, D_g(+1)]
+    if layer.bias is not None:
         layer.bias.copy_(w[:, -1].to(layer.bias.dtype))
         w = w[:, :-1]
     layer.weight.copy_(w.reshape(layer.weight.shape).to(layer.weight.dtype))
+
+
+def _heldout_output_error(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]],
+                          reference: list[torch.Tensor | None], holdout: int) -> float | None:
+    """||f(x) - f_orig(x)||^2 / ||f_orig(x)||^2 over the held-out images (None without any)."""
+    if holdout <= 0:
+        return None
+    err = norm = 0.0
+    offset = 0
+    for images, ref in zip(batches(), reference):
+        held = (torch.arange(images.shape[0]) + offset) % holdout == holdout - 1
+        offset += images.shape[0]
+        if ref is None or not held.any():
+            continue
+        out = model(images[held]).float()
+        err += float((out - ref[held]).pow(2).sum())
+        norm += float(ref[held].pow(2).sum())
+    return err / max(norm, 1e-12) if norm > 0 else None
+
+
+def _restore(model: nn.Module, saved: dict[str, list[torch.Tensor]]) -> None:
+    for name, params in saved.items():
+        for param, value in zip(model.get_submodule(name).parameters(recurse=False), params):
+            param.copy_(value)
+
+
+def _reverted(fit: LayerFit, note: str) -> LayerFit:
+    values = fit.to_dict()
+    if fit.status == "refit":
+        values.update(status="reverted", error_after=fit.error_before, heldout_after=fit.heldout_before)
+    values["note"] = "; ".join(n for n in (fit.note, note) if n)
+    return LayerFit(**values)
 
 
 @torch.no_grad()

@@ -65,6 +65,8 @@ class PruneSpec:
     latency_batch: int = 1
     latency_target: str = "local:cpu"
     latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
+    allow_shortfall: bool = False           # a target the model cannot reach: prune to the largest reachable
+                                            # reduction and record a warning, instead of failing (TargetUnreachable)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class ReconstructSpec:
     ridge: float = 1e-3                     # relative to trace(X^T X) / d
     batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
                                             # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
+    max_memory_mb: float = 1024             # one layer's least-squares working set (half of it for cached block
+                                            # inputs); larger systems are solved in kernel form, subsampled or
+                                            # skipped with a note. 1024 keeps every zoo model at 224x224 in bounds
+    holdout: int = 5                        # every n-th calibration image is held out to pick the ridge and to
+                                            # check the re-fit (a layer / the model keeps its weights if worse)
 
 
 @dataclass(frozen=True)

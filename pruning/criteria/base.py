@@ -31,12 +31,32 @@ class ChannelGroup:
     ``members`` lists (module name, "out" | "in") for every conv / linear / batch-norm whose width moves with
     the group; ``consumers`` are the conv / linear layers whose *input* channels shrink (they are re-fitted by
     reconstruction).
+
+    ``interleave`` > 1 when grouped convolutions (or GroupNorm) read or write the channels: they split into
+    ``interleave`` equal blocks and a removal takes the same offset in every block. ``channel_map[i][k]`` lists
+    the channels of member ``i`` that group channel ``k`` is (several for a flatten into a linear layer, an offset
+    after a concatenation); empty = the identity.
     """
 
     name: str
     size: int
     members: tuple[tuple[str, str], ...]
     consumers: tuple[str, ...]
+    interleave: int = 1
+    channel_map: tuple[tuple[tuple[int, ...], ...], ...] = field(default=(), compare=False, repr=False)
+
+    def member_ratio(self, index: int) -> float:
+        """Channels of member ``index`` per group channel (1 unless a flatten or a split changes it)."""
+        if not self.channel_map:
+            return 1.0
+        return sum(len(c) for c in self.channel_map[index]) / max(self.size, 1)
+
+    def member_channels(self, index: int, group_channels) -> list[int]:
+        """The channels of member ``index`` that ``group_channels`` are, sorted."""
+        if not self.channel_map:
+            return sorted(group_channels)
+        per = self.channel_map[index]
+        return sorted({c for k in group_channels for c in per[k]})
 
 
 @dataclass(frozen=True)

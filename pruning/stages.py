@@ -1,0 +1,183 @@
+"""The allocation, cut and reconstruction stages of ``pruning.compress`` (the pipeline's middle).
+
+- ``allocate_stage``: the plan for the target (or the latency budget), allocated with the measured check and the
+  shortfall policy of ``pruning.targeting``;
+- ``prune_model``: the pruned copy (reusing the allocation's last measured candidate when it is the plan);
+- ``reconstruct_stage``: the re-fit of every consumer (``pruning.reconstruct``), BatchNorm re-estimation, notes.
+"""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch.nn as nn
+
+from pruning.allocate import CostModel, Target, allocate
+from pruning.criteria import Batch, ScoreResult
+from pruning.measure import Cost, count_cost, evaluate
+from pruning.plan import PruningPlan
+from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
+from pruning.surgery import apply_plan, kept_outputs
+from pruning.targeting import allocate_to_target
+
+if TYPE_CHECKING:   # compress imports this module
+    from pruning.compress import CompressResult, CompressSpec, LatencyProbe, _Runner
+
+
+def allocate_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module, model: nn.Module,
+                   groups: list, removed_blocks: list[str], input_shape: tuple[int, int, int], base_cost: Cost,
+                   target: Target, latency_probe) -> tuple[PruningPlan, Target, "Candidates | None"]:
+    """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate."""
+    kept, original_widths, measure = {}, {}, None
+    current = count_cost(model, input_shape)
+    if result.scores is not None and spec.prune.latency_budget_ms is not None:
+        target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
+    if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
+            < target.reduction - 0.005:
+        measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric)
+        allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
+                                  result.warnings, measure)
+        kept, original_widths = allocation.kept, allocation.original
+    plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, kept, original_widths, removed_blocks,
+                       criterion=spec.prune.criterion,
+                       notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
+                              "layer_criterion": spec.prune.layer_criterion,
+                              "target": {"metric": target.metric, "reduction": target.reduction}},
+                       source=dict(result.plan.source))
+    return plan, target, measure
+
+
+def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module, groups: list, plan: PruningPlan,
+                measure: "Candidates | None", input_shape: tuple[int, int, int]) -> nn.Module:
+    """The pruned model for ``plan`` (the allocation's measured candidate when it is that plan); sets the
+    compressed cost."""
+    merge = result.scores is not None and spec.prune.criterion == "redundancy" \
+        and bool(spec.prune.criterion_params.get("merge"))
+    measured = measure.take(plan.kept) if measure is not None and not merge else None
+    if measured is not None:
+        pruned, result.cost["compressed"] = measured
+        return pruned
+    pruned = copy.deepcopy(original)
+    if merge:
+        merges = merge_duplicates(pruned, groups, plan, result.scores)
+        result.notes.append(f"redundancy merge: {len(merges)} removed filter(s) folded into their representatives")
+    pruned = apply_plan(pruned, plan)
+    result.cost["compressed"] = count_cost(pruned, input_shape)
+    return pruned
+
+
+def allocate_for(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
+                 input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
+                 warnings: list[str] | None = None, measure: "Candidates | None" = None):
+    """The allocation for ``target``; with ``measure`` (the final plan, not a latency probe) the measured
+    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``)."""
+    cost_model = CostModel(model, input_shape, current.macs, current.params)
+    options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+    if measure is None:
+        return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric), **options)
+    return allocate_to_target(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
+                              measure, allow_shortfall=spec.prune.allow_shortfall, warnings=warnings, **options)
+
+
+class Candidates:
+    """Prunes a copy of the original for a candidate allocation and counts it; keeps the last one, so the prune
+    stage reuses it when it is the plan (one pruned copy alive at a time)."""
+
+    def __init__(self, original: nn.Module, removed_blocks: list[str], input_shape: tuple[int, int, int],
+                 base_cost: Cost, metric: str) -> None:
+        self.original, self.blocks, self.input_shape = original, removed_blocks, input_shape
+        self.base, self.metric = base_cost, metric
+        self.last: tuple[dict, nn.Module, Cost] | None = None
+
+    def __call__(self, kept: dict, widths: dict) -> float:
+        self.last = None
+        plan = PruningPlan("", 1, self.input_shape, kept, widths, list(self.blocks))
+        model = apply_plan(copy.deepcopy(self.original), plan)
+        cost = count_cost(model, self.input_shape)
+        self.last = (kept, model, cost)
+        return 1.0 - getattr(cost, self.metric) / getattr(self.base, self.metric)
+
+    def take(self, kept: dict) -> tuple[nn.Module, Cost] | None:
+        last, self.last = self.last, None
+        return (last[1], last[2]) if last is not None and last[0] is kept else None
+
+
+def search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, model: nn.Module, groups: list,
+                   input_shape: tuple[int, int, int], base_cost: Cost, current: Cost, probe: LatencyProbe) -> Target:
+    """Search the MACs reduction that meets the latency budget on the target (probes measured, not modelled)."""
+    from pruning.allocate import reachable_reduction, search_latency_budget
+
+    budget, batch = spec.prune.latency_budget_ms, spec.prune.latency_batch
+
+    def latency_at(reduction: float) -> float:
+        run.check()
+        candidate = copy.deepcopy(model)
+        if reduction > 0:
+            allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost,
+                                      Target("macs", reduction))
+            plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, allocation.kept,
+                               allocation.original)
+            candidate = apply_plan(candidate, plan)
+        latency = probe(candidate.eval(), input_shape, batch)
+        run.emit("allocate", 0.5, f"probe -{reduction:.0%} MACs: p90 {latency:.3g} ms (budget {budget:.3g} ms)")
+        return latency
+
+    cost_model = CostModel(model, input_shape, current.macs, current.params)
+    most = reachable_reduction(groups, cost_model, "macs", base_cost.macs, round_to=spec.prune.round_to,
+                               min_channels=spec.prune.min_channels)
+    search = search_latency_budget(latency_at, budget, max_reduction=max(0.0, most - 0.005),
+                                   margin=spec.prune.latency_margin)
+    result.latency_search = search.steps
+    return Target("macs", search.reduction)
+
+
+def merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: ScoreResult) -> list[dict]:
+    """``redundancy`` with ``merge=True``: fold each removed near-duplicate into its representative first."""
+    from pruning.criteria.redundancy import merge_into_representative
+
+    merges = []
+    for group in groups:
+        if group.name in plan.kept and plan.removed(group.name):
+            partners = [reason.get("partner") for reason in scores.reasons[group.name]]
+            merges += [dict(m, layer=group.name) for m in
+                       merge_into_representative(model, group, plan.removed(group.name), partners)]
+    return merges
+
+
+def reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+                      pruned: nn.Module, groups: list, calibration: list[Batch],
+                      eval_batches: Callable[[], Iterator]) -> None:
+    """Re-fit the consumers of pruned channels (``ReconstructSpec``), re-estimate BatchNorm if asked, evaluate."""
+    rec = spec.reconstruct
+    images = [b.images for b in calibration]
+    changed = bool(result.plan.removed_blocks) or any(
+        len(k) < result.plan.original[n] for n, k in result.plan.kept.items())
+    if not changed:
+        return
+    with run.stage("reconstruct"):
+        if rec.enabled and result.plan.kept:
+            consumers = sorted({c for g in groups if g.name in result.plan.kept
+                                and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
+            out_channels = kept_outputs(original, groups, result.plan, consumers)
+            result.fits = reconstruct(original, pruned, consumers, out_channels, lambda: iter(images),
+                                      positions_per_image=rec.positions_per_image, ridge=rec.ridge,
+                                      seed=spec.seed, max_memory_mb=rec.max_memory_mb, holdout=rec.holdout)
+            result.notes.extend(fit_notes(result.fits))
+        refitted = any(f.status == "refit" for f in result.fits)
+        if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and refitted)):
+            recalibrate_batchnorm(pruned, images)
+            result.notes.append("BatchNorm statistics re-estimated on the calibration set")
+        result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
+        run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
+
+
+def fit_notes(fits: list[LayerFit]) -> list[str]:
+    """One line per kind of layer the re-fit left alone (kept, skipped, reverted), for the report."""
+    notes = []
+    for status, what in (("kept", "kept their un-refit weights (the re-fit did not lower the held-out residual)"),
+                         ("skipped", "were not re-fitted"), ("reverted", "were reverted")):
+        names = [f.name for f in fits if f.status == status]
+        if names:
+            example = next(f.note for f in fits if f.status == status)
+            notes.append(f"reconstruction: {len(names)} of {len(fits)} layer(s) {what}, e.g. {names[0]}: {example}")
+    return notes
