@@ -154,6 +154,9 @@ FLAGS: tuple[Flag, ...] = (
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
          "(the reason is in the report)", type=int),
     Flag("--min-channels", "compress.prune.min_channels", "pruning", type=int),
+    Flag("--allow-shortfall", "compress.prune.allow_shortfall", "pruning", "when the target cannot be reached, "
+         "prune as far as possible and succeed with a warning (default: fail, naming the reachable reduction)",
+         kind="switch_on"),
     Flag("--protect", "compress.prune.protected", "pruning", "never prune this layer's output channels",
          kind="append", metavar="LAYER"),
     Flag("--layer-criterion", "compress.prune.layer_criterion", "pruning", "block criterion run first "
@@ -162,6 +165,8 @@ FLAGS: tuple[Flag, ...] = (
          metavar="KEY=VALUE"),
     Flag("--no-reconstruct", "compress.reconstruct.enabled", "reconstruction and fine-tuning",
          "skip the least-squares kernel re-fit", kind="switch_off"),
+    Flag("--refit-memory-mb", "compress.reconstruct.max_memory_mb", "reconstruction and fine-tuning",
+         "memory bound of one layer's least-squares re-fit", type=float, metavar="MB"),
     Flag("--batchnorm", "compress.reconstruct.batchnorm", "reconstruction and fine-tuning",
          "re-estimate BatchNorm statistics (auto: only without reconstruction)", choices=("auto", "on", "off")),
     Flag("--finetune", "compress.finetune.epochs", "reconstruction and fine-tuning", "fine-tune epochs (0 = none)",

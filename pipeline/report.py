@@ -56,6 +56,7 @@ def build_report(spec, result: CompressResult, exported: dict, measured: Measure
         "timings": timings,
         "environment": environment,
         "notes": list(result.notes),
+        "warnings": list(getattr(result, "warnings", [])),
         "files": {},
     }
     if budget is not None:
@@ -153,7 +154,7 @@ def _save_visualizations(result: CompressResult, out: Path) -> dict[str, str]:
 
 def summary_table(report: dict) -> str:
     """A compact plain-text table for the end of ``compress`` and ``submit``."""
-    lines = []
+    lines = [f"WARNING: {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
     acc = report["accuracy"]
     lines.append("stage          top-1    top-5   images")
     for stage in STAGES:

@@ -95,7 +95,8 @@ def _header(report: dict, title: str) -> str:
                     f'<div class="d">{escape(d)}</div></div>' for k, v, d in cards)
     warnings = "".join(f'<p class="warn">{escape(t)}: not measured: {escape(msg)}</p>'
                        for t, msg in report.get("target_errors", {}).items())
-    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in report.get("notes", []))
+    notes = "".join(f'<p class="warn">warning: {escape(w)}</p>' for w in report.get("warnings", []))
+    notes += "".join(f'<p class="note">{escape(n)}</p>' for n in report.get("notes", []))
     crit = report["criterion"]
     what = f"criterion <b>{escape(crit['name'])}</b>"
     if crit.get("layer_criterion"):

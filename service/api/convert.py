@@ -91,6 +91,7 @@ def result_to_proto(result: dict) -> pb.JobResult:
     outputs = result.get("outputs") or {}
     out.outputs.CopyFrom(pb.JobOutputs(**{f"{k}_artifact": artifact_name(v) for k, v in outputs.items()
                                           if f"{k}_artifact" in pb.JobOutputs.DESCRIPTOR.fields_by_name}))
+    out.warnings.extend(str(w) for w in result.get("warnings") or [])
     for target, error in (result.get("target_errors") or {}).items():
         out.target_errors[target] = str(error)
     for target, entry in (result.get("target_accuracy") or {}).items():

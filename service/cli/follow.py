@@ -74,7 +74,8 @@ def exit_code(job) -> int:
 
 def result_lines(job) -> str:
     r = job.result
-    lines = [f"{stage:<13} top-1 {acc.top1:7.2%}" for stage, acc in r.accuracy.items()]
+    lines = [f"WARNING: {w}" for w in r.warnings]
+    lines += [f"{stage:<13} top-1 {acc.top1:7.2%}" for stage, acc in r.accuracy.items()]
     lines.append(f"MACs -{r.macs_reduction:.1%}, params -{r.params_reduction:.1%}")
     if r.gate.evaluated:
         lines.append(f"quality gate {'PASSED' if r.gate.passed else 'FAILED'}: drop {r.gate.accuracy_drop:.2%} "

@@ -181,6 +181,7 @@ class JobResult:
     outputs: dict[str, str]            # plan, weights, onnx, report_json, report_html -> artifact id
     target_errors: dict[str, str]
     target_accuracy: dict[str, TargetAccuracy] = field(default_factory=dict)   # agent target -> accuracy there
+    warnings: list[str] = field(default_factory=list)  # the job did less than asked (e.g. an allowed shortfall)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ def _result(m: pb.JobResult) -> JobResult:
                                                  for l in m.layers],
         outputs=outputs, target_errors=dict(m.target_errors),
         target_accuracy={target: TargetAccuracy(_accuracy(t, "original"), _accuracy(t, "compressed"), t.backend,
-                                                t.precision, t.device) for target, t in m.target_accuracy.items()})
+                                                t.precision, t.device) for target, t in m.target_accuracy.items()},
+        warnings=list(m.warnings))
 
 
 def _accuracy(message, name: str) -> Accuracy | None:

@@ -126,7 +126,7 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     if d.std:
         data["std"] = [float(v) for v in d.std]
     prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
-                            "latency_batch", "latency_margin")),
+                            "latency_batch", "latency_margin", "allow_shortfall")),
              "criterion_params": _params(p.criterion_params),
              "layer_criterion_params": _params(p.layer_criterion_params)}
     if p.criterion:
@@ -140,7 +140,7 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     for key, value in (("target_metric", _METRIC.get(p.target_metric)), ("allocation", _ALLOCATION.get(p.allocation))):
         if value:
             prune[key] = value
-    reconstruct = _present(r, ("enabled", "positions_per_image", "ridge"))
+    reconstruct = _present(r, ("enabled", "positions_per_image", "ridge", "max_memory_mb", "holdout"))
     if _BATCHNORM.get(r.batchnorm):
         reconstruct["batchnorm"] = _BATCHNORM[r.batchnorm]
     finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha",
@@ -223,13 +223,14 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
         p.allocation, pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
-         latency_batch=p.latency_batch, latency_margin=p.latency_margin)
+         latency_batch=p.latency_batch, latency_margin=p.latency_margin, allow_shortfall=p.allow_shortfall)
     out.prune.latency_target.CopyFrom(target_from_text(p.latency_target))
     out.prune.protected_layers.extend(p.protected)
     for key, value in dict(p.layer_criterion_params).items():
         out.prune.layer_criterion_params[key].CopyFrom(_param_value(key, value))
     r = c.reconstruct
-    _set(out.reconstruct, enabled=r.enabled, positions_per_image=r.positions_per_image, ridge=r.ridge)
+    _set(out.reconstruct, enabled=r.enabled, positions_per_image=r.positions_per_image, ridge=r.ridge,
+         max_memory_mb=r.max_memory_mb, holdout=r.holdout)
     out.reconstruct.batchnorm = {v: k for k, v in _BATCHNORM.items() if v}.get(r.batchnorm, 0)
     f = c.finetune
     _set(out.finetune, epochs=f.epochs, steps=f.steps, images=f.images, minutes=f.minutes, batch_size=f.batch_size,

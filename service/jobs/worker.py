@@ -175,7 +175,7 @@ def store_outputs(out: Path, artifacts) -> dict[str, str]:
 def summarize(report: dict, outputs: dict[str, str]) -> dict:
     """The parts of the report a ``JobResult`` carries (all JSON-able), plus the output artifact ids."""
     keys = ("accuracy", "final_stage", "cost", "reduction", "latency", "gate", "timings", "layers", "target_errors",
-            "target_accuracy")
+            "target_accuracy", "warnings")
     result = {key: report.get(key) for key in keys}
     result["outputs"] = outputs
     return _plain(result)

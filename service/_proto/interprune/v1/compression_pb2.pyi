@@ -246,7 +246,7 @@ class ParamMap(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, ParamValue]] = ...) -> None: ...
 
 class PruneSpec(_message.Message):
-    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin")
+    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin", "allow_shortfall")
     class CriterionParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class PruneSpec(_message.Message):
     LATENCY_BATCH_FIELD_NUMBER: _ClassVar[int]
     LATENCY_TARGET_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_SHORTFALL_FIELD_NUMBER: _ClassVar[int]
     criterion: str
     criterion_params: _containers.MessageMap[str, ParamValue]
     target_metric: TargetMetric
@@ -291,19 +292,24 @@ class PruneSpec(_message.Message):
     latency_batch: int
     latency_target: _common_pb2.Target
     latency_margin: float
-    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ...) -> None: ...
+    allow_shortfall: bool
+    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ..., allow_shortfall: _Optional[bool] = ...) -> None: ...
 
 class ReconstructSpec(_message.Message):
-    __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm")
+    __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm", "max_memory_mb", "holdout")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     RIDGE_FIELD_NUMBER: _ClassVar[int]
     BATCHNORM_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     positions_per_image: int
     ridge: float
     batchnorm: BatchNormMode
-    def __init__(self, enabled: _Optional[bool] = ..., positions_per_image: _Optional[int] = ..., ridge: _Optional[float] = ..., batchnorm: _Optional[_Union[BatchNormMode, str]] = ...) -> None: ...
+    max_memory_mb: float
+    holdout: int
+    def __init__(self, enabled: _Optional[bool] = ..., positions_per_image: _Optional[int] = ..., ridge: _Optional[float] = ..., batchnorm: _Optional[_Union[BatchNormMode, str]] = ..., max_memory_mb: _Optional[float] = ..., holdout: _Optional[int] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
     __slots__ = ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha", "augment", "validation_images")
@@ -476,7 +482,7 @@ class JobOutputs(_message.Message):
     def __init__(self, plan_artifact: _Optional[str] = ..., weights_artifact: _Optional[str] = ..., onnx_artifact: _Optional[str] = ..., report_json_artifact: _Optional[str] = ..., report_html_artifact: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("accuracy", "final_stage", "original_cost", "compressed_cost", "macs_reduction", "params_reduction", "latency", "gate", "timings_seconds", "layers", "outputs", "target_errors", "target_accuracy")
+    __slots__ = ("accuracy", "final_stage", "original_cost", "compressed_cost", "macs_reduction", "params_reduction", "latency", "gate", "timings_seconds", "layers", "outputs", "target_errors", "target_accuracy", "warnings")
     class AccuracyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -518,6 +524,7 @@ class JobResult(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ERRORS_FIELD_NUMBER: _ClassVar[int]
     TARGET_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     accuracy: _containers.MessageMap[str, _common_pb2.Accuracy]
     final_stage: str
     original_cost: Cost
@@ -531,7 +538,8 @@ class JobResult(_message.Message):
     outputs: JobOutputs
     target_errors: _containers.ScalarMap[str, str]
     target_accuracy: _containers.MessageMap[str, TargetAccuracy]
-    def __init__(self, accuracy: _Optional[_Mapping[str, _common_pb2.Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[_common_pb2.LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ..., target_accuracy: _Optional[_Mapping[str, TargetAccuracy]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accuracy: _Optional[_Mapping[str, _common_pb2.Accuracy]] = ..., final_stage: _Optional[str] = ..., original_cost: _Optional[_Union[Cost, _Mapping]] = ..., compressed_cost: _Optional[_Union[Cost, _Mapping]] = ..., macs_reduction: _Optional[float] = ..., params_reduction: _Optional[float] = ..., latency: _Optional[_Iterable[_Union[_common_pb2.LatencyRow, _Mapping]]] = ..., gate: _Optional[_Union[GateVerdict, _Mapping]] = ..., timings_seconds: _Optional[_Mapping[str, float]] = ..., layers: _Optional[_Iterable[_Union[LayerWidth, _Mapping]]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., target_errors: _Optional[_Mapping[str, str]] = ..., target_accuracy: _Optional[_Mapping[str, TargetAccuracy]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TargetAccuracy(_message.Message):
     __slots__ = ("original", "compressed", "backend", "precision", "device")
