@@ -14,7 +14,9 @@ State directory::
     server.lock   held (flock) while a server uses the folder; says whether it stopped cleanly
 
 On start after a crash, jobs left RUNNING are failed with a reason (or re-queued when their spec allows) and
-every artifact is re-hashed.
+every artifact is marked for re-hashing: a background thread re-hashes them while the server already serves, and
+a blob not yet checked is re-hashed before it is read (DownloadArtifact, a worker's materialize), so a large store
+does not delay listening. With ``retention_days`` a thread removes old finished jobs and unreferenced artifacts.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from grpc_reflection.v1alpha import reflection
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.jobs.artifacts import ArtifactStore, VerifyReport
+from service.jobs.integrity import mark_unverified, pending, verify_pending
+from service.jobs.lifecycle import RetentionThread
 from service.core.auth import BearerTokenInterceptor, server_credentials
 from service.core.errors import FailedPrecondition
 from service.jobs.executor import LocalProcessExecutor, WorkerEnvironment
@@ -57,7 +61,8 @@ class Recovery:
 
     unclean_shutdown: bool = False
     jobs: list[JobRecord] = field(default_factory=list)      # jobs that were RUNNING: now failed / re-queued
-    verify: VerifyReport | None = None
+    verify: VerifyReport | None = None                        # the background re-hash, once it has finished
+    marked: int = 0                                           # artifacts marked for re-hashing
 
 
 def _warm_imports() -> None:
@@ -73,9 +78,12 @@ class InterpruneServer:
     """A gRPC server with its store, artifact store, scheduler and health service; see ``create_server``."""
 
     def __init__(self, address: str, state_dir: str | Path, settings: ServerSettings) -> None:
+        settings.check()
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
+        self.stopping = threading.Event()
+        self.guard = threading.Lock()       # job creation vs. removal of what jobs use (see service.jobs.lifecycle)
         self._lock = _StateDirLock(self.state_dir)
         self.store = SqliteJobStore(self.state_dir / "jobs.db")
         self.artifacts = ArtifactStore(self.state_dir / "artifacts", settings.max_upload_bytes, settings.quota_bytes)
@@ -83,7 +91,6 @@ class InterpruneServer:
         _warm_imports()
         self.scheduler = Scheduler(self.store, self._executor(), self.state_dir / "work", SchedulerSettings(
             max_workers=settings.job_workers, default_timeout_s=settings.job_timeout_s))
-        self.stopping = threading.Event()
         self.health = health.HealthServicer()
         self.grpc_server = self._build_grpc_server()
         self.port = self._bind(address)
@@ -103,10 +110,17 @@ class InterpruneServer:
         self.artifacts.cleanup_tmp()
         shutil.rmtree(self.state_dir / "work", ignore_errors=True)
         if recovery.unclean_shutdown or recovery.jobs:
-            recovery.verify = self.artifacts.verify_all()
-            log.warning("unclean shutdown: re-verified %d artifacts, %d corrupt (quarantined)",
-                        recovery.verify.checked, len(recovery.verify.corrupt))
+            recovery.marked = mark_unverified(self.artifacts)
+            log.warning("unclean shutdown: %d artifacts will be re-verified in the background (and before any read)",
+                        recovery.marked)
         return recovery
+
+    def _verify_in_background(self) -> None:
+        report = verify_pending(self.artifacts, self.stopping.is_set)
+        self.recovery.verify = report
+        if report.checked:
+            log.warning("re-verified %d artifacts after the unclean shutdown, %d corrupt (quarantined)",
+                        report.checked, len(report.corrupt))
 
     def _build_grpc_server(self) -> grpc.Server:
         from concurrent import futures
@@ -119,7 +133,8 @@ class InterpruneServer:
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
         pb_grpc.add_CompressionServicer_to_server(
-            CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping), server)
+            CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping, self.guard),
+            server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
@@ -147,6 +162,11 @@ class InterpruneServer:
         if self.settings.run_jobs:
             self.scheduler.start()
         self.grpc_server.start()
+        if pending(self.artifacts):
+            threading.Thread(target=self._verify_in_background, name="verify-artifacts", daemon=True).start()
+        if self.settings.retention_days:
+            RetentionThread(self.store, self.artifacts, self.settings.retention_days,
+                            self.settings.retention_interval_s, self.guard, self.stopping).start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on port %d (state %s)", SERVICE_NAME, self.port, self.state_dir)
@@ -162,7 +182,8 @@ class InterpruneServer:
         self.stopping.set()
         self.grpc_server.stop(grace_s).wait()
         self.scheduler.stop()
-        self.store.close()
+        with self.guard:                    # a retention pass in progress finishes first
+            self.store.close()
         self._lock.release(clean=True)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:

@@ -20,10 +20,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.flags import add_spec_arguments, spec_from_args
+from pipeline.flags import add_spec_arguments
 from service.cli.follow import download_outputs, exit_code, follow, job_json, job_text, plain, report_job
+from service.cli.local import checked_spec
 from service.cli.output import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError,
                                 positive_float, positive_int)
+from service.cli.serve_limits import add_limit_arguments, limit_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def _add_serve(subparsers) -> None:
                                              '"HOST:PORT", "token_file": "..."}}')
     serve.add_argument("--agent-token-file", help="token the server sends to agents without a token_file of their "
                                                   "own (first line; default $INTERPRUNE_AGENT_TOKEN)")
+    add_limit_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
 
@@ -201,7 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(max_upload_bytes=int(args.max_upload_mb * (1 << 20)), agents=agents,
                               quota_bytes=int(args.quota_gb * (1 << 30)), job_workers=args.workers,
                               job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
-                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                              tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                              **limit_settings(args))
 
     def ready(server) -> None:
         host_part = args.listen.rpartition(":")[0]
@@ -210,10 +214,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               + (f", agents {', '.join(agents)}" if agents else "") + ")", flush=True)
 
     try:
+        settings.check()
         serve(args.listen, args.state_dir, settings, ready=ready)
     except ServiceError as exc:
         raise CliError(exc.message, EXIT_USAGE) from None
-    except AuthConfigError as exc:
+    except (AuthConfigError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
@@ -280,7 +285,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 @_client_command
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    spec = checked_spec(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; give a folder", EXIT_USAGE)
