@@ -132,9 +132,9 @@ class InterpruneServer:
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
-        pb_grpc.add_CompressionServicer_to_server(
-            CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping, self.guard),
-            server)
+        self.servicer = CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping,
+                                            self.guard)
+        pb_grpc.add_CompressionServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
