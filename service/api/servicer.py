@@ -42,9 +42,14 @@ class CompressionServicer(pb_grpc.CompressionServicer):
     @rpc
     def UploadArtifact(self, request_iterator, context):
         with self.uploads.slot(client_key(context)):
-            reader = IdleReader(request_iterator, self.settings.upload_idle_timeout_s)
+            reader = IdleReader(request_iterator, self.settings.upload_idle_timeout_s, context=context)
             try:
-                return self._upload(reader)
+                try:
+                    return self._upload(reader)
+                except InvalidArgument:             # a stream cut short: by the client leaving, or a bad client
+                    if reader.client_gone():
+                        raise UploadCancelled(f"{reader.what} was cancelled by the client") from None
+                    raise
             except UploadCancelled:
                 log.info("upload cancelled by the client")
                 raise

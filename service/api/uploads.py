@@ -78,10 +78,13 @@ class IdleReader:
     None at the end of the stream; raises ``DeadlineExceeded`` after ``idle_s`` seconds without one and
     ``UploadCancelled`` when the client went away."""
 
-    def __init__(self, request_iterator, idle_s: float, what: str = "the upload") -> None:
+    def __init__(self, request_iterator, idle_s: float, what: str = "the upload", context=None) -> None:
         self.idle_s, self.what = idle_s, what
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._stop = threading.Event()
+        self._ended = threading.Event()        # the call ended while the handler still runs: the client left
+        if context is not None and not context.add_callback(self._ended.set):
+            self._ended.set()
         self._thread = threading.Thread(target=self._read, args=(request_iterator,), name="upload-reader",
                                         daemon=True)
         self._thread.start()
@@ -123,6 +126,11 @@ class IdleReader:
     def messages(self) -> Iterator:
         while (message := self.next_message()) is not None:
             yield message
+
+    def client_gone(self, wait_s: float = 0.5) -> bool:
+        """True when the client cancelled or disconnected. A cancel can reach the reader as a plain end of the
+        stream just before gRPC reports it, so a stream that ended too early asks here, waiting ``wait_s``."""
+        return self._ended.wait(wait_s)
 
     def close(self) -> None:
         """Stop reading (the helper exits once gRPC ends the call)."""

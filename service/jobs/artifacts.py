@@ -223,27 +223,28 @@ class ArtifactStore:
 
     def _receive(self, tmp: Path | None, chunks: Iterable[bytes], size: int, sha256: str, name: str, limit: bool,
                  reserve) -> None:
-        """Hash (and, with ``tmp``, write) the bytes; ``reserve(n)`` counts each chunk against the quota first."""
+        """Hash (and, with ``tmp``, write) the bytes; ``reserve(n)`` counts each chunk against the quota first.
+        Only errors of the disk are reported as such; an error of ``chunks`` (the client's stream) passes."""
         digest, received = hashlib.sha256(), 0
-        try:
-            with open(tmp if tmp is not None else os.devnull, "wb") as handle:
-                for chunk in chunks:
-                    received += len(chunk)
-                    if limit and received > self.max_artifact_bytes:
-                        raise ResourceExhausted(f"{name} exceeds this server's artifact size limit of "
-                                                f"{_mib(self.max_artifact_bytes)}; nothing was kept")
-                    if received > size:
-                        raise InvalidArgument(f"{name}: more bytes arrived than the {size} declared in the header; "
-                                              "send the file's exact size")
-                    reserve(len(chunk))
-                    digest.update(chunk)
+        with _disk(name):
+            handle = open(tmp if tmp is not None else os.devnull, "wb")
+        with handle:
+            for chunk in chunks:
+                received += len(chunk)
+                if limit and received > self.max_artifact_bytes:
+                    raise ResourceExhausted(f"{name} exceeds this server's artifact size limit of "
+                                            f"{_mib(self.max_artifact_bytes)}; nothing was kept")
+                if received > size:
+                    raise InvalidArgument(f"{name}: more bytes arrived than the {size} declared in the header; "
+                                          "send the file's exact size")
+                reserve(len(chunk))
+                digest.update(chunk)
+                with _disk(name):
                     handle.write(chunk)
+            with _disk(name):
                 handle.flush()
                 if tmp is not None:
                     os.fsync(handle.fileno())
-        except OSError as exc:
-            raise ResourceExhausted(f"cannot store {name} on the server ({exc.strerror}); free disk space on "
-                                    "the server or ask its operator") from None
         if received != size:
             raise InvalidArgument(f"{name}: the upload ended after {received} of the {size} bytes declared; "
                                   "upload the whole file again")
@@ -320,6 +321,16 @@ class ArtifactStore:
             return False
         self._write_meta(ArtifactInfo(artifact_id, "unnamed", "other", blob.stat().st_size, blob.stat().st_mtime))
         return True
+
+
+@contextmanager
+def _disk(name: str):
+    """A failing write (disk full, I/O error) as RESOURCE_EXHAUSTED that names the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise ResourceExhausted(f"cannot store {name} on the server ({exc.strerror or exc}); free disk space on the "
+                                "server or ask its operator") from None
 
 
 def _mib(size: int) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from service.core.states import CRASHED, EXPORT_CHECK, INTERNAL, INVALID_INPUT
 from service.jobs.artifacts import Artifacts
 from service.jobs.backends import open_artifact_store, open_job_store
-from service.jobs.scrub import replacements, scrub_report_files, scrub_text
+from service.jobs.scrub import replacements, scrub_json, scrub_report_files, scrub_text
 from service.jobs.store import Failure, JobRecord, JobState, JobStore
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,10 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
         (work / "scratch").mkdir(parents=True, exist_ok=True)
         report = run_pipeline(spec, out, progress=_Progress(store, job.id), should_stop=CancelFlag(store, job.id),
                               remote_targets=AgentTargets, data_name=inputs.data_name, scratch_dir=work / "scratch")
-        scrub_report_files(out, inputs.hidden(job.spec, work, artifacts, out))
+        hidden = inputs.hidden(job.spec, work, artifacts, out)
+        scrub_report_files(out, hidden)
         outputs = store_outputs(out, artifacts)
-        result = summarize(report, outputs)
+        result = scrub_json(summarize(report, outputs), hidden)
         store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED, message=_success_line(result),
                          result=result)
         return
