@@ -117,7 +117,8 @@ def test_an_unclean_restart_listens_first_and_verifies_lazily(make_server, tmp_p
 
     state = tmp_path / "state0"
     artifacts = ArtifactStore(state / "artifacts")
-    good, bad = put(artifacts, os.urandom(3000), "g.npz", "dataset"), put(artifacts, os.urandom(3000), "b.npz", "dataset")
+    good = put(artifacts, os.urandom(3000), "g.npz", "dataset")
+    bad = put(artifacts, os.urandom(3000), "b.npz", "dataset")
     os.chmod(artifacts.path(bad.id), 0o644)
     artifacts.path(bad.id).write_bytes(b"flipped")
     (state / "server.lock").write_text("running pid 1\n")            # the last server was killed

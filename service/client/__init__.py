@@ -27,16 +27,16 @@ import grpc
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from service.client.types import (Accuracy, Artifact, ArtifactPage, Cost, Device, Failure, GateVerdict, InterpruneClientError,
-                                   InterpruneRPCError, Job, JobEvent, JobPage, JobResult, LatencyRow, Progress,
-                                   StatusCode, TargetAccuracy, _artifact, _event, _job)
+from service.client.types import (Accuracy, Artifact, ArtifactPage, Cost, Device, Failure, GateVerdict,
+                                   InterpruneClientError, InterpruneRPCError, Job, JobEvent, JobPage, JobResult,
+                                   LatencyRow, Progress, StatusCode, TargetAccuracy, _artifact, _event, _job)
 from service.core.hashing import sha256_file
 from service.core.names import artifact_name, job_name
 from service.core.states import JobState
 
-__all__ = ["Accuracy", "Artifact", "ArtifactPage", "Client", "Cost", "Device", "Failure", "GateVerdict", "InterpruneClientError",
-           "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState", "LatencyRow", "Progress",
-           "StatusCode", "TargetAccuracy"]
+__all__ = ["Accuracy", "Artifact", "ArtifactPage", "Client", "Cost", "Device", "Failure", "GateVerdict",
+           "InterpruneClientError", "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState",
+           "LatencyRow", "Progress", "StatusCode", "TargetAccuracy"]
 
 CHUNK_BYTES = 1 << 20
 _DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})$")

@@ -61,7 +61,8 @@ def _params(values) -> dict[str, Any]:
     for key, value in values.items():
         kind = value.WhichOneof("kind")
         if kind is None:
-            raise InvalidArgument(f"criterion parameter {clip(key, 80)!r} has no value; set one of bool/int/double/string")
+            raise InvalidArgument(f"criterion parameter {clip(key, 80)!r} has no value; set one of "
+                                  "bool/int/double/string")
         out[key] = getattr(value, kind)
     return out
 
@@ -101,7 +102,8 @@ def target_from_text(text: str) -> cpb.Target:
         return cpb.Target(agent=rest)
     if kind == "local" and rest in LOCAL_TO_PROTO:
         return cpb.Target(local=LOCAL_TO_PROTO[rest])
-    raise InvalidArgument(f"benchmark target {clip(text, 80)!r}: use local:cpu, local:cuda, local:tensorrt or agent:NAME")
+    raise InvalidArgument(f"benchmark target {clip(text, 80)!r}: use local:cpu, local:cuda, local:tensorrt or "
+                          "agent:NAME")
 
 
 def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
@@ -169,7 +171,8 @@ def _param_value(key: str, value: Any) -> pb.ParamValue:
         return pb.ParamValue(double_value=value)
     if isinstance(value, str):
         return pb.ParamValue(string_value=value)
-    raise InvalidArgument(f"criterion parameter {clip(key, 80)!r}={clip(repr(value), 80)}: only numbers, strings and booleans are supported")
+    raise InvalidArgument(f"criterion parameter {clip(key, 80)!r}={clip(repr(value), 80)}: only numbers, strings "
+                          "and booleans are supported")
 
 
 def _set(message, **values: Any) -> None:

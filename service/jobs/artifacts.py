@@ -54,7 +54,8 @@ class ArtifactInfo:
 
 def check_id(artifact_id: str) -> str:
     if not isinstance(artifact_id, str) or not _DIGEST.match(artifact_id):
-        raise InvalidArgument(f"artifact id {clip(artifact_id, 80)!r} is not a SHA-256 digest (64 lowercase hex characters)")
+        raise InvalidArgument(f"artifact id {clip(artifact_id, 80)!r} is not a SHA-256 digest (64 lowercase hex "
+                              "characters)")
     return artifact_id
 
 
