@@ -127,8 +127,11 @@ class Budget:
 def start_server(state: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(state.parent / "server.log", "w")
+    # every client comes from 127.0.0.1, which the server's per-client limits count as one client: raise them to
+    # stand for the --clients separate users this run simulates
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir",
-                             str(state)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+                             str(state), "--max-uploads-per-client", "16", "--max-queued-jobs", "1000"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     line = lines.get(timeout=60)

@@ -130,7 +130,7 @@ def _remote(got: RemoteRun, target: str, macs_ratio: float, measured: Measuremen
 
 def _local(target: str, spec: JobSpec, result: CompressResult, models: dict, macs_ratio: float,
            measured: Measurements) -> None:
-    from exporters import BackendUnavailable, benchmark_onnxruntime, speedup_table
+    from exporters import BackendUnavailable, NonFiniteError, benchmark_onnxruntime, speedup_table
 
     provider = LOCAL_PROVIDERS.get(target)
     if provider is None:
@@ -143,7 +143,7 @@ def _local(target: str, spec: JobSpec, result: CompressResult, models: dict, mac
         pruned = benchmark_onnxruntime(models["compressed"], result.input_shape, bench.batch_sizes, **kwargs)
         original = (benchmark_onnxruntime(models["original"], result.input_shape, bench.batch_sizes, **kwargs)
                     if "original" in models else [])
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, NonFiniteError) as exc:      # no such device here; timings that are not numbers
         measured.errors[target] = str(exc)
         return
     measured.rows += [dict(r.to_dict(), target=target, model="compressed") for r in pruned]

@@ -3,6 +3,7 @@ then the exported model's own top-1 on the evaluation split."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from pipeline.spec import ExportSpec
 from pruning import data as data_mod
 from pruning.compress import CompressResult, ProgressEvent
-from pruning.errors import InterpruneError
+from pruning.errors import InterpruneError, clip
 from pruning.measure import Accuracy
 
 
@@ -27,19 +28,38 @@ def export_and_verify(export: ExportSpec, result: CompressResult, out: Path, emi
 
     emit(ProgressEvent("export", 0.0, "exporting to ONNX"))
     start = time.perf_counter()
-    onnx_export = export_onnx(result.model, out / "model.onnx", torch.zeros(1, *result.input_shape),
-                              opset=export.opset, slim=export.slim)
-    probe = result.preprocess(result.splits.evaluation.images[:export.parity_images])
-    parity = check_parity(onnx_export.path, result.model, probe)
+    with export_checks():
+        onnx_export = export_onnx(result.model, out / "model.onnx", torch.zeros(1, *result.input_shape),
+                                  opset=export.opset, slim=export.slim)
+        probe = result.preprocess(result.splits.evaluation.images[:export.parity_images])
+        parity = check_parity(onnx_export.path, result.model, probe)
     section = {"onnx": _plain(onnx_export), "parity": _plain(parity), "parity_atol": export.parity_atol}
-    if parity.max_abs_error > export.parity_atol:
+    if not parity_ok(parity.max_abs_error, export.parity_atol):
         raise ExportCheckFailed(f"ONNX Runtime differs from PyTorch by {parity.max_abs_error:.2e} (max abs) on "
                                 f"{parity.num_inputs} evaluation images, above the tolerance {export.parity_atol:.0e}")
     emit(ProgressEvent("export", 0.5, f"parity max abs error {parity.max_abs_error:.1e}; evaluating ONNX"))
-    accuracy = evaluate_onnx(onnx_export.path, _numpy_batches(result))
+    with export_checks():
+        accuracy = evaluate_onnx(onnx_export.path, _numpy_batches(result))
     result.accuracy["exported"] = Accuracy(accuracy.top1, accuracy.top5, accuracy.num_images)
     emit(ProgressEvent("export", 1.0, f"exported top-1 {accuracy.top1:.2%}"))
     return section, time.perf_counter() - start
+
+
+def parity_ok(max_abs_error: float, tolerance: float) -> bool:
+    """True only when the error is a number within the tolerance: a NaN error fails (``NaN > tol`` is False)."""
+    return max_abs_error <= tolerance
+
+
+@contextmanager
+def export_checks():
+    """The exporters' own failures (``ExportError``: the export, its checker, parity, non-finite outputs) as
+    ``ExportCheckFailed``, the job failure the service reports as EXPORT_CHECK."""
+    from exporters import ExportError
+
+    try:
+        yield
+    except ExportError as exc:
+        raise ExportCheckFailed(f"{type(exc).__name__}: {clip(exc, 1000)}") from None
 
 
 def _plain(obj) -> dict:

@@ -67,7 +67,7 @@ def build_report(spec, result: CompressResult, exported: dict, measured: Measure
 def gate_verdict(max_drop: float | None, accuracy: dict, final_stage: str, budget: dict | None = None) -> dict:
     """The quality gate: the top-1 drop within ``max_drop`` (when set) and, with a latency budget, the budget met."""
     drop = accuracy["original"]["top1"] - accuracy[final_stage]["top1"]
-    passed = True if max_drop is None else drop <= max_drop + 1e-12
+    passed = True if max_drop is None else bool(drop <= max_drop + 1e-12)   # a NaN drop or limit fails
     verdict = {"max_accuracy_drop": max_drop, "accuracy_drop": drop, "stage": final_stage, "passed": passed}
     if budget is not None:
         verdict["latency_budget_met"] = budget["met"]
@@ -192,6 +192,8 @@ def summary_table(report: dict) -> str:
                      + (f"{achieved:.3g} ms" if achieved is not None else f"not measured ({budget.get('error')})")
                      + f" at batch {budget['batch_size']} on {budget['target']} (budget {budget['budget_ms']:g} ms"
                      + ("; the measurement was not stable" if budget.get("stable") is False else "") + ")")
+    for note in report.get("notes") or []:
+        lines.append(f"note: {note}")
     gate = report["gate"]
     if gate["max_accuracy_drop"] is not None:
         verdict = "PASSED" if gate["passed"] else "FAILED"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Collection
 
 from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_targets, latency_probe
-from pipeline.export import ExportCheckFailed, export_and_verify
+from pipeline.export import ExportCheckFailed, export_and_verify, export_checks
 from pipeline.report import build_report, write_reports
 from pipeline.resolve import resolve_spec
 from pipeline.spec import JobSpec
@@ -28,15 +28,25 @@ __all__ = ["ExportCheckFailed", "run_pipeline"]
 
 def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[ProgressEvent], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 remote_targets: RemoteTargetsFactory | None = None,
-                 allowed_packages: Collection[str] | None = None) -> dict:
+                 remote_targets: RemoteTargetsFactory | None = None, *,
+                 allowed_packages: Collection[str] | None = None, data_name: str | None = None,
+                 scratch_dir: str | Path | None = None) -> dict:
     """Run the whole job into ``out_dir`` and return the report (also written as ``report.json``).
 
     ``remote_targets`` opens the job's device-agent targets (``agent:NAME``); without it they record an error.
-    ``allowed_packages``: the packages a ``python:`` architecture may come from (None = any importable one)."""
+    ``allowed_packages``: the packages a ``python:`` architecture may come from (None = any importable one).
+    ``data_name`` / ``scratch_dir``: the data file's name for messages and where archives are extracted (the
+    service passes the uploaded file's name and the job's work folder). An exporter's own failure
+    (``exporters.ExportError``, e.g. non-finite outputs) ends the job as ``ExportCheckFailed``."""
+    with export_checks():
+        return _run(spec, Path(out_dir), progress, should_stop, remote_targets, allowed_packages, data_name,
+                    scratch_dir)
+
+
+def _run(spec: JobSpec, out: Path, progress, should_stop, remote_targets, allowed_packages, data_name,
+         scratch_dir) -> dict:
     from exporters import environment
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     emit = progress or (lambda event: None)
     spec, notes = resolve_spec(spec)
@@ -44,7 +54,7 @@ def run_pipeline(spec: JobSpec, out_dir: str | Path, progress: Callable[[Progres
     probe = latency_probe(prune.latency_target, bench.threads, out, bench.seconds_per_batch) \
         if prune.latency_budget_ms is not None else None
     result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
-                      allowed_packages=allowed_packages)
+                      allowed_packages=allowed_packages, data_name=data_name, scratch_dir=scratch_dir)
     result.notes[:0] = notes
     timings = dict(result.timings)
     exported: dict = {}

@@ -128,17 +128,21 @@ class _Runner:
 
 # --- the pipeline -------------------------------------------------------------------------------
 
-def load_inputs(spec: CompressSpec, allowed_packages: Collection[str] | None = None
+def load_inputs(spec: CompressSpec, allowed_packages: Collection[str] | None = None, *,
+                data_name: str | None = None, scratch_dir: str | Path | None = None
                 ) -> tuple[nn.Module, zoo.ModelEntry, data_mod.Splits, data_mod.Preprocess, tuple[int, int, int]]:
     """Model (eval mode), its entry (``entry.source``: the plan's record), checked splits, preprocessing and the
-    input shape. ``allowed_packages``: see ``pruning.intake.resolve``."""
+    input shape. ``allowed_packages``: see ``pruning.intake.resolve``; ``data_name`` / ``scratch_dir``: see
+    ``pruning.data.load_images`` (the file name messages show; where archives are extracted)."""
     resolved = intake.resolve(spec.model, allowed_packages)
     model, entry = resolved.module, resolved.entry
     num_classes = spec.model.num_classes or entry.num_classes
-    source = data_mod.load_images(spec.data.path) if spec.data.path else data_mod.digits_sample()
+    source = data_mod.load_images(spec.data.path, name=data_name, scratch_dir=scratch_dir) if spec.data.path \
+        else data_mod.digits_sample()
     size = spec.data.input_size or entry.input_shape[1:]
     input_shape = (entry.input_shape[0], int(size[0]), int(size[1]))
-    for part, label in ((source.train, "training data"), (source.test, "test data")):
+    shown = data_name or (Path(spec.data.path).name if spec.data.path else "the bundled sample")
+    for part, label in ((source.train, f"{shown} (training images)"), (source.test, f"{shown} (test images)")):
         if part is not None:
             data_mod.check_fits_model(part, input_shape, num_classes, label=label,
                                       resize=spec.data.input_size is not None)
@@ -159,12 +163,15 @@ LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]   # (mode
 def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
              should_stop: Callable[[], bool] | None = None,
              latency_probe: LatencyProbe | None = None,
-             allowed_packages: Collection[str] | None = None) -> CompressResult:
+             allowed_packages: Collection[str] | None = None, *, data_name: str | None = None,
+             scratch_dir: str | Path | None = None) -> CompressResult:
     """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given.
 
     With ``spec.prune.latency_budget_ms`` set, ``latency_probe`` measures candidate models on the target and the
     MACs reduction is searched (``allocate.search_latency_budget``); the probes are in ``result.latency_search``.
     ``allowed_packages``: the top-level packages a ``python:`` architecture may come from (None = any).
+    ``data_name``: the data file's name as its owner knows it (messages); ``scratch_dir``: where archives are
+    extracted (default: the system's temporary folder). Label-coverage warnings go into ``result.notes``.
     """
     if spec.prune.latency_budget_ms is not None and latency_probe is None:
         raise SpecError("a latency budget needs a latency probe for the target (run it through the pipeline)")
@@ -174,8 +181,10 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     torch.manual_seed(spec.seed)
     run = _Runner(progress, should_stop)
     with run.stage("load"):
-        original, entry, splits, preprocess, input_shape = load_inputs(spec, allowed_packages)
+        original, entry, splits, preprocess, input_shape = load_inputs(spec, allowed_packages, data_name=data_name,
+                                                                       scratch_dir=scratch_dir)
         num_classes = spec.model.num_classes or entry.num_classes
+        coverage = data_mod.check_label_coverage(splits, num_classes)
         _validate_prune_spec(spec.prune)
         _validate_reconstruct_spec(spec.reconstruct)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
@@ -184,6 +193,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                                                       source=dict(entry.source)),
                                 splits, preprocess, input_shape)
         result.notes.extend([rounding_note] if rounding_note else [])
+        result.notes.extend(coverage)
         result.cost["original"] = base_cost
         result.accuracy["original"] = evaluate(original, eval_batches())
         run.emit("load", 1.0, f"original top-1 {result.accuracy['original'].top1:.2%}")

@@ -184,7 +184,7 @@ def test_bad_uploads_get_precise_codes(make_server):
     (lambda s: setattr(s.prune, "criterion", "l3"), "INVALID_ARGUMENT", "unknown criterion 'l3'; choose one of"),
     (lambda s: setattr(s.prune, "target_reduction", 1.5), "INVALID_ARGUMENT", "target_reduction 1.5 is impossible"),
     (lambda s: s.prune.criterion_params["bogus"].CopyFrom(pb.ParamValue(int_value=1)), "INVALID_ARGUMENT",
-     "bad parameters for criterion 'l1'"),
+     "criterion 'l1' has no parameter 'bogus'; its parameters are: p"),
     (lambda s: setattr(s.model, "weights", "artifacts/" + "f" * 64), "NOT_FOUND", "upload it first"),
     (lambda s: setattr(s.data, "artifact", "not-a-digest"), "INVALID_ARGUMENT", "spec.data.artifact"),
     (lambda s: s.benchmark.targets.add(agent="gpu 0"), "INVALID_ARGUMENT", "an agent name is"),

@@ -1,5 +1,6 @@
 """The service commands through ``interprune``'s entry point: exit codes CI can rely on (0 passed, 4 gate
-failed, 3 job failed, 2 bad input, 5 no server) and one JSON object with --json."""
+failed, 3 job failed or cancelled, 2 bad input — refused at submit or failed on it —, 5 no server) and one JSON
+object with --json."""
 from __future__ import annotations
 
 import json
@@ -59,13 +60,27 @@ def test_submit_exits_4_when_the_gate_fails(server, model_file, data_file, capsy
     assert "SUCCEEDED" in err                                            # progress lines go to stderr
 
 
-def test_submit_exits_3_when_the_job_fails(server, model_file, tmp_path, capsys):
+def test_submit_exits_2_when_the_job_fails_on_bad_input(server, model_file, tmp_path, capsys):
     from tests.service_helpers import make_npz
 
     rgb = make_npz(tmp_path / "rgb.npz", channels=3)
     code, stdout, _ = run(capsys, "submit", "--server", server.address, "--json", *job_flags(model_file, rgb))
     report = json.loads(stdout)
-    assert code == 3 and report["state"] == "FAILED" and "3-channel images" in report["failure"]["message"]
+    assert code == 2 and report["state"] == "FAILED" and "3-channel images" in report["failure"]["message"]
+    assert report["failure"]["kind"] == "invalid_input" and "rgb.npz" in report["failure"]["message"]
+
+
+@pytest.mark.parametrize("state,kind,code", [("FAILED", "invalid_input", 2), ("FAILED", "export_check", 3),
+                                             ("FAILED", "timed_out", 3), ("FAILED", "crashed", 3),
+                                             ("FAILED", "internal", 3), ("CANCELLED", None, 3)])
+def test_exit_codes_follow_the_failure_kind(state, kind, code):
+    from types import SimpleNamespace
+
+    from service.cli.follow import exit_code
+    from service.client import Failure, JobState
+
+    job = SimpleNamespace(state=JobState(state), failure=Failure(kind, "m") if kind else None, result=None)
+    assert exit_code(job) == code
 
 
 def test_submit_exits_5_when_no_server_listens(model_file, data_file, capsys):

@@ -78,7 +78,8 @@ def test_engine_errors_map_once():
 
 def test_the_client_surface_is_pinned():
     assert sorted(service.client.__all__) == [
-        "Accuracy", "Artifact", "Client", "ClusterNode", "Cost", "Device", "Devices", "Failure", "GateVerdict", "InterpruneClientError",
+        "Accuracy", "Artifact", "ArtifactPage", "Client", "ClusterNode", "Cost", "Device", "Devices", "Failure",
+        "GateVerdict", "InterpruneClientError",
         "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState", "LatencyRow", "Progress",
         "StatusCode", "TargetAccuracy"]
     assert issubclass(service.client.InterpruneRPCError, service.client.InterpruneClientError)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from service.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from service.core.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from service.jobs.memory_store import MemoryJobStore
 from service.jobs.sqlite_store import SqliteJobStore
 from service.jobs.store import (MAX_ATTEMPTS, SERVER_STOPPED_REASON, Failure, JobState,
@@ -215,6 +215,28 @@ class StoreContract:
         assert store.get(job.id).state == JobState.CANCELLED
 
 
+    # --- deletion and per-client limits ---------------------------------------------------------
+
+    def test_only_finished_jobs_are_deleted_with_their_events(self, store):
+        job = self.running(store, request_id="r-del")
+        with pytest.raises(FailedPrecondition, match="only finished jobs can be deleted"):
+            store.delete(job.id)
+        store.transition(job.id, JobState.RUNNING, JobState.FAILED, message="x")
+        assert store.delete(job.id).id == job.id
+        with pytest.raises(NotFound):
+            store.get(job.id)
+        assert store.events(job.id) == [] and store.create(SPEC, request_id="r-del")[1], "the request id is free"
+
+    def test_queued_jobs_per_owner_are_limited(self, store):
+        for _ in range(2):
+            store.create(SPEC, owner="token:a", max_queued=2)
+        with pytest.raises(ResourceExhausted, match="max_queued_jobs_per_client=2"):
+            store.create(SPEC, owner="token:a", max_queued=2)
+        assert store.create(SPEC, owner="token:b", max_queued=2)[0].owner == "token:b"
+        store.claim_next()                                   # one of a's starts: a has room again
+        assert store.create(SPEC, owner="token:a", max_queued=2)[1]
+
+
 class TestMemoryStore(StoreContract):
     def make_store(self, tmp_path):
         return MemoryJobStore()
@@ -247,6 +269,21 @@ class TestSqliteStore(StoreContract):
         assert reopened.get(job.id).state == JobState.QUEUED
         assert reopened.create(SPEC, request_id="r1")[0].id == job.id
         reopened.close()
+
+    def test_a_store_without_owners_gains_the_column(self, tmp_path):
+        import sqlite3
+
+        path = tmp_path / "old.db"
+        SqliteJobStore(path).close()
+        conn = sqlite3.connect(path)
+        conn.execute("DROP INDEX jobs_by_owner")
+        conn.execute("ALTER TABLE jobs DROP COLUMN owner")
+        conn.execute("INSERT INTO jobs (id, state, spec, created) VALUES ('job-old', 'FAILED', '{}', 0)")
+        conn.commit()
+        conn.close()
+        store = SqliteJobStore(path)
+        assert store.get("job-old").owner is None and store.create(SPEC, owner="x", max_queued=1)[0].owner == "x"
+        store.close()
 
     def test_concurrent_claims_take_each_job_once(self, tmp_path):
         path = tmp_path / "jobs.db"

@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
-from pruning.errors import SpecError
+from pruning.errors import SpecError, clip
 
 
 @dataclass(frozen=True)
@@ -150,19 +150,39 @@ def is_criterion(name: str) -> bool:
 def criterion_class(name: str) -> type[Scorer]:
     try:
         return _CRITERIA[name]
-    except KeyError:
-        raise SpecError(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}") from None
+    except (KeyError, TypeError):
+        raise SpecError(f"unknown criterion {clip(name, 80)!r}; choose one of {', '.join(list_criteria())}") from None
+
+
+def criterion_parameters(name: str) -> dict[str, Any]:
+    """The parameters criterion ``name`` takes, with their defaults (``inspect.Parameter.empty`` when required)."""
+    import inspect
+
+    signature = inspect.signature(criterion_class(name).__init__)
+    return {p.name: p.default for p in signature.parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _parameters_text(name: str) -> str:
+    import inspect
+
+    shown = [key if default is inspect.Parameter.empty else f"{key} (default {clip(repr(default), 40)})"
+             for key, default in criterion_parameters(name).items()]
+    return ", ".join(shown) or "none"
 
 
 def create_criterion(name: str, **params: Any) -> Scorer:
-    try:
-        cls = _CRITERIA[name]
-    except KeyError:
-        raise SpecError(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}") from None
+    """The scorer ``name`` with ``params``; ``SpecError`` naming the valid parameters when one is unknown or bad."""
+    cls = criterion_class(name)
+    unknown = sorted(set(params) - set(criterion_parameters(name)))
+    if unknown:
+        listed = ", ".join(repr(clip(key, 40)) for key in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise SpecError(f"criterion {name!r} has no parameter {listed}; its parameters are: {_parameters_text(name)}")
     try:
         return cls(**params)
-    except TypeError as exc:
-        raise SpecError(f"bad parameters for criterion {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"bad parameter value for criterion {name!r} ({clip(exc, 200)}); its parameters are: "
+                        f"{_parameters_text(name)}") from None
 
 
 def normalise_scores(scores: torch.Tensor) -> torch.Tensor:

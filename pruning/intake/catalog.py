@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 import torch.nn as nn
 
-from pruning.errors import ModelError
+from pruning.errors import ModelError, clip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,8 +66,8 @@ def get_entry(name: str) -> ModelEntry:
     except KeyError:
         close = [n for n in _REGISTRY if name.split("/")[-1] in n]
         hint = f" Did you mean {', '.join(close[:3])}?" if close else ""
-        raise ModelError(f"unknown architecture {name!r}.{hint} Known: {', '.join(list_models())}; or bring your "
-                         "own: timm/NAME, python:PACKAGE.MODULE:FACTORY, or an ONNX file") from None
+        raise ModelError(f"unknown architecture {clip(name, 120)!r}.{hint} Known: {', '.join(list_models())}; "
+                         "or bring your own: timm/NAME, python:PACKAGE.MODULE:FACTORY, or an ONNX file") from None
 
 
 def create_model(name: str, num_classes: int | None = None) -> nn.Module:

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Collection
 
 import torch
 import torch.nn as nn
 
 from pruning.errors import ModelError
+from pruning.finite import check_finite_state_dict
 from pruning.intake.onnx_check import CONVERSION_RTOL, check_conversion
 from pruning.intake.sources import get_source, source_for
 from pruning.intake.spec import ModelSpec, ResolvedModel
@@ -36,9 +38,13 @@ def resolve(spec: ModelSpec, allowed_packages: Collection[str] | None = None) ->
     """Build the model ``spec`` names, load its weights and describe it.
 
     ``allowed_packages``: top-level packages a ``python:`` entry point may come from (None = any; a server passes
-    its ``--allow-model-package`` set). For ONNX models call ``verify`` next, with real images.
+    its ``--allow-model-package`` set). For ONNX models call ``verify`` next, with real images. A model file whose
+    own weights (ONNX initializers) hold NaN/inf is refused (``ModelError``); weights files are checked on reading.
     """
-    return source_for(spec.arch).resolve(spec, allowed_packages)
+    resolved = source_for(spec.arch).resolve(spec, allowed_packages)
+    if spec.model_file:
+        check_finite_state_dict(resolved.module.state_dict(), Path(spec.model_file).name)
+    return resolved
 
 
 def verify(resolved: ResolvedModel, images: torch.Tensor, rtol: float = CONVERSION_RTOL) -> ResolvedModel:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pruning.errors import ModelError
+from pruning.finite import check_finite_state_dict
 from pruning.intake.sniff import identify, weights_advice
 
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -26,17 +27,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint's tensors: a ``torch.save`` file (weights only) or a ``.safetensors`` file.
 
     Accepts a plain state_dict or a dict holding one under ``state_dict`` / ``model`` / ``model_state_dict``;
-    strips a ``module.`` (DataParallel) prefix. Raises ``ModelError`` with a reason a person can act on.
+    strips a ``module.`` (DataParallel) prefix. Raises ``ModelError`` with a reason a person can act on, also when
+    a tensor holds NaN or infinite values (``pruning.finite``): such weights would give NaN logits and a
+    meaningless "successful" job.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     kind = identify(path)
     if kind == "safetensors":
-        return _unwrap_state_dict(_read_safetensors(path), path.name)
-    if kind != "torch":
+        state_dict = _unwrap_state_dict(_read_safetensors(path), path.name)
+    elif kind == "torch":
+        state_dict = _unwrap_state_dict(_read_torch(path), path.name)
+    else:
         raise ModelError(f"cannot use {path.name} as weights: {weights_advice(kind, path.name)}")
-    return _unwrap_state_dict(_read_torch(path), path.name)
+    check_finite_state_dict(state_dict, path.name)
+    return state_dict
 
 
 def _read_torch(path: Path) -> object:

@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from pruning.errors import clip
+from pruning.limits import DEFAULT_DATA_LIMITS, DataLimits
 from service.core.errors import Cancelled, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -80,17 +82,31 @@ def choose_backend(settings: BenchSettings, tensorrt: tuple[bool, str]) -> str:
     return "tensorrt" if settings.backend != "onnxruntime" and trt_ok else "onnxruntime"
 
 
-def load_images(path: Path, input_shape: tuple[int, ...], what: str, need_labels: bool = True
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``images`` (N, C, H, W) float32 and ``labels`` (N,) int64 from an .npz; InvalidArgument when malformed."""
+def load_images(path: Path, input_shape: tuple[int, ...], what: str, need_labels: bool = True,
+                limits: DataLimits = DEFAULT_DATA_LIMITS) -> tuple[np.ndarray, np.ndarray | None]:
+    """``images`` (N, C, H, W) float32 and ``labels`` (N,) int64 from an .npz; InvalidArgument when malformed.
+
+    The arrays' sizes are checked from their .npy headers before any is read (``pruning.archives``: a small
+    upload that would expand to gigabytes is refused), and NaN/inf pixels are refused (``pruning.finite``)."""
+    from pruning.archives import read_npz_headers
+    from pruning.errors import DataError
+    from pruning.finite import check_finite_array
+
+    label = f"the {what} data"
     try:
+        headers = read_npz_headers(path, ("images", "labels"), limits, label)
+        if "images" not in headers:
+            raise KeyError("images")
         with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], (data["labels"] if "labels" in data else None)
+            images, labels = data["images"], (data["labels"] if "labels" in headers else None)
+        check_finite_array(images, "images", label)
     except KeyError:
         raise InvalidArgument(f"the {what} .npz has no 'images' array; send images (N, C, H, W) float32 and "
                               "labels (N,)") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"the {what} data is not a readable .npz: {exc}") from None
+    except DataError as exc:
+        raise InvalidArgument(str(exc)) from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidArgument(f"the {what} data is not a readable .npz: {clip(exc)}") from None
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape) or images.dtype != np.float32:
         raise InvalidArgument(f"the {what} images are {images.dtype} {list(images.shape)}; expected float32 "
                               f"[N, {', '.join(map(str, input_shape))}], preprocessed as the model expects")

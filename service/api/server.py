@@ -14,7 +14,9 @@ State directory::
     server.lock   held (flock) while a server uses the folder; says whether it stopped cleanly
 
 On start after a crash, jobs left RUNNING are failed with a reason (or re-queued when their spec allows) and
-every artifact is re-hashed.
+every artifact is marked for re-hashing: a background thread re-hashes them while the server already serves, and
+a blob not yet checked is re-hashed before it is read (DownloadArtifact, a worker's materialize), so a large store
+does not delay listening. With ``retention_days`` a thread removes old finished jobs and unreferenced artifacts.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from service.jobs.artifacts import ArtifactStore, VerifyReport
 from service._proto.interprune.v1 import worker_pb2 as wpb
 from service._proto.interprune.v1 import worker_pb2_grpc as wpb_grpc
 from service.api.worker_servicer import JobWorkerServicer
+from service.jobs.integrity import mark_unverified, pending, verify_pending
+from service.jobs.lifecycle import RetentionThread
 from service.core.auth import OPEN_METHOD_PREFIXES, BearerTokenInterceptor, server_credentials
 from service.core.errors import FailedPrecondition
 from service.api.executors import build_executor, worker_endpoint
@@ -62,7 +66,8 @@ class Recovery:
 
     unclean_shutdown: bool = False
     jobs: list[JobRecord] = field(default_factory=list)      # jobs that were RUNNING: now failed / re-queued
-    verify: VerifyReport | None = None
+    verify: VerifyReport | None = None                        # the background re-hash, once it has finished
+    marked: int = 0                                           # artifacts marked for re-hashing
 
 
 def _warm_imports() -> None:
@@ -78,9 +83,12 @@ class InterpruneServer:
     """A gRPC server with its store, artifact store, scheduler and health service; see ``create_server``."""
 
     def __init__(self, address: str, state_dir: str | Path, settings: ServerSettings) -> None:
+        settings.check()
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
+        self.stopping = threading.Event()
+        self.guard = threading.Lock()       # job creation vs. removal of what jobs use (see service.jobs.lifecycle)
         self._lock = _StateDirLock(self.state_dir)
         self.store = SqliteJobStore(self.state_dir / "jobs.db")
         self.artifacts = ArtifactStore(self.state_dir / "artifacts", settings.max_upload_bytes, settings.quota_bytes)
@@ -98,7 +106,6 @@ class InterpruneServer:
         workers = settings.job_workers or getattr(executor, "capacity", lambda: 1)()
         self.scheduler = Scheduler(self.store, executor, self.state_dir / "work", SchedulerSettings(
             max_workers=workers, default_timeout_s=settings.job_timeout_s))
-        self.stopping = threading.Event()
         self.health = health.HealthServicer()
         self.grpc_server = self._build_grpc_server()
         self.port = self._bind(address)
@@ -112,10 +119,17 @@ class InterpruneServer:
         self.artifacts.cleanup_tmp()
         shutil.rmtree(self.state_dir / "work", ignore_errors=True)
         if recovery.unclean_shutdown or recovery.jobs:
-            recovery.verify = self.artifacts.verify_all()
-            log.warning("unclean shutdown: re-verified %d artifacts, %d corrupt (quarantined)",
-                        recovery.verify.checked, len(recovery.verify.corrupt))
+            recovery.marked = mark_unverified(self.artifacts)
+            log.warning("unclean shutdown: %d artifacts will be re-verified in the background (and before any read)",
+                        recovery.marked)
         return recovery
+
+    def _verify_in_background(self) -> None:
+        report = verify_pending(self.artifacts, self.stopping.is_set)
+        self.recovery.verify = report
+        if report.checked:
+            log.warning("re-verified %d artifacts after the unclean shutdown, %d corrupt (quarantined)",
+                        report.checked, len(report.corrupt))
 
     def _build_grpc_server(self) -> grpc.Server:
         from concurrent import futures
@@ -129,8 +143,9 @@ class InterpruneServer:
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)])
-        pb_grpc.add_CompressionServicer_to_server(
-            CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping), server)
+        self.servicer = CompressionServicer(self.store, self.artifacts, self.scheduler, self.settings, self.stopping,
+                                            self.guard)
+        pb_grpc.add_CompressionServicer_to_server(self.servicer, server)
         if remote:
             wpb_grpc.add_JobWorkerServicer_to_server(JobWorkerServicer(self.store, self.artifacts, self.job_tokens),
                                                      server)
@@ -161,6 +176,11 @@ class InterpruneServer:
         if self.settings.run_jobs:
             self.scheduler.start()
         self.grpc_server.start()
+        if pending(self.artifacts):
+            threading.Thread(target=self._verify_in_background, name="verify-artifacts", daemon=True).start()
+        if self.settings.retention_days:
+            RetentionThread(self.store, self.artifacts, self.settings.retention_days,
+                            self.settings.retention_interval_s, self.guard, self.stopping).start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on port %d (state %s)", SERVICE_NAME, self.port, self.state_dir)
@@ -176,7 +196,8 @@ class InterpruneServer:
         self.stopping.set()
         self.grpc_server.stop(grace_s).wait()
         self.scheduler.stop()
-        self.store.close()
+        with self.guard:                    # a retention pass in progress finishes first
+            self.store.close()
         self._lock.release(clean=True)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:

@@ -9,13 +9,16 @@ from typing import Iterator
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
+from pruning.errors import clip
 from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto, node_to_proto
-from service.api.validate import validate_spec
 from service.api.settings import ServerSettings
-from service.core.names import parse_artifact_name, parse_job_name
-from service.core.errors import InvalidArgument, ResourceExhausted, Unavailable, rpc
+from service.api.uploads import IdleReader, UploadCancelled, UploadSlots, client_key
+from service.api.validate import check_artifact_kinds, validate_spec
+from service.core.names import artifact_name, parse_artifact_name, parse_job_name
+from service.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable, rpc
 from service.core.wire import KIND_FROM_PROTO, STATE_FROM_PROTO, spec_to_dict
-from service.jobs.artifacts import ArtifactStore
+from service.jobs.artifacts import ArtifactStore, clean_name
+from service.jobs.lifecycle import delete_artifact, delete_job
 from service.jobs.scheduler import Scheduler
 from service.jobs.store import JobState, JobStore
 
@@ -27,16 +30,37 @@ MAX_PAGE_SIZE = 500
 
 class CompressionServicer(pb_grpc.CompressionServicer):
     def __init__(self, store: JobStore, artifacts: ArtifactStore, scheduler: Scheduler,
-                 settings: ServerSettings, stopping: threading.Event) -> None:
+                 settings: ServerSettings, stopping: threading.Event, guard: threading.Lock | None = None) -> None:
         self.store, self.artifacts, self.scheduler = store, artifacts, scheduler
         self.settings, self.stopping = settings, stopping
-        self._watchers = threading.BoundedSemaphore(settings.max_watchers or max(1, settings.rpc_threads - 8))
+        self.guard = guard or threading.Lock()      # submit vs. deleting what a job is about to use
+        self._watchers = threading.BoundedSemaphore(settings.watch_limit)
+        self.uploads = UploadSlots(settings.max_uploads, settings.max_uploads_per_client)
 
     # --- artifacts -------------------------------------------------------------------------------
 
     @rpc
     def UploadArtifact(self, request_iterator, context):
-        first = next(request_iterator, None)
+        with self.uploads.slot(client_key(context)):
+            reader = IdleReader(request_iterator, self.settings.upload_idle_timeout_s, context=context)
+            try:
+                try:
+                    return self._upload(reader)
+                except InvalidArgument:             # a stream cut short: by the client leaving, or a bad client
+                    if reader.client_gone():
+                        raise UploadCancelled(f"{reader.what} was cancelled by the client") from None
+                    raise
+            except UploadCancelled:
+                log.info("upload cancelled by the client")
+                raise
+            except DeadlineExceeded as exc:
+                log.info("upload ended: %s", exc.message)
+                raise
+            finally:
+                reader.close()
+
+    def _upload(self, reader: IdleReader) -> pb.Artifact:
+        first = reader.next_message()
         if first is None or first.WhichOneof("content") != "header":
             raise InvalidArgument("the first UploadArtifact message must carry the header (name, kind, size_bytes, "
                                   "sha256); the bytes follow in later messages")
@@ -44,8 +68,9 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         kind = KIND_FROM_PROTO.get(header.kind)
         if kind is None:
             raise InvalidArgument("the upload header must set kind (MODEL, DATASET, ...)")
+        reader.what = f"the upload of {clean_name(header.display_name)}"
         info = self.artifacts.put_stream(header.display_name, kind, header.size_bytes, header.sha256,
-                                         _chunks(request_iterator))
+                                         _chunks(reader.messages()))
         log.info("artifact %s (%s, %d bytes) stored", info.id[:12], info.name, info.size_bytes)
         return artifact_to_proto(info)
 
@@ -56,11 +81,31 @@ class CompressionServicer(pb_grpc.CompressionServicer):
     @rpc
     def DownloadArtifact(self, request, context):
         info = self.artifacts.get(parse_artifact_name(request.name))
+        self.artifacts.verify(info.id)
         yield pb.DownloadArtifactResponse(artifact=artifact_to_proto(info))
         for chunk in self.artifacts.read_chunks(info.id, CHUNK_BYTES):
             if not context.is_active():
                 return
             yield pb.DownloadArtifactResponse(chunk=chunk)
+
+    @rpc
+    def ListArtifacts(self, request, context):
+        size = _page_size(request.page_size)
+        kinds = []
+        for kind in request.kinds:
+            if kind not in KIND_FROM_PROTO:
+                raise InvalidArgument(f"unknown artifact kind {kind} in the filter")
+            kinds.append(KIND_FROM_PROTO[kind])
+        page, cursor = self.artifacts.page(kinds, size, _decode_artifact_token(request.page_token))
+        return pb.ListArtifactsResponse(artifacts=[artifact_to_proto(a) for a in page],
+                                        next_page_token=_encode_token(cursor and f"{cursor[0]!r}:{cursor[1]}"))
+
+    @rpc
+    def DeleteArtifact(self, request, context):
+        artifact_id = parse_artifact_name(request.name)
+        with self.guard:
+            delete_artifact(self.store, self.artifacts, artifact_id)
+        return pb.DeleteArtifactResponse(name=request.name)
 
     # --- jobs ------------------------------------------------------------------------------------
 
@@ -74,14 +119,22 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         spec, execution = spec_to_dict(request.spec)
         _add_agents(spec, spec["benchmark"].get("targets", ()), self.settings.agents)
         normalized = _normalize(spec)
-        job, created = self.store.create(normalized, request=request.spec.SerializeToString(deterministic=True),
-                                         request_id=request.request_id or None,
-                                         timeout_seconds=execution.timeout_seconds,
-                                         retry_on_crash=execution.retry_on_crash)
+        with self.guard:       # the artifacts it uses cannot be deleted between this check and the job's creation
+            check_artifact_kinds(request.spec, self._describe)
+            job, created = self.store.create(normalized, request=request.spec.SerializeToString(deterministic=True),
+                                             request_id=request.request_id or None,
+                                             timeout_seconds=execution.timeout_seconds,
+                                             retry_on_crash=execution.retry_on_crash, owner=client_key(context),
+                                             max_queued=self.settings.max_queued_jobs_per_client)
         if created:
-            log.info("job %s queued (%s, %s)", job.id, request.spec.model.arch, request.spec.prune.criterion or "l1")
+            log.info("job %s queued (%s, %s)", job.id, clip(request.spec.model.arch, 80),
+                     clip(request.spec.prune.criterion or "l1", 80))
             self.scheduler.wake()
         return job_to_proto(job)
+
+    def _describe(self, artifact_id: str) -> tuple[str, str]:
+        info = self.artifacts.get(artifact_id)
+        return info.kind, info.name
 
     @rpc
     def GetJob(self, request, context):
@@ -89,15 +142,13 @@ class CompressionServicer(pb_grpc.CompressionServicer):
 
     @rpc
     def ListJobs(self, request, context):
-        if request.page_size < 0:
-            raise InvalidArgument("page_size must be >= 0 (0 = the default of 50)")
-        size = min(request.page_size or 50, MAX_PAGE_SIZE)
+        size = _page_size(request.page_size)
         states = []
         for state in request.states:
             if state not in STATE_FROM_PROTO:
                 raise InvalidArgument(f"unknown job state {state} in the filter")
             states.append(STATE_FROM_PROTO[state])
-        jobs, cursor = self.store.list(states, size, _decode_token(request.page_token))
+        jobs, cursor = self.store.list(states, size, _decode_job_token(request.page_token))
         return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=_encode_token(cursor))
 
     @rpc
@@ -137,6 +188,12 @@ class CompressionServicer(pb_grpc.CompressionServicer):
             self.scheduler.cancel(job.id)       # returns at once: the job reaches CANCELLED on its own
         return job_to_proto(job)
 
+    @rpc
+    def DeleteJob(self, request, context):
+        with self.guard:
+            _, removed = delete_job(self.store, self.artifacts, parse_job_name(request.name))
+        return pb.DeleteJobResponse(name=request.name, deleted_artifacts=[artifact_name(a) for a in removed])
+
     # --- devices ---------------------------------------------------------------------------------
 
     @rpc
@@ -171,27 +228,56 @@ def _chunks(request_iterator) -> Iterator[bytes]:
 
 
 def _normalize(spec: dict) -> dict:
-    """The spec as ``pipeline.spec.JobSpec`` reads it back (types checked, defaults filled in)."""
+    """The spec as ``pipeline.spec.JobSpec`` reads it back (types checked, defaults filled in), its numbers
+    within the server's limits and finite (``pipeline.checks``)."""
     from pruning.errors import SpecError
+    from pipeline.checks import check_job_limits
     from pipeline.spec import JobSpec
 
     try:
-        return JobSpec.from_dict(spec).to_dict()
+        job_spec = JobSpec.from_dict(spec)
+        check_job_limits(job_spec)
+        return job_spec.to_dict()
     except SpecError as exc:
         raise InvalidArgument(str(exc)) from None
 
 
-def _encode_token(cursor: int | None) -> str:
+def _page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size must be >= 0 (0 = the default of 50)")
+    return min(requested or 50, MAX_PAGE_SIZE)
+
+
+def _encode_token(cursor) -> str:
     return "" if cursor is None else base64.urlsafe_b64encode(f"v1:{cursor}".encode()).decode()
 
 
-def _decode_token(token: str) -> int | None:
+def _decode_token(token: str) -> str | None:
     if not token:
         return None
     try:
         version, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
         if version != "v1":
             raise ValueError(version)
-        return int(value)
+        return value
     except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token is not one this server issued; start again without it") from None
+
+
+def _decode_job_token(token: str) -> int | None:
+    value = _decode_token(token)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        raise InvalidArgument("page_token is not one this server issued; start again without it") from None
+
+
+def _decode_artifact_token(token: str) -> tuple[float, str] | None:
+    value = _decode_token(token)
+    if value is None:
+        return None
+    created, _, artifact_id = value.rpartition(":")
+    try:
+        return float(created), artifact_id
+    except ValueError:
         raise InvalidArgument("page_token is not one this server issued; start again without it") from None

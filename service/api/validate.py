@@ -6,7 +6,6 @@ import re
 from typing import Callable, Collection
 
 from pruning.errors import clip
-
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
 from service.core.names import parse_artifact_name
@@ -38,13 +37,13 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
         if not name:
             continue
         if not is_criterion(name):
-            raise InvalidArgument(f"unknown criterion {name!r}; choose one of {', '.join(list_criteria())}")
+            raise InvalidArgument(f"unknown criterion {clip(name, 80)!r}; choose one of {', '.join(list_criteria())}")
         try:
             scorer = create_criterion(name, **_params(params))
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from None
         if kind and scorer.kind != kind:
-            raise InvalidArgument(f"layer_criterion {name!r} scores channels, not blocks; choose one of "
+            raise InvalidArgument(f"layer_criterion {clip(name, 80)!r} scores channels, not blocks; choose one of "
                                   f"{', '.join(list_criteria('block')) or '(none registered)'}")
     _check_enums(spec)
     _check_ranges(spec)
@@ -142,3 +141,20 @@ def _check_ranges(spec: pb.JobSpec) -> None:
             raise InvalidArgument(message)
 
 
+
+
+# what an artifact may be used as: spec field -> the kinds accepted there
+USES = {"spec.model.weights": ("model", "weights"), "spec.data.artifact": ("dataset",)}
+
+
+def check_artifact_kinds(spec: pb.JobSpec, describe: Callable[[str], tuple[str, str]]) -> None:
+    """Refuse an artifact used as something it was not uploaded as (a model as the data set, a data set as the
+    weights). ``describe(id)`` gives its (kind, file name)."""
+    for field, name in (("spec.model.weights", spec.model.weights), ("spec.data.artifact", spec.data.artifact)):
+        if not name:
+            continue
+        kind, file_name = describe(parse_artifact_name(name, field))
+        accepted = USES[field]
+        if kind not in accepted:
+            raise InvalidArgument(f"{field}: {clip(file_name, 120)} ({name}) was uploaded as a {kind} artifact; this "
+                                  f"field takes a {' or '.join(accepted)} artifact: check which file goes where")

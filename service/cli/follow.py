@@ -10,7 +10,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from service.cli.output import EXIT_FAILED, EXIT_GATE, EXIT_OK, CliError, ProgressPrinter
+from service.cli.output import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, CliError, ProgressPrinter
+from service.core.states import INVALID_INPUT
 
 OUTPUT_NAMES = {"plan": "plan.json", "weights": "weights.pt", "onnx": "model.onnx", "report_json": "report.json",
                 "report_html": "report.html"}
@@ -48,7 +49,7 @@ def report_job(job, files: dict[str, str], as_json: bool = False) -> int:
         print(json.dumps({**job_json(job), "files": files, "exit_code": code}))
         return code
     if job.state.value != "SUCCEEDED":
-        raise CliError(f"job {job.id} {job.state.value.lower()}: {job.message}", EXIT_FAILED)
+        raise CliError(f"job {job.id} {job.state.value.lower()}: {job.message}", code)
     report_path = files.get("report_json")
     if report_path:
         from pipeline.report import summary_table
@@ -66,8 +67,11 @@ def report_job(job, files: dict[str, str], as_json: bool = False) -> int:
 
 
 def exit_code(job) -> int:
+    """0 succeeded (gate passed), 2 failed on bad input (the model, data or spec: fix and resubmit), 3 failed
+    otherwise (export check, time budget, crash, server stop, internal) or cancelled, 4 gate failed."""
     if job.state.value != "SUCCEEDED":
-        return EXIT_FAILED
+        failure = getattr(job, "failure", None)
+        return EXIT_USAGE if failure is not None and failure.kind == INVALID_INPUT else EXIT_FAILED
     gate = job.result.gate if job.result else None
     return EXIT_GATE if gate is not None and gate.evaluated and not gate.passed else EXIT_OK
 

@@ -29,14 +29,28 @@ def add_local_commands(sub) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    spec = checked_spec(args)
     report = run_into_folder(spec, Path(args.out), force=args.force, quiet=args.json)
     return finish(report, Path(args.out), as_json=args.json)
 
 
+def checked_spec(args: argparse.Namespace):
+    """The spec of the flags, within the limits a server enforces at submit (``pipeline.checks``): exit 2 with
+    the field, its value and the limit otherwise, before anything is read or uploaded."""
+    from pipeline.checks import check_job_limits
+    from pruning.errors import SpecError
+
+    try:
+        spec = spec_from_args(args)
+        check_job_limits(spec)
+    except SpecError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    return spec
+
+
 def run_into_folder(spec, out: Path, force: bool = False, quiet: bool = False) -> dict:
     """Run the pipeline into a temporary sibling of ``out`` and move it into place only when it succeeded."""
-    from pipeline.run import run_pipeline
+    from pipeline.run import ExportCheckFailed, run_pipeline
     from pruning.errors import Cancelled, InterpruneError
     from service.agent.targets import AgentTargets
 
@@ -48,7 +62,7 @@ def run_into_folder(spec, out: Path, force: bool = False, quiet: bool = False) -
     progress = ProgressPrinter(enabled=not quiet)
     try:
         report = run_pipeline(spec, work, progress=progress, remote_targets=AgentTargets)
-    except Cancelled as exc:
+    except (Cancelled, ExportCheckFailed) as exc:        # the job failed, not its input: exit 3, as a server job
         raise CliError(str(exc), EXIT_FAILED) from None
     except InterpruneError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

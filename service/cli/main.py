@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from service.cli.local import add_local_commands
+from service.cli.manage import add_manage_commands
 from service.cli.output import EXIT_USAGE, CliError
 from service.cli.remote import add_remote_commands
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_local_commands(sub)
     add_remote_commands(sub)
+    add_manage_commands(sub)
     return parser
 
 
@@ -36,9 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from pruning.errors import InterpruneError
+
     try:
         return args.func(args)
-    except argparse.ArgumentTypeError as exc:
+    except (argparse.ArgumentTypeError, InterpruneError) as exc:     # bad input found outside a command's checks
         CliError(str(exc), EXIT_USAGE).show()
         return EXIT_USAGE
     except CliError as exc:

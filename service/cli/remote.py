@@ -20,11 +20,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.flags import add_spec_arguments, spec_from_args
+from pipeline.flags import add_spec_arguments
 from service.cli.follow import (download_outputs, exit_code, follow, job_json, job_text, plain, print_nodes,
                                 report_job)
+from service.cli.local import checked_spec
 from service.cli.output import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError,
                                 positive_float, positive_int)
+from service.cli.serve_limits import add_limit_arguments, limit_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def _add_serve(subparsers) -> None:
     serve.add_argument("--allow-model-package", action="append", default=[], metavar="PKG",
                        help="jobs may use python:PKG.MODULE:FACTORY architectures from this installed package "
                             "(repeatable; default none: no user-named code runs on the server)")
+    add_limit_arguments(serve)
     _add_executor_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -228,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               ray_cpus_per_job=args.ray_cpus_per_job, advertise_address=args.advertise_address,
                               job_timeout_s=args.job_timeout, warm_spare=not args.no_spare_worker, tokens=tokens,
                               tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                              allowed_model_packages=frozenset(args.allow_model_package))
+                              allowed_model_packages=frozenset(args.allow_model_package), **limit_settings(args))
 
     def ready(server) -> None:
         host_part = args.listen.rpartition(":")[0]
@@ -240,10 +243,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
               + ")", flush=True)
 
     try:
+        settings.check()
         serve(args.listen, args.state_dir, settings, ready=ready)
     except ServiceError as exc:
         raise CliError(exc.message, EXIT_USAGE) from None
-    except AuthConfigError as exc:
+    except (AuthConfigError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
@@ -314,7 +318,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 @_client_command
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args)
+    spec = checked_spec(args)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise CliError(f"--out {out} is a file; give a folder", EXIT_USAGE)

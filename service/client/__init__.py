@@ -27,16 +27,16 @@ import grpc
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from service.client.types import (Accuracy, Artifact, ClusterNode, Cost, Device, Devices, Failure, GateVerdict, InterpruneClientError,
-                                   InterpruneRPCError, Job, JobEvent, JobPage, JobResult, LatencyRow, Progress,
-                                   StatusCode, TargetAccuracy, _artifact, _event, _job)
+from service.client.types import (Accuracy, Artifact, ArtifactPage, ClusterNode, Cost, Device, Devices, Failure,
+                                   GateVerdict, InterpruneClientError, InterpruneRPCError, Job, JobEvent, JobPage,
+                                   JobResult, LatencyRow, Progress, StatusCode, TargetAccuracy, _artifact, _event, _job)
 from service.core.hashing import sha256_file
 from service.core.names import artifact_name, job_name
 from service.core.states import JobState
 
-__all__ = ["Accuracy", "Artifact", "Client", "ClusterNode", "Cost", "Device", "Devices", "Failure", "GateVerdict", "InterpruneClientError",
-           "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult", "JobState", "LatencyRow", "Progress",
-           "StatusCode", "TargetAccuracy"]
+__all__ = ["Accuracy", "Artifact", "ArtifactPage", "Client", "ClusterNode", "Cost", "Device", "Devices", "Failure",
+           "GateVerdict", "InterpruneClientError", "InterpruneRPCError", "Job", "JobEvent", "JobPage", "JobResult",
+           "JobState", "LatencyRow", "Progress", "StatusCode", "TargetAccuracy"]
 
 CHUNK_BYTES = 1 << 20
 _DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})$")
@@ -48,6 +48,11 @@ def _retry_config(attempts: int) -> str:
         "name": [{"service": "interprune.v1.Compression"}],
         "retryPolicy": {"maxAttempts": max(2, attempts), "initialBackoff": "0.2s", "maxBackoff": "2s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+def _artifact_name(artifact_id: str) -> str:
+    """``artifacts/{sha256}`` for an id (a name given as the id, or ``artifact:<id>``, is accepted)."""
+    return artifact_name(artifact_id.removeprefix("artifacts/").removeprefix("artifact:"))
 
 
 def _job_name(job_id: str) -> str:
@@ -123,6 +128,31 @@ class Client:
         except grpc.RpcError as error:
             raise InterpruneRPCError.from_grpc(error) from None
 
+    def list_artifacts(self, kinds: Iterable[str] = (), page_size: int = 50, page_token: str = "") -> ArtifactPage:
+        """Stored artifacts, newest first (``kinds``: e.g. ("model", "dataset"); empty = all)."""
+        from service.core.wire import KIND_TO_PROTO
+
+        unknown = [k for k in kinds if k not in KIND_TO_PROTO]
+        if unknown:
+            raise InterpruneClientError(f"unknown artifact kind {unknown[0]!r}; use one of {', '.join(KIND_TO_PROTO)}")
+        request = pb.ListArtifactsRequest(page_size=page_size, page_token=page_token,
+                                          kinds=[KIND_TO_PROTO[k] for k in kinds])
+        response = self._unary(self._stub.ListArtifacts, request)
+        return ArtifactPage([_artifact(a) for a in response.artifacts], response.next_page_token)
+
+    def iter_artifacts(self, kinds: Iterable[str] = (), page_size: int = 100) -> Iterator[Artifact]:
+        token = ""
+        while True:
+            page = self.list_artifacts(kinds, page_size, token)
+            yield from page.artifacts
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def delete_artifact(self, artifact_id: str) -> None:
+        """Remove an artifact from the server; FAILED_PRECONDITION while a queued or running job uses it."""
+        self._unary(self._stub.DeleteArtifact, pb.DeleteArtifactRequest(name=_artifact_name(artifact_id)))
+
     def download(self, artifact_id: str, path: str | os.PathLike) -> Path:
         """Stream an artifact into ``path`` atomically; the digest is checked before the file appears."""
         path = Path(path)
@@ -196,6 +226,11 @@ class Client:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    def delete(self, job_id: str) -> list[str]:
+        """Remove a finished job; returns the ids of its outputs removed with it (those no other job uses)."""
+        response = self._unary(self._stub.DeleteJob, pb.DeleteJobRequest(name=_job_name(job_id)))
+        return [name.removeprefix("artifacts/") for name in response.deleted_artifacts]
 
     def cancel(self, job_id: str) -> Job:
         return _job(self._unary(self._stub.CancelJob, pb.CancelJobRequest(name=_job_name(job_id))))

@@ -225,6 +225,12 @@ class JobPage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class ArtifactPage:
+    artifacts: list[Artifact]
+    next_page_token: str
+
+
 # --- conversions ----------------------------------------------------------------------------------------
 
 def _time(message, name: str) -> datetime | None:

@@ -67,6 +67,23 @@ class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
 
 
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+#: Longest status message sent, in UTF-8 bytes. gRPC carries it in a trailer (percent-encoded: up to 3x) and
+#: clients refuse trailers above 8 KiB by default, so a longer message would turn into an unreadable error.
+MAX_MESSAGE_BYTES = 2000
+
+
+def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes, the cut marked with how many characters were left out."""
+    if len(message.encode("utf-8", "replace")) <= limit:
+        return message
+    keep = message.encode("utf-8", "replace")[:limit - 24].decode("utf-8", "ignore")
+    return f"{keep}…[+{len(message) - len(keep)} chars]"
+
+
 def from_engine(exc: InterpruneError) -> ServiceError:
     """The service error for an engine error. A bad model, data set or spec (``ModelError``, ``DataError``,
     ``SpecError``, and any other ``InterpruneError``) is input for the caller to fix: INVALID_ARGUMENT, whatever
@@ -92,7 +109,8 @@ def _to_service_error(exc: Exception, where: str) -> ServiceError:
 
 
 def rpc(method: Callable) -> Callable:
-    """Decorate a servicer method: our errors abort with their code; anything else is INTERNAL with an id.
+    """Decorate a servicer method: our errors abort with their code and their message (capped at
+    ``MAX_MESSAGE_BYTES``); anything else is INTERNAL with an id.
 
     Works for unary and server-streaming methods (generators). An error raised by gRPC's own ``abort`` (the
     call is already finished) passes through untouched.
@@ -101,7 +119,7 @@ def rpc(method: Callable) -> Callable:
 
     def fail(context: grpc.ServicerContext, exc: Exception) -> None:
         error = _to_service_error(exc, where)
-        context.abort(error.code, error.message)
+        context.abort(error.code, cap_message(error.message))
 
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)

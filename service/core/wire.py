@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pruning.errors import clip
 from service._proto.interprune.v1 import common_pb2 as cpb
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
@@ -56,7 +57,7 @@ def _present(message, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _params(values, what: str = "criterion parameter") -> dict[str, Any]:
-    return {key: _plain_value(value, f"{what} {key!r}") for key, value in values.items()}
+    return {key: _plain_value(value, f"{what} {clip(key, 80)!r}") for key, value in values.items()}
 
 
 def _plain_value(value: pb.ParamValue, label: str) -> Any:
@@ -105,7 +106,8 @@ def target_from_text(text: str) -> cpb.Target:
         return cpb.Target(agent=rest)
     if kind == "local" and rest in LOCAL_TO_PROTO:
         return cpb.Target(local=LOCAL_TO_PROTO[rest])
-    raise InvalidArgument(f"benchmark target {text!r}: use local:cpu, local:cuda, local:tensorrt or agent:NAME")
+    raise InvalidArgument(f"benchmark target {clip(text, 80)!r}: use local:cpu, local:cuda, local:tensorrt or "
+                          "agent:NAME")
 
 
 def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
@@ -183,8 +185,8 @@ def _param_value(key: str, value: Any) -> pb.ParamValue:
         return pb.ParamValue(double_value=value)
     if isinstance(value, str):
         return pb.ParamValue(string_value=value)
-    raise InvalidArgument(f"parameter {key!r}={value!r}: only numbers, strings, booleans, lists and maps are "
-                          "supported")
+    raise InvalidArgument(f"parameter {clip(key, 80)!r}={clip(repr(value), 80)}: only numbers, strings, booleans, "
+                          "lists and maps are supported")
 
 
 def _set(message, **values: Any) -> None:

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from service.core.errors import FailedPrecondition, NotFound
-from service.jobs.store import (Event, Failure, JobRecord, JobState, check_transition, new_job_id, recovery_outcome,
-                                same_request, state_message)
+from service.jobs.store import (Event, Failure, JobRecord, JobState, check_deletable, check_transition, new_job_id,
+                                queue_full, recovery_outcome, same_request, state_message)
 class MemoryJobStore:
     """Dicts behind one lock: the same contract as ``SqliteJobStore`` within one process."""
 
@@ -44,18 +44,32 @@ class MemoryJobStore:
             return [e for e in self._events.get(job_id, []) if e.sequence > after][:limit]
 
     def create(self, spec: dict, *, request: bytes = b"", request_id: str | None = None,
-               timeout_seconds: float | None = None, retry_on_crash: bool = False) -> tuple[JobRecord, bool]:
+               timeout_seconds: float | None = None, retry_on_crash: bool = False, owner: str | None = None,
+               max_queued: int | None = None) -> tuple[JobRecord, bool]:
         with self._lock:
             if request_id and request_id in self._by_request:
                 return same_request(self._jobs[self._by_request[request_id]], request), False
+            if max_queued is not None:
+                queued = sum(1 for j in self._jobs.values() if j.owner == owner and j.state == JobState.QUEUED)
+                if queued >= max_queued:
+                    raise queue_full(owner, queued, max_queued)
             self._seq += 1
             job = JobRecord(new_job_id(), self._seq, JobState.QUEUED, json.loads(json.dumps(spec)), request,
-                            request_id or None, timeout_seconds, retry_on_crash, created=time.time())
+                            request_id or None, timeout_seconds, retry_on_crash, created=time.time(), owner=owner)
             self._jobs[job.id], self._events[job.id] = job, []
             if request_id:
                 self._by_request[request_id] = job.id
             self._event(job.id, "state", JobState.QUEUED, message="queued")
             return self._jobs[job.id], True
+
+    def delete(self, job_id: str) -> JobRecord:
+        with self._lock:
+            job = self.get(job_id)
+            check_deletable(job)
+            del self._jobs[job_id], self._events[job_id]
+            if job.request_id:
+                self._by_request.pop(job.request_id, None)
+            return job
 
     def claim_next(self) -> JobRecord | None:
         with self._lock:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from service.core.errors import FailedPrecondition, NotFound
-from service.jobs.store import (TRANSITIONS, Event, Failure, JobRecord, JobState, check_transition, new_job_id, recovery_outcome,
-                                same_request, state_message)
+from service.jobs.store import (TRANSITIONS, Event, Failure, JobRecord, JobState, check_deletable, check_transition,
+                                new_job_id, queue_full, recovery_outcome, same_request, state_message)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
@@ -67,6 +68,8 @@ class SqliteJobStore:
         conn.execute("PRAGMA journal_mode=WAL")
         with self._write() as c:
             for statement in filter(str.strip, _SCHEMA.split(";")):
+                if "jobs_by_owner" in statement:
+                    _add_owner_column(c)
                 c.execute(statement)
             columns = {row["name"] for row in c.execute("PRAGMA table_info(jobs)")}
             for column, kind in _ADDED_COLUMNS:
@@ -140,19 +143,33 @@ class SqliteJobStore:
     # --- writing ---------------------------------------------------------------------------------
 
     def create(self, spec: dict, *, request: bytes = b"", request_id: str | None = None,
-               timeout_seconds: float | None = None, retry_on_crash: bool = False) -> tuple[JobRecord, bool]:
+               timeout_seconds: float | None = None, retry_on_crash: bool = False, owner: str | None = None,
+               max_queued: int | None = None) -> tuple[JobRecord, bool]:
         with self._write() as c:
             if request_id:
                 row = c.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
                 if row is not None:
                     return same_request(_record(row), request), False
+            if max_queued is not None:
+                queued = c.execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = ?",
+                                   (owner, JobState.QUEUED.value)).fetchone()[0]
+                if queued >= max_queued:
+                    raise queue_full(owner, queued, max_queued)
             job_id, now = new_job_id(), time.time()
             c.execute("INSERT INTO jobs (id, state, spec, request, request_id, timeout_seconds, retry_on_crash, "
-                      "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      "created, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (job_id, JobState.QUEUED.value, json.dumps(spec), request, request_id or None,
-                       timeout_seconds, int(retry_on_crash), now))
+                       timeout_seconds, int(retry_on_crash), now, owner))
             self._event(c, job_id, "state", JobState.QUEUED, message="queued")
         return self.get(job_id), True
+
+    def delete(self, job_id: str) -> JobRecord:
+        with self._write() as c:
+            job = self._get(c, job_id)
+            check_deletable(job)
+            c.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return job
 
     def claim_next(self) -> JobRecord | None:
         with self._write() as c:
@@ -252,5 +269,12 @@ def _record(row: sqlite3.Row) -> JobRecord:
         retry_on_crash=bool(row["retry_on_crash"]), created=row["created"], started=row["started"],
         finished=row["finished"], message=row["message"], failure=Failure(**failure) if failure else None,
         result=json.loads(row["result"]) if row["result"] else None, cancel_requested=bool(row["cancel_requested"]),
-        worker_pid=row["worker_pid"], worker_node=row["worker_node"], attempts=row["attempts"], last_sequence=row["last_sequence"],
-        progress=json.loads(row["progress"]) if row["progress"] else None)
+        worker_pid=row["worker_pid"], worker_node=row["worker_node"],
+        attempts=row["attempts"], last_sequence=row["last_sequence"],
+        progress=json.loads(row["progress"]) if row["progress"] else None, owner=row["owner"])
+
+
+def _add_owner_column(c: sqlite3.Connection) -> None:
+    """Stores made before per-client limits have no ``owner`` column: add it (NULL for their jobs)."""
+    if "owner" not in {r["name"] for r in c.execute("PRAGMA table_info(jobs)").fetchall()}:
+        c.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")

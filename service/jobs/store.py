@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
-from service.core.errors import AlreadyExists, FailedPrecondition
+from service.core.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from service.core.states import CRASHED, SERVER_STOPPED, JobState
 
 
@@ -82,12 +82,19 @@ class JobRecord:
     attempts: int = 0
     last_sequence: int = 0
     progress: dict | None = None                # the latest progress event: stage, fraction, message
+    owner: str | None = None                    # who submitted it (token hash or address), for per-client limits
 
 
 class JobStore(Protocol):
     def create(self, spec: dict, *, request: bytes = b"", request_id: str | None = None,
-               timeout_seconds: float | None = None, retry_on_crash: bool = False) -> tuple[JobRecord, bool]:
-        """Queue a job; with a known ``request_id`` return that job instead (``created`` False)."""
+               timeout_seconds: float | None = None, retry_on_crash: bool = False, owner: str | None = None,
+               max_queued: int | None = None) -> tuple[JobRecord, bool]:
+        """Queue a job; with a known ``request_id`` return that job instead (``created`` False). With
+        ``max_queued``, ``ResourceExhausted`` when ``owner`` already has that many QUEUED jobs (checked in the
+        same transaction)."""
+
+    def delete(self, job_id: str) -> JobRecord:
+        """Remove a finished job and its events; ``FailedPrecondition`` for a QUEUED or RUNNING one."""
 
     def get(self, job_id: str) -> JobRecord: ...
 
@@ -154,6 +161,17 @@ def lost_worker_outcome(job: JobRecord, reason: str) -> tuple[JobState, str, Fai
 
 
 # --- SQLite -------------------------------------------------------------------------------------------
+
+
+def check_deletable(job: JobRecord) -> None:
+    if not job.state.terminal:
+        raise FailedPrecondition(f"job {job.id} is {job.state.value}; only finished jobs can be deleted (cancel it "
+                                 f"first: interprune cancel {job.id})")
+
+
+def queue_full(owner: str | None, queued: int, max_queued: int) -> ResourceExhausted:
+    return ResourceExhausted(f"{owner or 'this client'} already has {queued} queued jobs, the limit "
+                             f"max_queued_jobs_per_client={max_queued}; wait for some to start or cancel them")
 
 
 def same_request(job: JobRecord, request: bytes) -> JobRecord:

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from service.core.states import CRASHED, EXPORT_CHECK, INTERNAL, INVALID_INPUT
 from service.jobs.artifacts import Artifacts
 from service.jobs.backends import open_artifact_store, open_job_store
+from service.jobs.scrub import replacements, scrub_json, scrub_report_files, scrub_text
 from service.jobs.store import Failure, JobRecord, JobState, JobStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,9 @@ def _exit_with_parent(parent_pid: int) -> None:
 def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, threads: int,
             allowed_packages: tuple[str, ...] = ()) -> None:
     """Run ``job`` (RUNNING) to a terminal state, recording it in ``store``. ``allowed_packages``: the packages
-    a ``python:`` architecture may come from (the operator's ``--allow-model-package``; none by default)."""
+    a ``python:`` architecture may come from (the operator's ``--allow-model-package``; none by default).
+    Messages and the report name the user's files by the names they uploaded them under, never by server paths
+    (``service.jobs.scrub``)."""
     import torch
 
     from pipeline.run import ExportCheckFailed, run_pipeline
@@ -94,28 +98,46 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
 
     torch.set_num_threads(max(1, threads))
     out = work / "out"
+    inputs = Inputs()
     try:
-        spec = JobSpec.from_dict(resolve_artifacts(job.spec, artifacts, work))
+        spec = JobSpec.from_dict(resolve_artifacts(job.spec, artifacts, work, inputs))
+        (work / "scratch").mkdir(parents=True, exist_ok=True)
         report = run_pipeline(spec, out, progress=_Progress(store, job.id), should_stop=CancelFlag(store, job.id),
-                              remote_targets=AgentTargets, allowed_packages=frozenset(allowed_packages))
+                              remote_targets=AgentTargets, allowed_packages=frozenset(allowed_packages),
+                              data_name=inputs.data_name, scratch_dir=work / "scratch")
+        hidden = inputs.hidden(job.spec, work, artifacts, out)
+        scrub_report_files(out, hidden)
         outputs = store_outputs(out, artifacts)
-        result = summarize(report, outputs)
+        result = scrub_json(summarize(report, outputs), hidden)
         store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED, message=_success_line(result),
                          result=result)
+        return
     except Cancelled:
         store.transition(job.id, JobState.RUNNING, JobState.CANCELLED, message="cancelled by request")
+        return
     except ExportCheckFailed as exc:
-        _fail(store, job.id, Failure(EXPORT_CHECK, str(exc), type(exc).__name__))
+        failure = Failure(EXPORT_CHECK, str(exc), type(exc).__name__)
     except InterpruneError as exc:
-        _fail(store, job.id, Failure(INVALID_INPUT, str(exc), type(exc).__name__))
+        failure = Failure(INVALID_INPUT, str(exc), type(exc).__name__)
     except MemoryError:
-        _fail(store, job.id, Failure(CRASHED, "the job ran out of memory; give it less data or a smaller batch size",
-                                     "MemoryError"))
+        failure = Failure(CRASHED, "the job ran out of memory; give it less data or a smaller batch size",
+                          "MemoryError")
     except Exception as exc:  # noqa: BLE001 - a bug: keep the traceback in the log, give the user an id
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("job %s: internal error %s", job.id, error_id)
-        _fail(store, job.id, Failure(INTERNAL, f"internal error (error id {error_id}, {type(exc).__name__}); the "
-                                               "server log has the traceback", type(exc).__name__))
+        failure = _unexpected(job.id, exc)
+    hidden = inputs.hidden(job.spec, work, artifacts, out)
+    _fail(store, job.id, replace(failure, message=scrub_text(failure.message, hidden)))
+
+
+def _unexpected(job_id: str, exc: Exception) -> Failure:
+    """An exporter's own error that escaped the pipeline is an export check; anything else is a bug, logged."""
+    from exporters import ExportError
+
+    if isinstance(exc, ExportError):
+        return Failure(EXPORT_CHECK, f"{type(exc).__name__}: {exc}", type(exc).__name__)
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("job %s: internal error %s", job_id, error_id)
+    return Failure(INTERNAL, f"internal error (error id {error_id}, {type(exc).__name__}); the server log has the "
+                             "traceback", type(exc).__name__)
 
 
 def _fail(store: JobStore, job_id: str, failure: Failure) -> None:
@@ -137,26 +159,59 @@ class _Progress:
         self.store.add_progress(self.job_id, event.stage, event.fraction, event.message)
 
 
-def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path) -> dict:
-    """Replace ``artifact:<id>`` references by local files in ``work``: the weights, and the data under a name
-    with its format's suffix (the data loader tells formats apart by suffix; the suffix comes from a whitelist)."""
+@dataclass
+class Inputs:
+    """What the worker materialised: the data file's name as uploaded, and local path -> artifact reference."""
+
+    data_name: str | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def hidden(self, spec: dict, work: Path, artifacts: Artifacts, out: Path) -> list[tuple[str, str]]:
+        """Server paths and what to show instead, for ``service.jobs.scrub``."""
+        tokens = ((spec.get("benchmark") or {}).get("agent_token_files") or {}).values()
+        pairs = {**self.paths, **{str(t): "<agent token file>" for t in tokens}, f"{out}/": "", str(out): ".",
+                 str(work): "<job folder>", str(getattr(artifacts, "root", "")): "<artifact store>"}
+        state = Path(os.path.commonpath([work, getattr(artifacts, "root", work)]))
+        if state not in (Path("/"), work):
+            pairs[str(state)] = "<server state>"
+        return replacements(pairs)
+
+
+def local_name(name: str, suffix: str = "") -> str:
+    """A file name for an input, from the name it was uploaded under: printable, no folders, not hidden, ending
+    in ``suffix`` (the data loader tells formats apart by it)."""
+    from service.jobs.artifacts import clean_name
+
+    base = clean_name(name).lstrip(".") or "unnamed"
+    return base if not suffix or base.lower().endswith(suffix) else base + suffix
+
+
+def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path, inputs: Inputs | None = None) -> dict:
+    """Replace ``artifact:<id>`` references by local files in ``work``, named as they were uploaded (so the engine's
+    messages name the user's files): the weights, and the data with its format's suffix (from a whitelist)."""
     from pruning.errors import DataError, ModelError
     from service.core.errors import NotFound
     from service.jobs.artifacts import clean_name, data_suffix
 
+    inputs = inputs if inputs is not None else Inputs()
     spec = {**spec, "compress": {**spec["compress"]}}
     model, data = dict(spec["compress"]["model"]), dict(spec["compress"].get("data", {}))
     try:
         for key in ("weights", "model_file"):           # under the name the user gave: messages and the report
             if str(model.get(key) or "").startswith(ARTIFACT_PREFIX):   # name the file as they know it
-                info = artifacts.get(model[key][len(ARTIFACT_PREFIX):])
-                model[key] = str(artifacts.materialize(info.id, work / key / clean_name(info.name)))
+                reference = model[key]
+                info = artifacts.get(reference[len(ARTIFACT_PREFIX):])
+                model[key] = str(artifacts.materialize(info.id, work / key / local_name(info.name)))
+                inputs.paths[model[key]] = reference
     except NotFound as exc:
         raise ModelError(f"the model artifact is gone from the server: {exc}") from None
     try:
         if str(data.get("path") or "").startswith(ARTIFACT_PREFIX):
-            info = artifacts.get(data["path"][len(ARTIFACT_PREFIX):])
-            data["path"] = str(artifacts.materialize(info.id, work / f"data{data_suffix(info.name)}"))
+            reference = data["path"]
+            info = artifacts.get(reference[len(ARTIFACT_PREFIX):])
+            local = work / "data" / local_name(info.name, data_suffix(info.name))
+            data["path"] = str(artifacts.materialize(info.id, local))
+            inputs.paths[data["path"]], inputs.data_name = reference, info.name
     except NotFound as exc:
         raise DataError(f"the data artifact is gone from the server: {exc}") from None
     spec["compress"]["model"], spec["compress"]["data"] = model, data

@@ -49,6 +49,16 @@ class CompressionStub:
                 request_serializer=interprune_dot_v1_dot_compression__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=interprune_dot_v1_dot_compression__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/interprune.v1.Compression/ListArtifacts',
+                request_serializer=interprune_dot_v1_dot_compression__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=interprune_dot_v1_dot_compression__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DeleteArtifact = channel.unary_unary(
+                '/interprune.v1.Compression/DeleteArtifact',
+                request_serializer=interprune_dot_v1_dot_compression__pb2.DeleteArtifactRequest.SerializeToString,
+                response_deserializer=interprune_dot_v1_dot_compression__pb2.DeleteArtifactResponse.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/interprune.v1.Compression/SubmitJob',
                 request_serializer=interprune_dot_v1_dot_compression__pb2.SubmitJobRequest.SerializeToString,
@@ -73,6 +83,11 @@ class CompressionStub:
                 '/interprune.v1.Compression/CancelJob',
                 request_serializer=interprune_dot_v1_dot_compression__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=interprune_dot_v1_dot_compression__pb2.Job.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/interprune.v1.Compression/DeleteJob',
+                request_serializer=interprune_dot_v1_dot_compression__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=interprune_dot_v1_dot_compression__pb2.DeleteJobResponse.FromString,
                 _registered_method=True)
         self.ListDevices = channel.unary_unary(
                 '/interprune.v1.Compression/ListDevices',
@@ -101,6 +116,20 @@ class CompressionServicer:
 
     def DownloadArtifact(self, request, context):
         """Server stream: the first message carries the artifact's metadata, the rest its bytes in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListArtifacts(self, request, context):
+        """The stored artifacts, newest first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteArtifact(self, request, context):
+        """Removes an artifact's bytes; FAILED_PRECONDITION while a queued or running job uses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,6 +172,14 @@ class CompressionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteJob(self, request, context):
+        """Removes a finished job (SUCCEEDED, FAILED or CANCELLED) with its events; FAILED_PRECONDITION for a queued or
+        running one (cancel it first). Its output artifacts go too, unless another job refers to them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDevices(self, request, context):
         """The device agents this server knows (serve --agent / --agents-file), each asked for its description now
         (a few seconds at most): healthy with its DeviceInfo, or unhealthy with the reason. With the Ray executor,
@@ -170,6 +207,16 @@ def add_CompressionServicer_to_server(servicer, server):
                     request_deserializer=interprune_dot_v1_dot_compression__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=interprune_dot_v1_dot_compression__pb2.DownloadArtifactResponse.SerializeToString,
             ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=interprune_dot_v1_dot_compression__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=interprune_dot_v1_dot_compression__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DeleteArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteArtifact,
+                    request_deserializer=interprune_dot_v1_dot_compression__pb2.DeleteArtifactRequest.FromString,
+                    response_serializer=interprune_dot_v1_dot_compression__pb2.DeleteArtifactResponse.SerializeToString,
+            ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
                     request_deserializer=interprune_dot_v1_dot_compression__pb2.SubmitJobRequest.FromString,
@@ -194,6 +241,11 @@ def add_CompressionServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=interprune_dot_v1_dot_compression__pb2.CancelJobRequest.FromString,
                     response_serializer=interprune_dot_v1_dot_compression__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=interprune_dot_v1_dot_compression__pb2.DeleteJobRequest.FromString,
+                    response_serializer=interprune_dot_v1_dot_compression__pb2.DeleteJobResponse.SerializeToString,
             ),
             'ListDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDevices,
@@ -282,6 +334,60 @@ class Compression:
             '/interprune.v1.Compression/DownloadArtifact',
             interprune_dot_v1_dot_compression__pb2.DownloadArtifactRequest.SerializeToString,
             interprune_dot_v1_dot_compression__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interprune.v1.Compression/ListArtifacts',
+            interprune_dot_v1_dot_compression__pb2.ListArtifactsRequest.SerializeToString,
+            interprune_dot_v1_dot_compression__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interprune.v1.Compression/DeleteArtifact',
+            interprune_dot_v1_dot_compression__pb2.DeleteArtifactRequest.SerializeToString,
+            interprune_dot_v1_dot_compression__pb2.DeleteArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -417,6 +523,33 @@ class Compression:
             '/interprune.v1.Compression/CancelJob',
             interprune_dot_v1_dot_compression__pb2.CancelJobRequest.SerializeToString,
             interprune_dot_v1_dot_compression__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interprune.v1.Compression/DeleteJob',
+            interprune_dot_v1_dot_compression__pb2.DeleteJobRequest.SerializeToString,
+            interprune_dot_v1_dot_compression__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

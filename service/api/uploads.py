@@ -1,0 +1,137 @@
+"""Upload streams without trusting the client to send, finish or go away politely.
+
+- ``UploadSlots``: how many upload streams may be open at once, per client and in all; one over is refused at
+  once with RESOURCE_EXHAUSTED naming the limit (a refused stream holds no thread).
+- ``IdleReader``: the messages of a client stream, read by a helper thread, so that a stream that sends nothing
+  for ``idle_s`` seconds ends with DEADLINE_EXCEEDED (the handler stops waiting; gRPC ends the call, which
+  releases the helper), and a client that cancels is told apart (``UploadCancelled``) from a bug.
+- ``client_key``: who a caller is, for per-client limits: its bearer token (hashed), else its address.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import grpc
+
+from service.core.errors import DeadlineExceeded, ResourceExhausted, ServiceError
+
+_END, _CANCELLED = object(), object()
+
+
+class UploadCancelled(ServiceError):
+    """The client cancelled the upload (or its connection broke) before the last chunk."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+def client_key(context: grpc.ServicerContext) -> str:
+    """``token:<12 hex>`` for a caller with a bearer token, else its address without the port (``ipv4:1.2.3.4``)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and value.startswith("Bearer "):
+            return "token:" + hashlib.sha256(value[7:].encode()).hexdigest()[:12]
+    peer = context.peer() or "unknown"
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return f"{kind}:{rest.rpartition(':')[0] or rest}"
+    return peer
+
+
+class UploadSlots:
+    """Counts open upload streams per client and in all, under ``max_total`` and ``max_per_client``."""
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total, self.max_per_client = max_total, max_per_client
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        with self._lock:
+            return sum(self._open.values())
+
+    @contextmanager
+    def slot(self, client: str):
+        with self._lock:
+            if self._open[client] >= self.max_per_client:
+                raise ResourceExhausted(f"this client already has {self._open[client]} uploads in progress, the limit "
+                                        f"max_uploads_per_client={self.max_per_client}; wait for one to finish")
+            if sum(self._open.values()) >= self.max_total:
+                raise ResourceExhausted(f"the server has {self.max_total} uploads in progress, the limit "
+                                        f"max_uploads={self.max_total}; retry in a few seconds")
+            self._open[client] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[client] -= 1
+                if not self._open[client]:
+                    del self._open[client]
+
+
+class IdleReader:
+    """The messages of ``request_iterator`` with an idle timeout. ``next_message()`` returns the next message or
+    None at the end of the stream; raises ``DeadlineExceeded`` after ``idle_s`` seconds without one and
+    ``UploadCancelled`` when the client went away."""
+
+    def __init__(self, request_iterator, idle_s: float, what: str = "the upload", context=None) -> None:
+        self.idle_s, self.what = idle_s, what
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._stop = threading.Event()
+        self._ended = threading.Event()        # the call ended while the handler still runs: the client left
+        if context is not None and not context.add_callback(self._ended.set):
+            self._ended.set()
+        self._thread = threading.Thread(target=self._read, args=(request_iterator,), name="upload-reader",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self, request_iterator) -> None:
+        try:
+            for message in request_iterator:
+                if not self._put(message):
+                    return
+            self._put(_END)
+        except grpc.RpcError:               # the client cancelled, or the call ended (our own timeout)
+            self._put(_CANCELLED)
+        except Exception:  # noqa: BLE001 - anything else ends the stream as cancelled; the handler reports it
+            self._put(_CANCELLED)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_message(self):
+        try:
+            item = self._queue.get(timeout=self.idle_s)
+        except queue.Empty:
+            self.close()
+            raise DeadlineExceeded(f"{self.what} sent nothing for {self.idle_s:g} s (the server's "
+                                   "upload_idle_timeout_s); nothing was kept, upload the file again") from None
+        if item is _END:
+            return None
+        if item is _CANCELLED:
+            self.close()
+            raise UploadCancelled(f"{self.what} was cancelled by the client")
+        return item
+
+    def messages(self) -> Iterator:
+        while (message := self.next_message()) is not None:
+            yield message
+
+    def client_gone(self, wait_s: float = 0.5) -> bool:
+        """True when the client cancelled or disconnected. A cancel can reach the reader as a plain end of the
+        stream just before gRPC reports it, so a stream that ended too early asks here, waiting ``wait_s``."""
+        return self._ended.wait(wait_s)
+
+    def close(self) -> None:
+        """Stop reading (the helper exits once gRPC ends the call)."""
+        self._stop.set()

@@ -1,0 +1,116 @@
+"""Streams that never end cannot take the server: 100 idle uploads are held to ``max_uploads`` (the rest refused at
+once, naming the limit) while a health check and a small job still succeed; a silent upload ends with
+DEADLINE_EXCEEDED and leaves no file; a client that cancels is one log line, no traceback."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service._proto.interprune.v1 import compression_pb2 as pb
+from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
+from service.client import Client, JobState
+from tests.service_helpers import make_server, tiny_spec, wait_for  # noqa: F401
+
+SIZE = 3 << 20
+
+
+def header(name: str = "idle.npz", size: int = SIZE, digest: str | None = None) -> pb.UploadArtifactRequest:
+    return pb.UploadArtifactRequest(header=pb.ArtifactHeader(display_name=name, kind=pb.ARTIFACT_KIND_DATASET,
+                                                             size_bytes=size, sha256=digest or "cd" * 32))
+
+
+def stalled(release: threading.Event, first_chunk: bytes = b""):
+    """An upload that sends its header (and a chunk) and then nothing until ``release``."""
+    yield header()
+    if first_chunk:
+        yield pb.UploadArtifactRequest(chunk=first_chunk)
+    release.wait(120)
+
+
+def tmp_files(server) -> list:
+    return list((server.state_dir / "artifacts" / "tmp").iterdir())
+
+
+def test_100_idle_uploads_leave_room_for_health_and_a_job(make_server, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO)
+    started = time.monotonic()
+    server = make_server(max_uploads=16, max_uploads_per_client=100, upload_idle_timeout_s=120, warm_spare=True)
+    release = threading.Event()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        calls = [stub.UploadArtifact.future(stalled(release, b"x" * 1000), timeout=150) for _ in range(100)]
+        refused = wait_for(lambda: [c for c in calls if c.done()] if sum(c.done() for c in calls) >= 84 else None,
+                           timeout_s=30, what="the uploads over the limit to be refused")
+        assert len(refused) == 84 and server.servicer.uploads.open == 16
+        assert {c.exception().code() for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert "max_uploads=16" in refused[0].exception().details()
+
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(service="interprune.v1.Compression"), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with Client(server.address) as client:
+            job = client.submit(tiny_spec(None, None))          # the bundled digits, random weights: no upload
+            job = wait_for(lambda: (j := client.get(job.id)).done and j, timeout_s=120, what="the small job")
+            assert job.state == JobState.SUCCEEDED, job.message
+            assert client.list(page_size=5).jobs[0].id == job.id
+        assert server.servicer.uploads.open == 16 and len(tmp_files(server)) == 16, "the idle uploads are still open"
+
+        for call in calls:
+            call.cancel()
+        wait_for(lambda: server.servicer.uploads.open == 0 and not tmp_files(server), timeout_s=30,
+                 what="the cancelled uploads to be released")
+        release.set()
+    assert caplog.text.count("upload cancelled by the client") == 16
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+    assert time.monotonic() - started < 150
+
+
+def test_a_silent_upload_ends_with_deadline_exceeded_and_keeps_nothing(make_server):  # noqa: F811
+    server = make_server(run_jobs=False, upload_idle_timeout_s=1)
+    release = threading.Event()
+    before = threading.active_count()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        begun = time.monotonic()
+        with pytest.raises(grpc.RpcError) as ended:
+            stub.UploadArtifact(stalled(release, b"x" * 1000), timeout=30)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "sent nothing for 1 s" in ended.value.details() and "idle.npz" in ended.value.details()
+        assert 0.9 < time.monotonic() - begun < 10
+        with pytest.raises(grpc.RpcError) as silent:        # not even a header
+            stub.UploadArtifact(iter(lambda: release.wait(60), True), timeout=30)
+        assert silent.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        release.set()
+    assert not tmp_files(server) and server.servicer.uploads.open == 0
+    wait_for(lambda: threading.active_count() <= before + 2, timeout_s=10, what="the upload readers to exit")
+
+
+def test_uploads_per_client_are_limited_and_a_slot_frees_when_one_ends(make_server):  # noqa: F811
+    server = make_server(run_jobs=False, max_uploads_per_client=2, upload_idle_timeout_s=60)
+    release = threading.Event()
+    data = os.urandom(5000)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        held = [stub.UploadArtifact.future(stalled(release), timeout=60) for _ in range(2)]
+        wait_for(lambda: server.servicer.uploads.open == 2, timeout_s=10, what="two open uploads")
+        with Client(server.address) as client, pytest.raises(Exception) as refused:
+            client.upload(_write(server, data), kind="dataset")
+        assert "max_uploads_per_client=2" in str(refused.value)
+        held[0].cancel()
+        wait_for(lambda: server.servicer.uploads.open == 1, timeout_s=10, what="a slot to free")
+        with Client(server.address) as client:
+            assert client.upload(_write(server, data), kind="dataset").id == hashlib.sha256(data).hexdigest()
+        release.set()
+
+
+def _write(server, data: bytes):
+    path = server.state_dir.parent / "upload.npz"
+    path.write_bytes(data)
+    return path
