@@ -1,4 +1,5 @@
-"""The project's import graph, read from the source with ``ast`` (imports inside functions included), and the
+"""The project's import graph, read from the source with ``ast`` (imports inside functions included; those under
+``if TYPE_CHECKING:`` left out, as they never run), and the
 checks ARCHITECTURE.md states: no layer imports a layer above it, no circle between modules.
 
 The layers are read from ``pyproject.toml``'s ``[tool.importlinter]`` contracts, the same ones ``lint-imports``
@@ -26,7 +27,7 @@ def import_graph(root: Path, packages: list[str]) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -40,6 +41,24 @@ def import_graph(root: Path, packages: list[str]) -> dict[str, set[str]]:
                     targets.add(name)
         graph[module] = targets
     return graph
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those under ``if TYPE_CHECKING:`` (imports for annotations only never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def contracts(root: Path = ROOT) -> list[dict]:
