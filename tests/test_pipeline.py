@@ -112,7 +112,7 @@ def test_run_pipeline_gives_the_probe_the_jobs_benchmark_seconds(monkeypatch, tm
         seen.update(target=target, threads=threads, seconds=seconds_per_batch)
         return lambda model, shape, batch: 1.0
 
-    def fake_compress(spec, out, progress, should_stop, latency_probe):
+    def fake_compress(spec, out, progress, should_stop, latency_probe, **inputs):
         seen["round_to"] = spec.prune.round_to
         raise Stop
 
