@@ -72,7 +72,7 @@ def test_hostile_input_is_refused_everywhere(make_server, tmp_path, capfd, caplo
     _, rest = capfd.readouterr()
     for text in (caplog.text, err, rest):
         assert "Traceback" not in text
-    assert time.monotonic() - started < 150
+    assert time.monotonic() - started < 300, "runaway guard: 87-153 s measured on 2 cores shared at load 7-12"
 
 
 def _through_compress(files, runs, capfd) -> None:

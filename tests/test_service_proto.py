@@ -18,7 +18,8 @@ def test_the_service_has_the_contracted_methods_and_streaming_kinds():
     assert kinds == {"UploadArtifact": (True, False), "GetArtifact": (False, False),
                      "DownloadArtifact": (False, True), "SubmitJob": (False, False), "GetJob": (False, False),
                      "ListJobs": (False, False), "WatchJob": (False, True), "CancelJob": (False, False),
-                     "ListDevices": (False, False)}
+                     "ListDevices": (False, False), "ListArtifacts": (False, False), "DeleteArtifact": (False, False),
+                     "DeleteJob": (False, False)}
 
 
 def test_no_json_strings_in_the_contract():

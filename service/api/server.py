@@ -125,11 +125,13 @@ class InterpruneServer:
         return recovery
 
     def _verify_in_background(self) -> None:
+        """Re-hash the marked blobs (those a read has not re-hashed first); log the pass's outcome."""
+        marked = len(pending(self.artifacts))
         report = verify_pending(self.artifacts, self.stopping.is_set)
         self.recovery.verify = report
-        if report.checked:
-            log.warning("re-verified %d artifacts after the unclean shutdown, %d corrupt (quarantined)",
-                        report.checked, len(report.corrupt))
+        if not self.stopping.is_set():
+            log.warning("unclean shutdown: re-verified %d artifacts, %d corrupt (quarantined)", marked,
+                        len(report.corrupt))
 
     def _build_grpc_server(self) -> grpc.Server:
         from concurrent import futures

@@ -7,9 +7,9 @@ import logging
 import threading
 from typing import Iterator
 
+from pruning.errors import clip
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
-from pruning.errors import clip
 from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto, node_to_proto
 from service.api.settings import ServerSettings
 from service.api.uploads import IdleReader, UploadCancelled, UploadSlots, client_key
