@@ -162,6 +162,11 @@ def run_child(model: str, criterion: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def _order(model: str) -> int:
+    models = all_models()
+    return models.index(model) if model in models else len(models)
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     ok = sum(r["status"] == "ok" for r in rows)
     lines = [f"# Model sweep: -30% MACs, random weights, {args.input_size}x{args.input_size} input",
@@ -207,6 +212,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "model_sweep.md")
+    parser.add_argument("--update", action="store_true",
+                        help="replace these rows in the existing results (the .json next to --out) and rewrite the table")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -220,9 +227,16 @@ def main() -> None:
             print(f"{model:38s} {criterion:11s} {row.get('reduction', float('nan')):7.2%} "
                   f"rel {row.get('parity_rel', float('nan')):.1e} {row['peak_rss_mb']:7.0f} MB "
                   f"{row['wall_s']:6.0f} s  {row['status']}", flush=True)
+    saved = args.out.with_suffix(".json")
+    if args.update and saved.exists():
+        fresh = {(r["model"], r["criterion"]) for r in rows}
+        old = [r for r in json.loads(saved.read_text()) if (r["model"], r["criterion"]) not in fresh]
+        criteria = ["l1", "redundancy", "dissection"]
+        rows = sorted(old + rows, key=lambda r: (_order(r["model"]), criteria.index(r["criterion"])
+                                                  if r["criterion"] in criteria else 9))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table(rows, args))
-    (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=1, default=str))
+    saved.write_text(json.dumps(rows, indent=1, default=str))
     print(f"{sum(r['status'] == 'ok' for r in rows)} of {len(rows)} ok; table in {args.out}")
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
+from pruning.measure import counter_flops
+
 _WIDTH = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -87,7 +89,7 @@ def _layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_
         elif type(module) in MODULES_MAPPING and x is not None and id(x) in producer:
             source = producer[id(x)][0]
             layers.append(_Layer(source, "follow", _width(model.get_submodule(source)), 0, 1, 1, 1, False,
-                                 _counted(module, inputs, output)))
+                                 counter_flops(module, inputs, output)))
             producer[id(output)] = (source, output)
 
     handles = [m.register_forward_hook(on_output) for m in model.modules() if not list(m.children())]
@@ -114,7 +116,7 @@ def _describe(name: str, module: nn.Module, x: torch.Tensor | None, output: torc
                       module.bias is not None)
     affine = bool(getattr(module, "affine", False) or getattr(module, "elementwise_affine", False))
     return _Layer(name, "norm", _width(module), _width(module), 1, 1, 1, affine,
-                  _counted(module, (x,), output) if x is not None else 0.0)
+                  counter_flops(module, (x,), output) if x is not None else 0.0)
 
 
 def _width(module: nn.Module) -> int:
@@ -122,20 +124,3 @@ def _width(module: nn.Module) -> int:
         if hasattr(module, attr):
             return int(getattr(module, attr))
     return int(module.normalized_shape[-1])
-
-
-def _counted(module: nn.Module, inputs, output) -> float:
-    """What Torch-Pruning's op counter charges for this call (its own hook, on a scratch counter)."""
-    hook = MODULES_MAPPING.get(type(module))
-    if hook is None:
-        return 0.0
-    saved = getattr(module, "__flops__", None)
-    module.__flops__ = 0
-    try:
-        hook(module, inputs, output)
-        return float(module.__flops__)
-    finally:
-        if saved is None:
-            del module.__flops__
-        else:
-            module.__flops__ = saved

@@ -1,7 +1,7 @@
 """Cost and quality of a model: MACs, parameters, size in bytes, top-1/top-5 accuracy.
 
-MACs are multiply-accumulates of one forward pass at batch 1 (ResNet-56 on 32x32: 1.2655e8), counted by
-Torch-Pruning's op counter.
+MACs are multiply-accumulates of one forward pass at batch 1 (ResNet-56 on 32x32: 1.2655e8), counted with
+Torch-Pruning's op counter's per-module rules (``pruning.cost_model`` models the same rules as a function of width).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+from torch_pruning.utils.op_counter import MODULES_MAPPING
 
 from pruning.errors import ModelError
 
@@ -36,15 +36,58 @@ class Accuracy:
 
 
 def count_cost(model: nn.Module, input_shape: tuple[int, int, int]) -> Cost:
-    """MACs and parameters at batch 1 for an input of ``input_shape`` (C, H, W)."""
-    example = torch.zeros(1, *input_shape)
+    """MACs and parameters at batch 1 for an input of ``input_shape`` (C, H, W).
+
+    The figures of Torch-Pruning's ``count_ops_and_params`` (its per-module hooks, summed the same way), without
+    the deep copy of the model it makes: a VGG's classifier alone is 400 MB.
+    """
+    counted = _counted_modules(model)
+    total = [0.0]
+
+    def on_output(module, inputs, output):
+        total[0] += counter_flops(module, inputs, output)
+    handles = [m.register_forward_hook(on_output) for m in counted]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    params = sum(p.numel() for p in model.parameters())
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
-    return Cost(int(macs), int(params), int(size))
+    return Cost(int(total[0]), int(params), int(size))
+
+
+def _counted_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules the op counter charges: those of a counted type, not looking inside them (as it sums)."""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        if type(module) in MODULES_MAPPING:
+            found.append(module)
+        else:
+            stack.extend(module.children())
+    return found
+
+
+def counter_flops(module: nn.Module, inputs, output) -> float:
+    """What Torch-Pruning's op counter charges for one call of ``module`` (its own hook, on a scratch counter)."""
+    hook = MODULES_MAPPING.get(type(module))
+    if hook is None:
+        return 0.0
+    saved = module.__dict__.get("__flops__")
+    module.__flops__ = 0
+    try:
+        hook(module, inputs, output)
+        return float(module.__flops__)
+    finally:
+        if saved is None:
+            del module.__flops__
+        else:
+            module.__flops__ = saved
 
 
 def _check_finite_logits(logits: torch.Tensor, batch_index: int, images_before: int) -> None:

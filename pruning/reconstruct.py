@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -83,15 +85,18 @@ def reconstruct(original: nn.Module, pruned: nn.Module, consumers: list[str],
     order = forward_order(pruned, consumers)
     tails = residual_tails(pruned) if residual else {}
     settings = _Settings(positions_per_image, ridge, seed, holdout, int(max_memory_mb * 2 ** 20))
-    whole = _as_one_batch(pruned, batches, settings.budget // 2)
+    whole, micro = _as_one_batch(pruned, batches, settings.budget // 2)
     if whole is not None:
         batches = lambda: iter([whole])                                        # noqa: E731
+    else:
+        batches = _split(batches, micro)
     targets = original_targets(original, order, tails, batches, positions_per_image, seed)
-    saved = {n: [p.detach().clone() for p in pruned.get_submodule(n).parameters(recurse=False)] for n in order}
     before = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
+    backup = _Backup()
 
     def refit(name: str, pairs) -> LayerFit:
         layer = pruned.get_submodule(name)
+        backup.save(name, layer)
         try:
             return _refit(pruned, name, layer, targets.pop(name), out_channels.get(name), tails.get(name), pairs,
                           settings)
@@ -101,27 +106,53 @@ def reconstruct(original: nn.Module, pruned: nn.Module, consumers: list[str],
             raise EngineError(f"reconstruction of {name} ({type(layer).__name__}) failed: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
 
-    if whole is not None:
-        fits = _refit_in_one_pass(pruned, order, tails, whole, refit)
-    else:
-        inputs = BlockInputs(pruned, batches, settings.budget // 2)
-        fits = [refit(name, inputs(name)) for name in order]
-    after = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
-    if before is not None and after is not None and after > before:
-        _restore(pruned, saved)
-        note = (f"re-fit reverted: output error on held-out images {after:.4g} > {before:.4g} without it "
-                "(too few calibration images for these layers?)")
-        log.warning("reconstruction: %s", note)
-        fits = [_reverted(f, note) for f in fits]
+    with backup:
+        if whole is not None:
+            fits = _refit_in_one_pass(pruned, order, tails, whole, refit)
+        else:
+            inputs = BlockInputs(pruned, batches, settings.budget // 2)
+            fits = [refit(name, inputs(name)) for name in order]
+        after = _heldout_output_error(pruned, batches, targets["*"]["out"], holdout)
+        if before is not None and after is not None and after > before:
+            backup.restore(pruned)
+            note = (f"re-fit reverted: output error on held-out images {after:.4g} > {before:.4g} without it "
+                    "(too few calibration images for these layers?)")
+            log.warning("reconstruction: %s", note)
+            fits = [_reverted(f, note) for f in fits]
     return fits
 
 
-def _as_one_batch(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]], budget: int) -> torch.Tensor | None:
-    """All calibration images as one batch when a forward pass of them fits ``budget`` bytes (estimated: six
-    times the largest layer output, per image), else None."""
+class _Backup:
+    """The consumers' weights before their re-fit, kept on disk (a VGG classifier alone is 400 MB) until the
+    end-to-end check decides; a context manager that deletes them."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.TemporaryDirectory(prefix="interprune-refit-")
+        self.files: dict[str, Path] = {}
+
+    def save(self, name: str, layer: nn.Module) -> None:
+        path = Path(self.dir.name) / f"{len(self.files)}.pt"
+        torch.save([p.detach() for p in layer.parameters(recurse=False)], path)
+        self.files[name] = path
+
+    def restore(self, model: nn.Module) -> None:
+        for name, path in self.files.items():
+            values = torch.load(path, weights_only=True)
+            for param, value in zip(model.get_submodule(name).parameters(recurse=False), values):
+                param.copy_(value)
+
+    def __enter__(self) -> "_Backup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.dir.cleanup()
+
+
+def _as_one_batch(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]],
+                  budget: int) -> tuple[torch.Tensor | None, int]:
+    """(all calibration images as one batch, or None when a forward pass of them does not fit ``budget`` bytes;
+    the most images per forward pass that do fit). A pass is estimated at six times the largest layer output."""
     images = list(batches())
-    if len(images) == 1:
-        return images[0]
     largest = [0]
 
     def on_output(module, inputs, output):
@@ -133,8 +164,15 @@ def _as_one_batch(model: nn.Module, batches: Callable[[], Iterable[torch.Tensor]
     finally:
         for h in handles:
             h.remove()
-    count = sum(len(b) for b in images)
-    return torch.cat(images) if 6 * largest[0] * count <= budget else None
+    per_pass = max(1, budget // max(6 * largest[0], 1))
+    if sum(len(b) for b in images) > per_pass:
+        return None, per_pass
+    return (images[0] if len(images) == 1 else torch.cat(images)), per_pass
+
+
+def _split(batches: Callable[[], Iterable[torch.Tensor]], size: int) -> Callable[[], Iterable[torch.Tensor]]:
+    """``batches`` cut into batches of at most ``size`` images (same order every call)."""
+    return lambda: (part for images in batches() for part in images.split(size))
 
 
 def _refit_in_one_pass(model: nn.Module, order: list[str], tails: dict[str, ResidualTail], images: torch.Tensor,
@@ -271,12 +309,6 @@ def _heldout_output_error(model: nn.Module, batches: Callable[[], Iterable[torch
         err += float((out - ref[held]).pow(2).sum())
         norm += float(ref[held].pow(2).sum())
     return err / max(norm, 1e-12) if norm > 0 else None
-
-
-def _restore(model: nn.Module, saved: dict[str, list[torch.Tensor]]) -> None:
-    for name, params in saved.items():
-        for param, value in zip(model.get_submodule(name).parameters(recurse=False), params):
-            param.copy_(value)
 
 
 def _reverted(fit: LayerFit, note: str) -> LayerFit:

@@ -13,7 +13,7 @@ few samples per input, D >~ S, the unregularised fit memorises the calibration s
 independent problems, solved as a batch (leading dimension G).
 
 Memory: primal ~8 G (3 D^2 + 3 D C) bytes (two Gram matrices and a factor, float64), dual ~8 (S (D + C) + 2 S^2)
-+ 4 C D bytes (rows and kernel in float64, the new weights in float32 — a classifier with 25,088 inputs never
++ 8 C D bytes (rows and kernel in float64, the new weights in float32 — a classifier with 25,088 inputs never
 gets a float64 copy);
 ``reconstruct`` picks the cheaper and subsamples rows or skips a layer that does not fit its budget.
 """
@@ -42,13 +42,13 @@ def primal_bytes(groups: int, d: int, c: int) -> int:
 
 
 def dual_bytes(samples: int, d: int, c: int) -> int:
-    """X and Y rows, the kernel and its factor (float64), the new weights (float32)."""
-    return 8 * (samples * (d + c) + 2 * samples * samples) + 4 * c * d
+    """X and Y rows, the kernel and its factor (float64); the prior and the new weights (float32)."""
+    return 8 * (samples * (d + c) + 2 * samples * samples) + 8 * c * d
 
 
 def dual_rows(budget: int, d: int, c: int) -> int:
-    """The most samples whose dual system fits ``budget`` bytes: 16 S^2 + 8 S (D + C) + 4 C D <= budget."""
-    b, rest = 8 * (d + c), budget - 4 * c * d
+    """The most samples whose dual system fits ``budget`` bytes: 16 S^2 + 8 S (D + C) + 8 C D <= budget."""
+    b, rest = 8 * (d + c), budget - 8 * c * d
     return max(0, int((-b + math.sqrt(b * b + 64 * rest)) / 32)) if rest > 0 else 0
 
 

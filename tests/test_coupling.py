@@ -175,3 +175,19 @@ def test_a_refitted_conv_whose_outputs_a_concatenation_splits_keeps_both_halves(
     fits = rec.reconstruct(model, pruned, consumers, kept, lambda: iter([torch.randn(40, 3, 32, 32)]))
     down = next(f for f in fits if f.name == "down.0")
     assert down.samples > 0 and down.error_after <= down.error_before
+
+
+def test_a_refit_that_makes_the_output_worse_is_reverted(monkeypatch):
+    torch.manual_seed(0)
+    model = zoo.create_model("cifar/resnet20").eval()
+    groups = surgery.channel_groups(model, (3, 32, 32), zoo.get_entry("cifar/resnet20").protected(model))
+    plan = PruningPlan("cifar/resnet20", 10, (3, 32, 32), {g.name: list(range(0, g.size, 2)) for g in groups},
+                       {g.name: g.size for g in groups})
+    pruned = surgery.apply_plan(copy.deepcopy(model), plan).eval()
+    before = copy.deepcopy(pruned.state_dict())
+    errors = iter([0.1, 0.2])                                  # the check says: worse after the re-fit
+    monkeypatch.setattr(rec, "_heldout_output_error", lambda *args: next(errors))
+    fits = rec.reconstruct(model, pruned, [c for g in groups for c in g.consumers], {},
+                           lambda: iter([torch.randn(20, 3, 32, 32)]))
+    assert fits and all(f.status in ("reverted", "kept") and "reverted" in f.note for f in fits)
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())
