@@ -14,8 +14,9 @@ shortcut mismatch, so that BN(y) + shortcut(x_pruned) matches BN(y_orig) + short
     Y = Y_orig + (s_orig - s_pruned) / a,     a = gamma / sqrt(running_var + eps) of the BatchNorm after C
 
 Memory: a layer's least-squares working set stays under ``max_memory_mb`` (Gram form D x D or kernel form
-S x S, whichever is smaller; rows subsampled, or the layer skipped with a note, when neither fits); cached block
-inputs take at most half of it. Finally the whole re-fit is checked end to end: if the pruned model's output on
+S x S, whichever is smaller; rows subsampled, or the layer skipped with a note, when neither fits); forward passes
+(all calibration images at once when they fit, else micro-batches) and cached block inputs take at most half of
+it; the weights before the re-fit wait on disk. Finally the whole re-fit is checked end to end: if the pruned model's output on
 the held-out images is further from the original's than before the re-fit, every layer goes back (``reverted``).
 """
 from __future__ import annotations

@@ -76,9 +76,10 @@ class ReconstructSpec:
     ridge: float = 1e-3                     # relative to trace(X^T X) / d
     batchnorm: str = "auto"                 # re-estimate BN statistics: "auto" (only without reconstruction),
                                             # "on", "off"  — measured: re-estimating after the re-fit costs ~1 pt
-    max_memory_mb: float = 1024             # one layer's least-squares working set (half of it for cached block
-                                            # inputs); larger systems are solved in kernel form, subsampled or
-                                            # skipped with a note. 1024 keeps every zoo model at 224x224 in bounds
+    max_memory_mb: float = 1024             # one layer's least-squares working set; half of it bounds the
+                                            # re-fit's forward passes (images per pass) and cached block inputs.
+                                            # Larger systems are solved in kernel form, subsampled or skipped with
+                                            # a note. 1024: VGG-16 at 224x224 compresses in ~3.4 GB peak RSS
     holdout: int = 5                        # every n-th calibration image is held out to pick the ridge and to
                                             # check the re-fit (a layer / the model keeps its weights if worse)
 
