@@ -1,13 +1,16 @@
 """CIFAR VGG-16 (BN) trained briefly from scratch, then compressed at -50% MACs by the project's pipeline.
 
-    .venv/bin/python -m benchmarks.vgg16_cifar [--data ../shared/data/cifar10] [--epochs 1] [--finetune-images 10000]
+    .venv/bin/python -m benchmarks.vgg16_cifar [--data ../shared/data/cifar10] [--epochs 1.5] [--finetune-images 10000]
 
 1. Train: ``cifar/vgg16_bn`` from random init on the CIFAR-10 training shards (``--limit-train`` of them), SGD
    momentum 0.9 (Nesterov), one-cycle lr (peak ``--lr``), weight decay 5e-4, random flip + 4-px padded crop per
    image, batch 128, ``torch.set_num_threads(--threads)``; the zoo's normalisation (ImageNet mean/std, as the
    pipeline uses). The state_dict goes to ``--runs`` (gitignored) with a JSON record beside it; top-1 on the
    first ``--eval-images`` test images (all 10,000 by default). ``--weights`` skips training and uses a
-   state_dict saved earlier (its record, if beside it, fills the training columns).
+   state_dict saved earlier (its record, if beside it, fills the training columns). Cost: a training step of 128
+   took 6.7 s of CPU time (2 threads, AVX2 EPYC), so the default 1.5 epochs (411 steps) should take ~23 min on
+   2 quiet cores (estimated from CPU time, not measured on a quiet machine); on the shared machine it ran at
+   ~15 s per step.
 2. Compress: ``pipeline.run.run_pipeline`` per criterion (``--criteria``, default l1) at ``--target`` MACs
    removed: scores from ``--calibration-images`` training images, uniform allocation (widths rounded to 8),
    surgery, reconstruction, then KD fine-tuning on ``--finetune-images`` images seen, ONNX export with parity
@@ -15,7 +18,8 @@
    from that same model. Each run is a fresh spawned process (its own peak RSS). ``--targets ''`` (default)
    skips the latency benchmark; ``--targets local:cpu --batch-sizes 1,64`` measures it.
 3. Writes ``vgg16_cifar.md`` and ``vgg16_cifar.json`` to ``--out`` and prints the table. Everything below the line
-   ``<!-- notes -->`` in the .md is kept when it is rewritten.
+   ``<!-- notes -->`` in the .md is kept when it is rewritten. ``--weights W --append`` adds runs (another
+   criterion, budget) of the same trained model to the table already there.
 """
 from __future__ import annotations
 
@@ -204,11 +208,33 @@ def points(after, before) -> str:
     return "—" if after is None or before is None else f"{(after - before) * 100:+.2f} pt"
 
 
-def write_results(args, record: dict, rows: list[dict], command: str, out: Path) -> str:
+KEY = ("criterion", "target", "finetune_images")
+
+
+def earlier_results(out: Path, weights: Path) -> tuple[list[str], list[dict]]:
+    """``--append``: the commands and runs already in ``vgg16_cifar.json``, which must be of the same weights."""
+    path = out / "vgg16_cifar.json"
+    if not path.exists():
+        return [], []
+    earlier = json.loads(path.read_text())
+    if Path(earlier["training"].get("weights", "")).resolve() != weights.resolve():
+        raise SystemExit(f"--append: {path} holds runs of {earlier['training'].get('weights')}, not {weights}; "
+                         "pass those weights or drop --append")
+    return list(earlier.get("commands", [])), list(earlier.get("runs", []))
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with every row that ``new`` re-measured replaced, then the new ones, order kept."""
+    fresh = {tuple(r.get(k) for k in KEY): r for r in new}
+    merged = [fresh.pop(tuple(r.get(k) for k in KEY), r) for r in old]
+    return merged + list(fresh.values())
+
+
+def write_results(record: dict, rows: list[dict], commands: list[str], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     md = out / "vgg16_cifar.md"
     notes = md.read_text().split(NOTES_MARKER, 1)[1] if md.exists() and NOTES_MARKER in md.read_text() else "\n"
-    (out / "vgg16_cifar.json").write_text(json.dumps({"command": command, "training": record, "runs": rows},
+    (out / "vgg16_cifar.json").write_text(json.dumps({"commands": commands, "training": record, "runs": rows},
                                                      indent=2) + "\n")
     ok = [r for r in rows if "error" not in r]
     lines = [
@@ -234,6 +260,8 @@ def write_results(args, record: dict, rows: list[dict], command: str, out: Path)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['criterion']} | FAILED: `{r['error'][:300]}` | | | | | | |")
+    lines += ["", "Widths rounded to multiples of 8, uniform allocation; the reconstructed figure is measured before "
+              "fine-tuning starts from that same model, so one run gives both."]
     lines += ["", f"Seeds' reference: {SEED_REFERENCE}.", ""]
     if ok:
         r = ok[0]
@@ -263,7 +291,7 @@ def write_results(args, record: dict, rows: list[dict], command: str, out: Path)
                      f"ONNX parity max abs {r['parity_max_abs']:.1e}")
         for lat in r["latency"]:
             lines.append(f"  - latency {lat}")
-    lines += ["", "Command:", "", "    " + command, ""]
+    lines += ["", "Commands:", ""] + ["    " + c for c in commands] + [""]
     md.write_text("\n".join(lines) + "\n" + NOTES_MARKER + notes)
     return "\n".join(lines)
 
@@ -274,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10",
                         help="CIFAR-10 folder (train_0*.npz, test.npz), read in place")
-    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (fractions allowed)")
+    parser.add_argument("--epochs", type=float, default=1.5, help="training epochs (fractions allowed)")
     parser.add_argument("--limit-train", type=int, default=None, help="train on the first N training images")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05, help="one-cycle peak learning rate")
@@ -292,8 +320,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,64", help="latency batch sizes")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "vgg16_cifar", help="weights and work folders")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--append", action="store_true",
+                        help="with --weights: keep the runs already in --out (a re-measured run replaces its row)")
     args = parser.parse_args()
     command = "nice -n 5 .venv/bin/python -m benchmarks.vgg16_cifar " + shlex.join(sys.argv[1:])
+    if args.append and args.weights is None:
+        raise SystemExit("--append adds runs of the same model: pass --weights (the state_dict trained before)")
+    commands, earlier = earlier_results(args.out, args.weights) if args.append else ([], [])
+    commands.append(command)
 
     if args.weights is None:
         weights, record = train(args)
@@ -319,8 +353,8 @@ def main() -> None:
         else:
             print(json.dumps({k: v for k, v in row.items() if k not in ("widths", "latency")}), flush=True)
         rows.append(row)
-        write_results(args, record, rows, command, args.out)
-    print(write_results(args, record, rows, command, args.out))
+        write_results(record, merge_rows(earlier, rows), commands, args.out)
+    print(write_results(record, merge_rows(earlier, rows), commands, args.out))
 
 
 if __name__ == "__main__":
