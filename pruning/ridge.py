@@ -119,18 +119,24 @@ class Samples:
         self.held.append(held)
 
     def solve(self, prior: torch.Tensor, ridge: float, factors=FACTORS) -> Solution:
+        """Every product with D columns is made once (the kernel X X^T, X W_S^T, the final update); each ridge
+        candidate then costs an S x S eigen-solve."""
         x, y, held = torch.cat(self.x), torch.cat(self.y), torch.cat(self.held)             # [S, D], [S, C], [S]
         self.x, self.y = [], []
         w0 = prior[0]                                                                        # [C, D], float32
         r = y - (x.to(w0.dtype) @ w0.T).double()                                             # [S, C]
-        base = ridge * float((x * x).sum()) / x.shape[1]
+        kernel = x @ x.T                                                                     # [S, S]
+        base = ridge * float(kernel.diagonal().sum()) / x.shape[1]
         fit = ~held
         held_prior = _relative(_sq(r[held]), _sq(y[held])) if held.any() else None
         best, best_err = None, held_prior
         if held.any() and fit.any():
+            values, vectors = torch.linalg.eigh(kernel[fit][:, fit])                        # K_ff = U L U^T
+            rotated = vectors.T @ r[fit]                                                     # U^T R_f
+            cross = kernel[held][:, fit] @ vectors                                           # K_hf U
             for f in factors:
-                alpha = _dual(x[fit], r[fit], f * base)                                      # [S_fit, C]
-                err = _relative(_sq(r[held] - x[held] @ (x[fit].T @ alpha)), _sq(y[held]))
+                alpha = rotated / (values.clamp_min(0) + f * base)[:, None]                 # U^T alpha
+                err = _relative(_sq(r[held] - cross @ alpha), _sq(y[held]))
                 if best_err is None or err < best_err * (1 - 1e-9):
                     best, best_err = f, err
         elif not held.any():
@@ -138,8 +144,8 @@ class Samples:
         before = _relative(_sq(r), _sq(y))
         if best is None:
             return Solution(None, 0.0, before, before, held_prior, held_prior)
-        alpha = _dual(x, r, best * base)                                                     # [S, C]
-        after = _relative(_sq(r - (x @ x.T) @ alpha), _sq(y))
+        alpha = _dual(kernel.clone(), r, best * base)                                        # [S, C]
+        after = _relative(_sq(r - kernel @ alpha), _sq(y))
         if after > before:
             return Solution(None, 0.0, before, before, held_prior, held_prior)
         weight = w0.clone()
@@ -164,9 +170,8 @@ def _ridge(xtx: torch.Tensor, xty: torch.Tensor, prior: torch.Tensor, lam: torch
     return w.transpose(1, 2)
 
 
-def _dual(x: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
-    """(X X^T + lam I)^-1 R: [S, C]."""
-    kernel = x @ x.T
+def _dual(kernel: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
+    """(K + lam I)^-1 R: [S, C] (``kernel`` is overwritten)."""
     kernel.diagonal().add_(max(lam, 1e-12))
     factor, info = torch.linalg.cholesky_ex(kernel)
     if int(info) == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -47,9 +48,11 @@ class ChannelGroup:
 
     def member_ratio(self, index: int) -> float:
         """Channels of member ``index`` per group channel (1 unless a flatten or a split changes it)."""
-        if not self.channel_map:
-            return 1.0
-        return sum(len(c) for c in self.channel_map[index]) / max(self.size, 1)
+        return self._ratios[index] if self.channel_map else 1.0
+
+    @cached_property
+    def _ratios(self) -> tuple[float, ...]:
+        return tuple(sum(len(c) for c in per) / max(self.size, 1) for per in self.channel_map)
 
     def member_channels(self, index: int, group_channels) -> list[int]:
         """The channels of member ``index`` that ``group_channels`` are, sorted."""
