@@ -14,7 +14,7 @@ hook the group's root layer (``group.name``, a Conv2d or Linear) and apply to it
 No such BatchNorm: ReLU only. Where the real network does something else after the BatchNorm (ReLU6, or a residual
 add before the ReLU, as for the last conv of a torchvision Bottleneck) this is an approximation of the tensor the
 next layer sees, not that tensor; for the block-internal convs that our CIFAR ResNets prune it is exact.
-A Linear root gives maps [N, C, 1, 1].
+A Linear root gives maps [N, C, 1, 1]; one applied to channels-last maps [N, H, W, C] (ConvNeXt) gives [N, C, H, W].
 
 Memory. ``collect`` hands each batch's maps to a callback and drops them; ``ChannelStats`` keeps per channel a few
 running sums plus a uniform random subsample of at most ``max_samples`` values (default 200,000) for quantiles, so its
@@ -67,9 +67,13 @@ def group_activation_fn(model: nn.Module, group: ChannelGroup) -> Callable[[torc
     """
     norm_name = group_norm_layer(model, group)
     norm = model.get_submodule(norm_name) if norm_name else None
+    channels_last = isinstance(model.get_submodule(group.name), nn.Linear)
 
     def activation(output: torch.Tensor) -> torch.Tensor:
         x = output.detach()
+        if channels_last and x.dim() > 2:              # a Linear on [N, ..., C] (ConvNeXt's pointwise layers)
+            x = x.movedim(-1, 1)
+            x = x if x.dim() == 4 else x.reshape(x.shape[0], x.shape[1], -1, 1)
         if norm is not None:
             x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias,
                              training=norm.running_mean is None, momentum=0.0, eps=norm.eps)

@@ -191,3 +191,14 @@ def test_a_refit_that_makes_the_output_worse_is_reverted(monkeypatch):
                            lambda: iter([torch.randn(20, 3, 32, 32)]))
     assert fits and all(f.status in ("reverted", "kept") and "reverted" in f.note for f in fits)
     assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_linear_root_on_channels_last_maps_gives_channel_first_activations():
+    from pruning.activations import group_activation_fn
+    from pruning.criteria.base import ChannelGroup
+
+    model = nn.Sequential(nn.Linear(8, 16))                      # ConvNeXt's pointwise layer on [N, H, W, C]
+    fn = group_activation_fn(model, ChannelGroup("0", 16, (("0", "out"),), ()))
+    maps = torch.randn(2, 5, 6, 16)
+    assert torch.equal(fn(maps), torch.relu(maps.movedim(-1, 1)))
+    assert fn(torch.randn(3, 16)).shape == (3, 16, 1, 1)
