@@ -31,6 +31,7 @@ WIDTH_MODULES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupN
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
 WRONG_MAPPING = "channels moved by an op the dependency graph does not follow (channel shuffle, reshape, reduction)"
 GROUPED = "grouped layer cannot shrink uniformly"
+_INVALID = "<invalid>"      # key in a trace's record: producers the mapping gave channels beyond their width
 _MOVERS = (ops._ReshapeOp, ops._SliceOp, ops._UnbindOp, ops._ExpandOp, ops._SplitOp)
 
 
@@ -188,7 +189,7 @@ def _injections(model: nn.Module, cand: Candidate, probe: list[int]) -> dict[str
 
 
 def _compare(model: nn.Module, cand: Candidate, probe: list[int], seen: dict[str, set[int]]) -> str | None:
-    wrong = []
+    wrong = [f"{name} (mapped to channels it does not have)" for name in sorted(seen.pop(_INVALID, ()))]
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
@@ -289,7 +290,11 @@ def _fake_forward(module: nn.Module, name: str, seen: list[dict[str, set[int]]],
         if is_tp_depthwise(module):
             per_group = nan_in.view(x.shape[0], module.groups, -1).any(2)     # [N, groups] = [N, C_out]
             result[per_group] = float("nan")
+        width = result.shape[dim]
         for b, channels in probes:
+            if any(c >= width for c in channels):                        # the mapping names channels it lacks
+                seen[b].setdefault(_INVALID, set()).add(name)
+                channels = [c for c in channels if c < width]
             if dim == 1:
                 result[b, channels] = float("nan")
             else:

@@ -11,7 +11,9 @@ group whose channels an unmapped op moves is excluded instead of pruned wrongly.
 traced: one that moves channels anywhere but into a flatten (``[N, C, H, W] -> [N, C*H*W]``) or back is
 *blocked* (no index crosses it), instead of letting Torch-Pruning guess a stride — its guesses there are wrong
 and, on ShuffleNet, build index lists of millions of entries. The coupling check then sees the channels that
-still travel through it and leaves such a group whole. Anything else Torch-Pruning raises becomes
+still travel through it and leaves such a group whole. A group search that does not converge (more than
+``MAX_GROUP_DEPS`` steps: ReXNet's in-place add into a channel slice) raises ``GroupTooLarge``; that group
+stays whole. Anything else Torch-Pruning raises becomes
 ``UnsupportedModel``.
 """
 from __future__ import annotations
@@ -22,7 +24,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch.overrides import TorchFunctionMode
+from torch_pruning.dependency import graph as tp_graph
 from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency.group import Group
 
 from pruning.errors import UnsupportedModel
 
@@ -64,12 +68,28 @@ def _soft(update):
     return guarded
 
 
+MAX_GROUP_DEPS = 2000      # a group with more dependencies than this is a runaway search, not a coupling
+
+
+class GroupTooLarge(RuntimeError):
+    """Torch-Pruning's dependency search for one group did not converge (ReXNet's in-place add into a channel
+    slice sends it round a cycle with ever new indices)."""
+
+
+class _BoundedGroup(Group):
+    def add_dep(self, dep, idxs):
+        if len(self._group) >= MAX_GROUP_DEPS:
+            raise GroupTooLarge(f"the dependency search passed {MAX_GROUP_DEPS} steps without converging")
+        super().add_dep(dep, idxs)
+
+
 def install() -> None:
-    """Wrap Torch-Pruning's index-mapping updaters (idempotent)."""
+    """Wrap Torch-Pruning's index-mapping updaters and bound its group search (idempotent)."""
     for name in _UPDATERS:
         update = getattr(index_mapping, name, None)
         if update is not None and not getattr(update, "interprune_soft", False):
             setattr(index_mapping, name, _soft(update))
+    tp_graph.Group = _BoundedGroup
 
 
 install()
