@@ -166,19 +166,21 @@ def measure_layer_table(model: nn.Module, input_shape: tuple[int, int, int], bat
                         cache_dir: str | Path | None = DEFAULT_CACHE_DIR, *, grid_step: int | None = None,
                         prunable: Collection[tuple[str, str]] | None = None, anchor: str = "p50",
                         seconds_per_batch: float = 3.0, cost_model: CostModel | None = None,
-                        table: LayerLatencyTable | None = None) -> LatencyModel:
+                        statistic: str = "p50_ms", table: LayerLatencyTable | None = None) -> LatencyModel:
     """A ``LatencyModel`` of ``model`` at ``batch`` on ``target`` with every grid shape measured (or cached).
 
     The grid holds widths in multiples of ``grid_step`` (default ``round_to``; a coarser multiple measures fewer
     shapes and interpolates between them) plus the full width, on the ``prunable`` (module, side) pairs (default:
     all). The constant is anchored to the whole model's ``anchor`` ("p50" or "p90") latency, measured with the
-    jobs' protocol (``seconds_per_batch``). ``cost_model`` is passed through for "macs" / "params"."""
+    jobs' protocol (``seconds_per_batch``). ``statistic`` picks the per-layer figure ("p50_ms", "p90_ms",
+    "min_ms"); ``table`` (a ``LayerLatencyTable``) replaces target / threads / cache_dir / statistic.
+    ``cost_model`` is passed through for "macs" / "params"."""
     if anchor not in ("p50", "p90"):
         raise SpecError(f"latency table anchor must be 'p50' or 'p90', got {anchor!r}")
     step = grid_step or round_to
     if step < 1 or step % max(round_to, 1):
         raise SpecError(f"latency table grid_step must be a positive multiple of round_to={round_to}, got {step}")
-    table = table or LayerLatencyTable(target, threads, cache_dir)
+    table = table or LayerLatencyTable(target, threads, cache_dir, statistic=statistic)
     total = table.whole_model(model, input_shape, batch, seconds_per_batch)
     latency = LatencyModel(model, input_shape, batch, table, total[f"{anchor}_ms"], grid_step=step,
                            cost_model=cost_model, prunable=prunable)

@@ -114,8 +114,7 @@ class LatencyModel:
         """Every distinct shape on the grid, in layer order: what a table measures in advance."""
         shapes: dict[LayerShape, None] = {}
         for row in self._rows:
-            outs = row.ins if row.depthwise else row.outs
-            for i, o in zip(*_pairs(row.ins, outs, row.depthwise)):
+            for i, o in zip(*_pairs(row.ins, row.outs, row.depthwise)):
                 shapes[self._shape(row, i, o)] = None
         return list(shapes)
 
@@ -130,6 +129,16 @@ class LatencyModel:
     def measured_shapes(self) -> dict[LayerShape, float]:
         """The shapes whose latency this model has asked for, with their figures (ms)."""
         return dict(self._measured)
+
+    def lookup(self, shape: LayerShape) -> float:
+        """``layer_latency(shape)``, asked once per shape (what ``pipeline.latency_table`` calls to fill the grid)."""
+        if shape not in self._measured:
+            ms = float(self._latency(shape))
+            if not math.isfinite(ms) or ms < 0:
+                raise SpecError(f"layer latency of {shape.key()} is {ms} ms; a table needs finite, non-negative "
+                                "figures")
+            self._measured[shape] = ms
+        return self._measured[shape]
 
     # -- internals
 
@@ -158,16 +167,6 @@ class LatencyModel:
         inp = layer.inp - removed.get((layer.name, "in"), 0)
         out = layer.out - removed.get((layer.name, "out"), 0)
         return max(0.0, _interp1(row.ins, inp, lambda i: _interp1(row.outs, out, lambda o: self._at(row, i, o))))
-
-    def lookup(self, shape: LayerShape) -> float:
-        """``layer_latency(shape)``, asked once per shape (what ``pipeline.latency_table`` calls to fill the grid)."""
-        if shape not in self._measured:
-            ms = float(self._latency(shape))
-            if not math.isfinite(ms) or ms < 0:
-                raise SpecError(f"layer latency of {shape.key()} is {ms} ms; a table needs finite, non-negative "
-                                "figures")
-            self._measured[shape] = ms
-        return self._measured[shape]
 
     def _at(self, row: _Row, inp: float, out: float) -> float:
         return self.lookup(self._shape(row, inp, out))
