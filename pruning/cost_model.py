@@ -37,6 +37,13 @@ class _Layer:
     spatial: int         # output positions (H * W for a conv, the middle axes for a linear)
     bias: bool
     flops: float = 0.0   # norm / follow: the counter's figure at full width
+    # conv / linear geometry (``pruning.latency_model`` rebuilds the layer from it): (kh, kw), stride, padding,
+    # dilation, and the input's (H, W) (a linear: (positions, 1))
+    kernel_size: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    in_size: tuple[int, int] = (1, 1)
 
 
 class CostModel:
@@ -108,15 +115,27 @@ def _layer_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_
 def _describe(name: str, module: nn.Module, x: torch.Tensor | None, output: torch.Tensor) -> _Layer:
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
+        in_size = tuple(x.shape[-2:]) if x is not None else tuple(output.shape[-2:])
         return _Layer(name, "conv", module.out_channels, module.in_channels, module.groups, kh * kw,
-                      output.shape[-1] * output.shape[-2], module.bias is not None)
+                      output.shape[-1] * output.shape[-2], module.bias is not None, kernel_size=(kh, kw),
+                      stride=tuple(module.stride), padding=_padding(module), dilation=tuple(module.dilation),
+                      in_size=(int(in_size[0]), int(in_size[1])))
     if isinstance(module, nn.Linear):
         positions = int(torch.tensor(output.shape[1:-1]).prod()) if output.dim() > 2 else 1
         return _Layer(name, "linear", module.out_features, module.in_features, 1, 1, positions,
-                      module.bias is not None)
+                      module.bias is not None, in_size=(positions, 1))
     affine = bool(getattr(module, "affine", False) or getattr(module, "elementwise_affine", False))
     return _Layer(name, "norm", _width(module), _width(module), 1, 1, 1, affine,
                   counter_flops(module, (x,), output) if x is not None else 0.0)
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Explicit (ph, pw) of a conv; "same" as the symmetric padding that keeps the size (odd kernels)."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    return tuple(int(p) for p in conv.padding)
 
 
 def _width(module: nn.Module) -> int:
