@@ -149,7 +149,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--latency-target", "compress.prune.latency_target", "pruning"),
     Flag("--latency-margin", "compress.prune.latency_margin", "pruning", "the search aims at budget x (1 - margin): "
          "latency moves by a few %% between measurements", type=float, metavar="FRACTION"),
-    Flag("--allocation", "compress.prune.allocation", "pruning", choices=("uniform", "global")),
+    Flag("--allocation", "compress.prune.allocation", "pruning", "how widths are shared out: uniform (same ratio "
+         "everywhere), global (by normalised score), sensitivity (least measured loss after the re-fit per MAC "
+         "saved)", choices=("uniform", "global", "sensitivity")),
     Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
          "(the reason is in the report)", type=int),
@@ -167,6 +169,9 @@ FLAGS: tuple[Flag, ...] = (
          "skip the least-squares kernel re-fit", kind="switch_off"),
     Flag("--refit-memory-mb", "compress.reconstruct.max_memory_mb", "reconstruction and fine-tuning",
          "memory bound of one layer's least-squares re-fit", type=float, metavar="MB"),
+    Flag("--refit-scope", "compress.reconstruct.scope", "reconstruction and fine-tuning",
+         "re-fit only the layers that lost inputs (consumers) or every layer after the first of them (downstream)",
+         choices=("consumers", "downstream")),
     Flag("--batchnorm", "compress.reconstruct.batchnorm", "reconstruction and fine-tuning",
          "re-estimate BatchNorm statistics (auto: only without reconstruction)", choices=("auto", "on", "off")),
     Flag("--finetune", "compress.finetune.epochs", "reconstruction and fine-tuning", "fine-tune epochs (0 = none)",

@@ -8,7 +8,10 @@ of the last two is closer to the target.
 Modes:
 - ``uniform``: the group with the largest kept fraction gives up its weakest chunk (same ratio everywhere, as
   Torch-Pruning's default);
-- ``global``: the chunk with the lowest mean normalised score anywhere goes (layer widths follow the scores).
+- ``global``: the chunk with the lowest mean normalised score anywhere goes (layer widths follow the scores);
+- ``sensitivity``: the chunk whose removal costs the least measured loss per unit of cost saved goes (``curves``:
+  ``pruning.sensitivity``, measured after the re-fit; a knapsack solved greedily). The cost is the target's metric,
+  or measured latency when ``cost_model`` is a latency model.
 """
 from __future__ import annotations
 
@@ -94,9 +97,27 @@ def _make_units(group: ChannelGroup, scores: torch.Tensor, round_to: int, min_ch
                   max(1, floor))
 
 
+def removal_units(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 8,
+                  min_channels: int = 1, min_keep_fraction: float = 0.1) -> dict[str, _Units]:
+    """Each group's removal units in the order the allocator takes them (``chunk_boundaries`` for the depths)."""
+    return {g.name: _make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction) for g in groups}
+
+
+def chunk_boundaries(units: _Units) -> list[int]:
+    """Units removed after each chunk the allocator may take, down to the group's floor."""
+    out, removed = [], 0
+    while True:
+        kept = units.total - removed
+        n = _next_chunk(kept, units.step)
+        if kept - n < units.floor:
+            return out
+        removed += n
+        out.append(removed)
+
+
 def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_model: CostModel, target: Target,
              base_cost: float, *, mode: str = "uniform", round_to: int = 8, min_channels: int = 1,
-             min_keep_fraction: float = 0.1, tolerance: float = 0.01) -> Allocation:
+             min_keep_fraction: float = 0.1, tolerance: float = 0.01, curves: dict | None = None) -> Allocation:
     """Choose the channels to remove so that cost <= (1 - target.reduction) x ``base_cost`` (closest state wins).
 
     Near the goal, a chunk that would overshoot it by more than ``tolerance`` x ``base_cost`` gives way to the
@@ -105,13 +126,14 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     removal); ``cost_model`` describes the model the groups belong to. Raises ``TargetUnreachable`` (naming the
     largest reachable reduction) if protected layers and minimum widths make the target unreachable.
     """
-    _check_inputs(groups, scores, mode)
+    _check_inputs(groups, scores, mode, curves)
     goal, slack = (1.0 - target.reduction) * base_cost, tolerance * base_cost
     units = [_make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction) for g in groups]
     cost = cost_model.cost(target.metric, {})
     history = [(cost, {u.group.name: u.removed for u in units})]
     while cost > goal:
-        ranked = sorted(((_key(u, mode), i) for i, u in enumerate(units) if u.chunk()))
+        ranked = sorted(((_key(u, mode, units, i, cost, cost_model, target.metric, curves), i)
+                         for i, u in enumerate(units) if u.chunk()))
         if not ranked:
             most = reachable_reduction(groups, cost_model, target.metric, base_cost, round_to=round_to,
                                        min_channels=min_channels, min_keep_fraction=min_keep_fraction)
@@ -130,9 +152,14 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, len(history) - 1)
 
 
-def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str) -> None:
-    if mode not in ("uniform", "global"):
-        raise SpecError(f"allocation mode must be 'uniform' or 'global', got {mode!r}")
+MODES = ("uniform", "global", "sensitivity")
+
+
+def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str, curves) -> None:
+    if mode not in MODES:
+        raise SpecError(f"allocation mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "sensitivity" and (curves is None or any(g.name not in curves for g in groups)):
+        raise SpecError("sensitivity allocation needs a measured curve for every group")
     missing = [g.name for g in groups if g.name not in scores]
     if missing:
         raise SpecError(f"the criterion gave no scores for {', '.join(missing[:3])}")
@@ -141,10 +168,22 @@ def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], m
             raise SpecError(f"criterion scored {scores[g.name].numel()} channels of {g.name}, which has {g.size}")
 
 
-def _key(u: _Units, mode: str) -> tuple:
+def _key(u: _Units, mode: str, units: list[_Units], index: int, cost: float, cost_model: CostModel, metric: str,
+         curves: dict | None) -> tuple:
     chunk_score = float(u.norm[u.chunk()].mean())
+    if mode == "sensitivity":
+        curve, after = curves[u.group.name], u.removed + len(u.chunk())
+        saved = cost - _cost_after(units, index, cost_model, metric)
+        lost = max(curve.at(after) - curve.at(u.removed), 0.0)
+        return (lost / saved if saved > 0 else math.inf, chunk_score)
     kept = u.total - u.removed
     return (round(-kept / u.total, 6), chunk_score) if mode == "uniform" else (chunk_score,)
+
+
+def _cost_after(units: list[_Units], i: int, cost_model: CostModel, metric: str) -> float:
+    counts = {u.group.name: (u.removed + (len(u.chunk()) if j == i else 0)) * u.group.interleave
+              for j, u in enumerate(units)}
+    return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
 
 
 def _landing(units: list[_Units], ranked: list[int], cost_model: CostModel, metric: str,
@@ -152,9 +191,7 @@ def _landing(units: list[_Units], ranked: list[int], cost_model: CostModel, metr
     """(unit set to cut, cost after): the best-ranked chunk, unless it takes the cost below ``lowest`` and a
     lower-ranked one does not."""
     def cost_after(i: int) -> float:
-        counts = {u.group.name: (u.removed + (len(u.chunk()) if j == i else 0)) * u.group.interleave
-                  for j, u in enumerate(units)}
-        return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
+        return _cost_after(units, i, cost_model, metric)
 
     first = cost_after(ranked[0])
     if first >= lowest:

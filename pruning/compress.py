@@ -34,7 +34,8 @@ from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # no
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit
-from pruning.stages import allocate_stage, prune_model, reconstruct_stage
+from pruning.sensitivity import Sensitivity
+from pruning.stages import allocate_stage, prune_model, reconstruct_stage, sensitivity_stage
 from pruning.surgery import analyse_groups, build_graph, remove_blocks
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class CompressResult:
     timings: dict[str, float] = field(default_factory=dict)       # seconds per stage
     scores: ScoreResult | None = None
     block_scores: ScoreResult | None = None
+    sensitivity: Sensitivity | None = None                          # per-group loss curves ("sensitivity")
     fits: list[LayerFit] = field(default_factory=list)
     finetune: FinetuneReport | None = None
     layers: list[dict] = field(default_factory=list)             # per group: kept / original width
@@ -225,6 +227,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                  keep_fraction=1.0 - spec.prune.target_reduction, graph=graph)
             result.scores = scorer.score(ctx)
 
+    sensitivity_stage(spec, run, result, model, groups, calibration)
     with run.stage("allocate"):
         plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,
                                                input_shape, base_cost, target, latency_probe)
@@ -281,6 +284,8 @@ def _validate_reconstruct_spec(rec: ReconstructSpec) -> None:
         raise SpecError(f"reconstruct.max_memory_mb must be positive, got {rec.max_memory_mb}")
     if rec.holdout < 0 or rec.holdout == 1:
         raise SpecError(f"reconstruct.holdout must be 0 (none) or >= 2 (every n-th image), got {rec.holdout}")
+    if rec.scope not in ("consumers", "downstream"):
+        raise SpecError(f"reconstruct.scope must be consumers or downstream, got {rec.scope!r}")
     if rec.batchnorm not in ("auto", "on", "off"):
         raise SpecError(f"reconstruct.batchnorm must be auto, on or off, got {rec.batchnorm!r}")
 

@@ -51,7 +51,7 @@ class PruneSpec:
     criterion_params: Mapping[str, Any] = field(default_factory=dict)
     target_metric: str = "macs"             # "macs" | "params"
     target_reduction: float = 0.5           # fraction of the original model's cost to remove
-    allocation: str = "uniform"             # "uniform" | "global"
+    allocation: str = "uniform"             # "uniform" | "global" | "sensitivity" (pruning.allocate)
     round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
                                             # the service picks by target and precision (32 for int8 on a GPU,
                                             # else 8), ``compress`` alone uses 8
@@ -80,6 +80,9 @@ class ReconstructSpec:
                                             # re-fit's forward passes (images per pass) and cached block inputs.
                                             # Larger systems are solved in kernel form, subsampled or skipped with
                                             # a note. 1024: VGG-16 at 224x224 compresses in ~3.4 GB peak RSS
+    scope: str = "downstream"               # which layers are re-fitted: "consumers" (those that lost input
+                                            # channels) or "downstream" (every conv / linear from the first of
+                                            # them on: the error that reaches unpruned layers is corrected too)
     holdout: int = 5                        # every n-th calibration image is held out to pick the ridge and to
                                             # check the re-fit (a layer / the model keeps its weights if worse)
 

@@ -1,5 +1,7 @@
 """The allocation, cut and reconstruction stages of ``pruning.compress`` (the pipeline's middle).
 
+- ``sensitivity_stage``: per-group loss curves after the re-fit (``pruning.sensitivity``), for the "sensitivity"
+  allocation;
 - ``allocate_stage``: the plan for the target (or the latency budget), allocated with the measured check and the
   shortfall policy of ``pruning.targeting``;
 - ``prune_model``: the pruned copy (reusing the allocation's last measured candidate when it is the plan);
@@ -10,18 +12,56 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Callable, Iterator
 
+import torch
 import torch.nn as nn
 
-from pruning.allocate import CostModel, Target, allocate
+from pruning.allocate import CostModel, Target, allocate, chunk_boundaries, removal_units
 from pruning.criteria import Batch, ScoreResult
 from pruning.measure import Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
+from pruning.sensitivity import Sensitivity, measure_sensitivity
 from pruning.surgery import apply_plan, kept_outputs
 from pruning.targeting import allocate_to_target
 
 if TYPE_CHECKING:   # compress imports this module
     from pruning.compress import CompressResult, CompressSpec, LatencyProbe, _Runner
+
+
+SENSITIVITY_FIT_IMAGES = 512  # calibration images the consumers' re-fits are solved on ...
+SENSITIVITY_LOSS_IMAGES = 256 # ... and other ones the loss is measured on (a forward pass per group and depth)
+SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator's chunk boundaries, thinned)
+
+
+def sensitivity_stage(spec: CompressSpec, run: _Runner, result: CompressResult, model: nn.Module, groups: list,
+                      calibration: list[Batch]) -> None:
+    """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocation "sensitivity")."""
+    if spec.prune.allocation != "sensitivity" or result.scores is None or not groups:
+        return
+    with run.stage("sensitivity"):
+        units = removal_units(groups, result.scores.channels, spec.prune.round_to, spec.prune.min_channels)
+        depths = {name: _thin(chunk_boundaries(u), SENSITIVITY_DEPTHS) for name, u in units.items()}
+        removal = {name: (lambda n, u=u: u.channels(u.order[:n])) for name, u in units.items()}
+        images = torch.cat([b.images for b in calibration])
+        fit, loss = images[:SENSITIVITY_FIT_IMAGES], images[-SENSITIVITY_LOSS_IMAGES:]
+        if len(images) < SENSITIVITY_FIT_IMAGES + SENSITIVITY_LOSS_IMAGES:        # few images: split them
+            half = max(1, len(images) // 2)
+            fit, loss = images[:half], images[half:] if len(images) > 1 else images
+        rec = spec.reconstruct
+        result.sensitivity = measure_sensitivity(
+            model, groups, removal, depths, list(fit.split(spec.data.batch_size)), loss,
+            positions_per_image=rec.positions_per_image, ridge=rec.ridge, refit=rec.enabled, seed=spec.seed,
+            max_memory_mb=rec.max_memory_mb, should_stop=run.check)
+        result.notes.extend(result.sensitivity.notes)
+        run.emit("sensitivity", 1.0, f"loss curves of {len(groups)} group(s) from {result.sensitivity.images} images")
+
+
+def _thin(points: list[int], most: int) -> list[int]:
+    """At most ``most`` of ``points``, evenly spread, the last always kept."""
+    if len(points) <= most:
+        return points
+    picks = {round(i * (len(points) - 1) / (most - 1)) for i in range(most)}
+    return [points[i] for i in sorted(picks)]
 
 
 def allocate_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module, model: nn.Module,
@@ -36,7 +76,7 @@ def allocate_stage(spec: CompressSpec, run: _Runner, result: CompressResult, ori
             < target.reduction - 0.005:
         measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric)
         allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
-                                  result.warnings, measure)
+                                  result.warnings, measure, result.sensitivity)
         kept, original_widths = allocation.kept, allocation.original
     plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, kept, original_widths, removed_blocks,
                        criterion=spec.prune.criterion,
@@ -68,11 +108,13 @@ def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module,
 
 def allocate_for(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
                  input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
-                 warnings: list[str] | None = None, measure: "Candidates | None" = None):
+                 warnings: list[str] | None = None, measure: "Candidates | None" = None,
+                 sensitivity: Sensitivity | None = None):
     """The allocation for ``target``; with ``measure`` (the final plan, not a latency probe) the measured
     reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``)."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
-    options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels)
+    options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels,
+                   curves=sensitivity.curves if sensitivity is not None else None)
     if measure is None:
         return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric), **options)
     return allocate_to_target(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
@@ -114,7 +156,7 @@ def search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, mod
         candidate = copy.deepcopy(model)
         if reduction > 0:
             allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost,
-                                      Target("macs", reduction))
+                                      Target("macs", reduction), sensitivity=result.sensitivity)
             plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, allocation.kept,
                                allocation.original)
             candidate = apply_plan(candidate, plan)
@@ -158,6 +200,8 @@ def reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, 
         if rec.enabled and result.plan.kept:
             consumers = sorted({c for g in groups if g.name in result.plan.kept
                                 and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
+            if rec.scope == "downstream":
+                consumers = downstream_layers(pruned, consumers)
             out_channels = kept_outputs(original, groups, result.plan, consumers)
             result.fits = reconstruct(original, pruned, consumers, out_channels, lambda: iter(images),
                                       positions_per_image=rec.positions_per_image, ridge=rec.ridge,
@@ -169,6 +213,14 @@ def reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, 
             result.notes.append("BatchNorm statistics re-estimated on the calibration set")
         result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
         run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
+
+
+def downstream_layers(model: nn.Module, consumers: list[str]) -> list[str]:
+    """Every conv / linear layer from the first of ``consumers`` on (module order), with ``consumers`` themselves."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    wanted = set(consumers)
+    first = next((i for i, n in enumerate(names) if n in wanted), len(names))
+    return sorted(wanted | set(names[first:]))
 
 
 def fit_notes(fits: list[LayerFit]) -> list[str]:

@@ -79,7 +79,8 @@ def _check_enums(spec: pb.JobSpec) -> None:
     """Enum numbers this server does not know are refused (proto3 would keep them and read them as defaults)."""
     for field, value, enum in (("spec.prune.target_metric", spec.prune.target_metric, pb.TargetMetric),
                                ("spec.prune.allocation", spec.prune.allocation, pb.Allocation),
-                               ("spec.reconstruct.batchnorm", spec.reconstruct.batchnorm, pb.BatchNormMode)):
+                               ("spec.reconstruct.batchnorm", spec.reconstruct.batchnorm, pb.BatchNormMode),
+                               ("spec.reconstruct.scope", spec.reconstruct.scope, pb.RefitScope)):
         if value not in enum.values():
             raise InvalidArgument(f"{field} {value} is not a {enum.DESCRIPTOR.name}; use one of "
                                   f"{', '.join(enum.keys()[1:])}")

@@ -36,7 +36,10 @@ FAILURE_TO_PROTO = {"invalid_input": pb.FAILURE_KIND_INVALID_INPUT, "export_chec
                     "server_stopped": pb.FAILURE_KIND_SERVER_STOPPED, "internal": pb.FAILURE_KIND_INTERNAL}
 FAILURE_FROM_PROTO = {v: k for k, v in FAILURE_TO_PROTO.items()}
 _METRIC = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs", pb.TARGET_METRIC_PARAMS: "params"}
-_ALLOCATION = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform", pb.ALLOCATION_GLOBAL: "global"}
+_ALLOCATION = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform", pb.ALLOCATION_GLOBAL: "global",
+               pb.ALLOCATION_SENSITIVITY: "sensitivity"}
+_SCOPE = {pb.REFIT_SCOPE_UNSPECIFIED: None, pb.REFIT_SCOPE_CONSUMERS: "consumers",
+          pb.REFIT_SCOPE_DOWNSTREAM: "downstream"}
 _BATCHNORM = {pb.BATCH_NORM_MODE_UNSPECIFIED: None, pb.BATCH_NORM_MODE_AUTO: "auto", pb.BATCH_NORM_MODE_ON: "on",
               pb.BATCH_NORM_MODE_OFF: "off"}
 
@@ -145,6 +148,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     reconstruct = _present(r, ("enabled", "positions_per_image", "ridge", "max_memory_mb", "holdout"))
     if _BATCHNORM.get(r.batchnorm):
         reconstruct["batchnorm"] = _BATCHNORM[r.batchnorm]
+    if _SCOPE.get(r.scope):
+        reconstruct["scope"] = _SCOPE[r.scope]
     finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha",
                             "augment", "validation_images"))
     compress = {"model": model, "data": data, "prune": prune, "reconstruct": reconstruct, "finetune": finetune,
@@ -221,8 +226,7 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
         out.prune.criterion_params[key].CopyFrom(_param_value(key, value))
     out.prune.target_metric = {"macs": pb.TARGET_METRIC_MACS, "params": pb.TARGET_METRIC_PARAMS}.get(
         p.target_metric, pb.TARGET_METRIC_UNSPECIFIED)
-    out.prune.allocation = {"uniform": pb.ALLOCATION_UNIFORM, "global": pb.ALLOCATION_GLOBAL}.get(
-        p.allocation, pb.ALLOCATION_UNSPECIFIED)
+    out.prune.allocation = {v: k for k, v in _ALLOCATION.items() if v}.get(p.allocation, pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
          latency_batch=p.latency_batch, latency_margin=p.latency_margin, allow_shortfall=p.allow_shortfall)
@@ -234,6 +238,7 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     _set(out.reconstruct, enabled=r.enabled, positions_per_image=r.positions_per_image, ridge=r.ridge,
          max_memory_mb=r.max_memory_mb, holdout=r.holdout)
     out.reconstruct.batchnorm = {v: k for k, v in _BATCHNORM.items() if v}.get(r.batchnorm, 0)
+    out.reconstruct.scope = {v: k for k, v in _SCOPE.items() if v}.get(r.scope, 0)
     f = c.finetune
     _set(out.finetune, epochs=f.epochs, steps=f.steps, images=f.images, minutes=f.minutes, batch_size=f.batch_size,
          lr=f.lr, temperature=f.temperature, alpha=f.alpha, augment=f.augment, validation_images=f.validation_images)

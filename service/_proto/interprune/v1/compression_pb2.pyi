@@ -35,6 +35,7 @@ class Allocation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOCATION_UNSPECIFIED: _ClassVar[Allocation]
     ALLOCATION_UNIFORM: _ClassVar[Allocation]
     ALLOCATION_GLOBAL: _ClassVar[Allocation]
+    ALLOCATION_SENSITIVITY: _ClassVar[Allocation]
 
 class BatchNormMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,12 @@ class BatchNormMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BATCH_NORM_MODE_AUTO: _ClassVar[BatchNormMode]
     BATCH_NORM_MODE_ON: _ClassVar[BatchNormMode]
     BATCH_NORM_MODE_OFF: _ClassVar[BatchNormMode]
+
+class RefitScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFIT_SCOPE_UNSPECIFIED: _ClassVar[RefitScope]
+    REFIT_SCOPE_CONSUMERS: _ClassVar[RefitScope]
+    REFIT_SCOPE_DOWNSTREAM: _ClassVar[RefitScope]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -82,10 +89,14 @@ TARGET_METRIC_PARAMS: TargetMetric
 ALLOCATION_UNSPECIFIED: Allocation
 ALLOCATION_UNIFORM: Allocation
 ALLOCATION_GLOBAL: Allocation
+ALLOCATION_SENSITIVITY: Allocation
 BATCH_NORM_MODE_UNSPECIFIED: BatchNormMode
 BATCH_NORM_MODE_AUTO: BatchNormMode
 BATCH_NORM_MODE_ON: BatchNormMode
 BATCH_NORM_MODE_OFF: BatchNormMode
+REFIT_SCOPE_UNSPECIFIED: RefitScope
+REFIT_SCOPE_CONSUMERS: RefitScope
+REFIT_SCOPE_DOWNSTREAM: RefitScope
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -326,20 +337,22 @@ class PruneSpec(_message.Message):
     def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ..., allow_shortfall: _Optional[bool] = ...) -> None: ...
 
 class ReconstructSpec(_message.Message):
-    __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm", "max_memory_mb", "holdout")
+    __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm", "max_memory_mb", "holdout", "scope")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_PER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     RIDGE_FIELD_NUMBER: _ClassVar[int]
     BATCHNORM_FIELD_NUMBER: _ClassVar[int]
     MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     positions_per_image: int
     ridge: float
     batchnorm: BatchNormMode
     max_memory_mb: float
     holdout: int
-    def __init__(self, enabled: _Optional[bool] = ..., positions_per_image: _Optional[int] = ..., ridge: _Optional[float] = ..., batchnorm: _Optional[_Union[BatchNormMode, str]] = ..., max_memory_mb: _Optional[float] = ..., holdout: _Optional[int] = ...) -> None: ...
+    scope: RefitScope
+    def __init__(self, enabled: _Optional[bool] = ..., positions_per_image: _Optional[int] = ..., ridge: _Optional[float] = ..., batchnorm: _Optional[_Union[BatchNormMode, str]] = ..., max_memory_mb: _Optional[float] = ..., holdout: _Optional[int] = ..., scope: _Optional[_Union[RefitScope, str]] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
     __slots__ = ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha", "augment", "validation_images")

@@ -1,0 +1,138 @@
+"""Issue-14 accuracy table: CIFAR ResNets pruned by the CLI, every row a command a user can re-run.
+
+    .venv/bin/python -m benchmarks.accuracy --rows r56-l1-uniform-consumers,r56-l1-uniform [--data-root ../shared/data]
+
+Each row runs ``python -m service.cli compress`` in a fresh process (ONNX export and parity included, no latency
+benchmark unless the row asks for one) and records: top-1 on all 10,000 CIFAR-10 test images of the exported ONNX
+model, MACs removed, wall time and peak RSS of that process. ``--list`` shows the rows. Results are merged into
+``benchmarks/results/accuracy.json`` (a re-run replaces its row) and the table ``accuracy.md`` is rewritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th", "resnet56": "resnet56-4bfd9763.th"}
+
+# name -> (goal, arch, criterion, extra CLI flags)
+ROWS: dict[str, tuple[str, str, str, list[str]]] = {}
+
+
+def _row(name: str, goal: str, arch: str, criterion: str, *flags: str) -> None:
+    ROWS[name] = (goal, arch, criterion, list(flags))
+
+
+NO_FT = ("--finetune", "0")
+OLD = ("--allocation", "uniform", "--refit-scope", "consumers")          # the engine before issue 14
+for arch in ("resnet56", "resnet32", "resnet20"):
+    short = "r" + arch[6:]
+    _row(f"{short}-l1-before", "1,6", arch, "l1", "--target-macs", "0.5", *OLD, *NO_FT)
+    _row(f"{short}-l1-uniform", "1,6", arch, "l1", "--target-macs", "0.5", "--allocation", "uniform", *NO_FT)
+    _row(f"{short}-l1-sensitivity", "1,6", arch, "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+         *NO_FT)
+for criterion in ("dissection", "functionality", "redundancy", "visual_similarity", "layer_probe", "random"):
+    for alloc in ("uniform", "sensitivity"):
+        if criterion != "layer_probe":
+            _row(f"r56-{criterion}-{alloc}", "3", "resnet56", criterion, "--target-macs", "0.5", "--allocation",
+                 alloc, *NO_FT)
+for seed in (1, 2):
+    _row(f"r56-random-uniform-seed{seed}", "3", "resnet56", "random", "--target-macs", "0.5", "--allocation",
+         "uniform", "--seed", str(seed), *NO_FT)
+_row("r20-l1-64cal-norefit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64",
+     "--no-reconstruct", *NO_FT)
+_row("r20-l1-64cal-refit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64", *NO_FT)
+for images in (10000, 35000):
+    _row(f"r56-l1-uniform-kd{images // 1000}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+         "uniform", "--finetune-images", str(images))
+
+
+def command(name: str, data_root: Path, out: Path) -> list[str]:
+    goal, arch, criterion, flags = ROWS[name]
+    return ["--arch", f"cifar/{arch}", "--weights", str(data_root / "weights" / WEIGHTS[arch]),
+            "--data", str(data_root / "cifar10"), "--criterion", criterion, *flags, "--targets", "",
+            "--out", str(out), "--force", "--json"]
+
+
+def run_row(name: str, data_root: Path) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"interprune-acc-{name}-"))
+    argv = command(name, data_root, out)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "compress", *argv], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode not in (0, 4):
+        raise SystemExit(f"{name}: compress failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    acc = report["accuracy"]
+    shown = " ".join(a if not a.startswith(str(data_root)) else a.replace(str(data_root), "../shared/data")
+                     for a in argv[:-5])
+    return {
+        "row": name, "goal": ROWS[name][0], "arch": ROWS[name][1], "criterion": ROWS[name][2],
+        "macs_reduction": report["reduction"]["macs"],
+        "top1_original": acc["original"]["top1"],
+        "top1_no_finetune": (acc.get("reconstructed") or acc.get("pruned"))["top1"],
+        "top1_finetuned": acc["finetuned"]["top1"] if "finetuned" in acc else None,
+        "top1_onnx": acc["exported"]["top1"] if "exported" in acc else None,
+        "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
+        "stage_s": {k: round(v, 1) for k, v in report.get("timings", {}).items()},
+        "load": os.getloadavg()[0],
+        "command": f"interprune compress {shown}",
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def write(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(rows, indent=1))
+    pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = ["# Accuracy on CIFAR-10 (all 10,000 test images), issue 14", "",
+             "Made by `python -m benchmarks.accuracy --rows NAME` (one row per process; `--list` names them). "
+             "`no FT` = after pruning and the re-fit, before any fine-tuning; `ONNX` = the exported model run by "
+             "ONNX Runtime on the test set (the figure an outsider measures). Wall time and peak RSS are the whole "
+             "CLI process (load, score, allocate, prune, re-fit, fine-tune, export, parity, ONNX evaluation) on "
+             "the 2-core CPU machine; `load` is the 1-minute load average when the row finished (other work shared "
+             "the machine: times are upper bounds).", "",
+             "| row | goal | model | criterion | MACs removed | top-1 no FT | top-1 after FT | top-1 ONNX | wall s | "
+             "peak RSS MB | load | command |", "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['goal']} | {r['arch']} | {r['criterion']} | {pct(r['macs_reduction'])} | "
+                     f"{pct(r['top1_no_finetune'])} | {pct(r['top1_finetuned'])} | {pct(r['top1_onnx'])} | "
+                     f"{r['wall_s']:.0f} | {r['peak_rss_mb']} | {r['load']:.1f} | `{r['command']}` |")
+    (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.list or not args.rows:
+        for name, (goal, arch, criterion, flags) in ROWS.items():
+            print(f"{name:34s} goal {goal:4s} {arch} {criterion} {' '.join(flags)}")
+        return
+    path = args.out / "accuracy.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for name in args.rows.split(","):
+        if name not in ROWS:
+            raise SystemExit(f"unknown row {name!r}; --list shows them")
+        row = run_row(name, args.data_root.resolve())
+        print(json.dumps(row), flush=True)
+        rows = [r for r in rows if r["row"] != name] + [row]
+        order = list(ROWS)
+        rows.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))
+        write(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
