@@ -145,8 +145,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     reconstruct = _present(r, ("enabled", "positions_per_image", "ridge", "max_memory_mb", "holdout"))
     if _BATCHNORM.get(r.batchnorm):
         reconstruct["batchnorm"] = _BATCHNORM[r.batchnorm]
-    finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha",
-                            "augment", "validation_images"))
+    finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "distillation",
+                            "temperature", "alpha", "augment", "validation_images"))
     compress = {"model": model, "data": data, "prune": prune, "reconstruct": reconstruct, "finetune": finetune,
                 **_present(spec.execution, ("seed", "threads"))}
     export = _present(spec.export, ("onnx", "opset", "slim", "parity_atol", "parity_images"))
@@ -236,7 +236,8 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     out.reconstruct.batchnorm = {v: k for k, v in _BATCHNORM.items() if v}.get(r.batchnorm, 0)
     f = c.finetune
     _set(out.finetune, epochs=f.epochs, steps=f.steps, images=f.images, minutes=f.minutes, batch_size=f.batch_size,
-         lr=f.lr, temperature=f.temperature, alpha=f.alpha, augment=f.augment, validation_images=f.validation_images)
+         lr=f.lr, distillation=f.distillation, temperature=f.temperature, alpha=f.alpha, augment=f.augment,
+         validation_images=f.validation_images)
     e = spec.export
     _set(out.export, onnx=e.onnx, opset=e.opset, slim=e.slim, parity_atol=e.parity_atol,
          parity_images=getattr(e, "parity_images", None))
