@@ -28,7 +28,8 @@ from pruning import intake, zoo
 from pruning.allocate import CostModel, Target, allocate_blocks
 from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
 from pruning.errors import Cancelled, EngineError, InterpruneError, SpecError
-from pruning.finetune import FinetuneReport, FinetuneSettings, evaluation_callback, finetune
+from pruning.finetune import (FinetuneReport, FinetuneSettings, check_distillation, evaluation_callback,
+                              finetune)
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
                           PruneSpec, ReconstructSpec)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
@@ -189,6 +190,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         coverage = data_mod.check_label_coverage(splits, num_classes)
         _validate_prune_spec(spec.prune)
         _validate_reconstruct_spec(spec.reconstruct)
+        check_distillation(spec.finetune.distillation)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape,
@@ -377,7 +379,7 @@ def _finetune_stage(spec: CompressSpec, run: _Runner, result: CompressResult, or
                                     seed=spec.seed * 1000 + epoch, augment=ft.augment)
 
         validate = evaluation_callback(lambda: data_mod.batches(val_set, preprocess, 500)) if val_set else None
-        settings = FinetuneSettings(lr=ft.lr, temperature=ft.temperature, alpha=ft.alpha)
+        settings = FinetuneSettings(lr=ft.lr, temperature=ft.temperature, alpha=ft.alpha, loss=ft.distillation)
         result.finetune = finetune(pruned, original, train_epoch, batches_per_epoch, ft.batch_size, ft.budget(),
                                    settings, validate,
                                    progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop)

@@ -94,9 +94,10 @@ class FinetuneSpec:
     images: int | None = None               # images seen
     minutes: float | None = None
     batch_size: int = 128
-    lr: float = 0.01
-    temperature: float = 4.0
-    alpha: float = 0.9
+    lr: float = 0.01                        # peak, reached after a linear warm-up, then cosine decay to 0
+    distillation: str = "mse"               # "mse": match the teacher's logits; "kl": softened by `temperature`
+    temperature: float = 4.0                # "kl" only
+    alpha: float = 1.0                      # weight of the distillation term (1 - alpha: cross-entropy on labels)
     augment: bool = True
     validation_images: int = 500            # carved from the fine-tune split for early stopping
 

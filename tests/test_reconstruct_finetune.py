@@ -96,3 +96,43 @@ def test_finetune_improves_a_damaged_student_and_keeps_the_best():
     assert report.steps == 48 and report.images_seen == 3 * 1000
     assert report.best_val_top1 >= start
     assert val(student) > start + 0.1
+
+
+def test_one_cycle_schedule_warms_up_linearly_then_decays_to_zero():
+    settings = FinetuneSettings(lr=0.1, warmup=0.2)
+    lrs = [settings.lr_at(step, 100) for step in range(101)]
+    assert lrs[0] == pytest.approx(0.1 / 20) and lrs[19] == pytest.approx(0.1) == lrs[20]
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:20]))               # rising through the warm-up
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))               # then never rising
+    assert lrs[60] == pytest.approx(0.05) and lrs[100] == pytest.approx(0.0, abs=1e-12)
+    plain = FinetuneSettings(lr=0.1, warmup=0.0)
+    assert plain.lr_at(0, 100) == pytest.approx(0.1) and plain.lr_at(50, 100) == pytest.approx(0.05)
+
+
+def test_mse_distillation_matches_logits_and_ignores_the_temperature():
+    logits, labels = torch.randn(4, 10), torch.zeros(4, dtype=torch.long)
+    assert distillation_loss(logits, logits, labels, 4.0, 1.0, "mse").item() == pytest.approx(0.0, abs=1e-7)
+    shifted = logits + 1.0    # same softmax: KL sees nothing, MSE does
+    assert distillation_loss(logits, shifted, labels, 4.0, 1.0, "kl").item() == pytest.approx(0.0, abs=1e-5)
+    assert distillation_loss(logits, shifted, labels, 1.0, 1.0, "mse").item() == pytest.approx(1.0) == \
+        distillation_loss(logits, shifted, labels, 4.0, 1.0, "mse").item()
+
+
+def test_early_stopping_waits_for_the_warm_up_and_keeps_the_best_weights():
+    teacher = torch.nn.Linear(4, 3)
+    student = copy.deepcopy(teacher)
+    x, y = torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+    scores = iter([0.9] + [0.1] * 100)    # the start is best; every trained check is worse
+    report = finetune(student, teacher, lambda e: iter([(x, y)] * 10), 10, 16, FinetuneBudget(steps=40),
+                      FinetuneSettings(lr=0.01, warmup=0.5, eval_every=2, patience=3), validate=lambda m: next(scores))
+    # checks at 2, 4, .., 20 fall in the warm-up and do not count; 22 sets the bar, 24/26/28 miss it: stop at 28
+    assert report.stopped_by == "early stopping" and report.steps == 28
+    assert report.best_val_top1 == 0.9 and torch.equal(student.weight, teacher.weight)
+
+
+def test_an_unknown_distillation_is_refused_before_any_training():
+    from pruning.errors import SpecError
+
+    with pytest.raises(SpecError, match="finetune.distillation must be one of mse, kl, got 'l2'"):
+        finetune(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), lambda e: iter([]), 1, 1, FinetuneBudget(steps=1),
+                 FinetuneSettings(loss="l2"))

@@ -20,7 +20,7 @@ EVERY_FIELD = [
     "--allocation", "global", "--round-to", "16", "--min-channels", "4", "--protect", "conv1", "--protect", "fc",
     "--layer-criterion", "layer_probe", "--layer-param", "probe_epochs=3",
     "--no-reconstruct", "--batchnorm", "on", "--finetune", "1.5", "--finetune-steps", "9", "--finetune-images", "999",
-    "--finetune-minutes", "2.5", "--lr", "0.05", "--no-augment",
+    "--finetune-minutes", "2.5", "--lr", "0.05", "--distillation", "kl", "--no-augment",
     "--opset", "18", "--slim", "--targets", "local:cpu,agent:edge0", "--batch-sizes", "1,8,32",
     "--bench-seconds", "1.5", "--precision", "fp16", "--agent-eval-images", "100",
     "--max-accuracy-drop", "0.75", "--seed", "3", "--threads", "2",

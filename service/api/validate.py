@@ -119,6 +119,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "spec.finetune budget values must be >= 0"),
         (f.HasField("batch_size") and f.batch_size < 1, "spec.finetune.batch_size must be >= 1"),
         (f.HasField("lr") and not f.lr > 0, "spec.finetune.lr must be > 0"),
+        (f.HasField("distillation") and f.distillation not in ("mse", "kl"),
+         f"spec.finetune.distillation {f.distillation[:40]!r} is unknown: use 'mse' or 'kl'"),
         (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
         (b.HasField("seconds_per_batch") and not b.seconds_per_batch > 0,
          "spec.benchmark.seconds_per_batch must be > 0"),

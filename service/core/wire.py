@@ -150,8 +150,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
         reconstruct["batchnorm"] = _BATCHNORM[r.batchnorm]
     if _SCOPE.get(r.scope):
         reconstruct["scope"] = _SCOPE[r.scope]
-    finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha",
-                            "augment", "validation_images"))
+    finetune = _present(f, ("epochs", "steps", "images", "minutes", "batch_size", "lr", "distillation",
+                            "temperature", "alpha", "augment", "validation_images"))
     compress = {"model": model, "data": data, "prune": prune, "reconstruct": reconstruct, "finetune": finetune,
                 **_present(spec.execution, ("seed", "threads"))}
     export = _present(spec.export, ("onnx", "opset", "slim", "parity_atol", "parity_images"))
@@ -241,7 +241,8 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     out.reconstruct.scope = {v: k for k, v in _SCOPE.items() if v}.get(r.scope, 0)
     f = c.finetune
     _set(out.finetune, epochs=f.epochs, steps=f.steps, images=f.images, minutes=f.minutes, batch_size=f.batch_size,
-         lr=f.lr, temperature=f.temperature, alpha=f.alpha, augment=f.augment, validation_images=f.validation_images)
+         lr=f.lr, distillation=f.distillation, temperature=f.temperature, alpha=f.alpha, augment=f.augment,
+         validation_images=f.validation_images)
     e = spec.export
     _set(out.export, onnx=e.onnx, opset=e.opset, slim=e.slim, parity_atol=e.parity_atol,
          parity_images=getattr(e, "parity_images", None))

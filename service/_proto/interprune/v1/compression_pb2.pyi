@@ -355,7 +355,7 @@ class ReconstructSpec(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., positions_per_image: _Optional[int] = ..., ridge: _Optional[float] = ..., batchnorm: _Optional[_Union[BatchNormMode, str]] = ..., max_memory_mb: _Optional[float] = ..., holdout: _Optional[int] = ..., scope: _Optional[_Union[RefitScope, str]] = ...) -> None: ...
 
 class FinetuneSpec(_message.Message):
-    __slots__ = ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha", "augment", "validation_images")
+    __slots__ = ("epochs", "steps", "images", "minutes", "batch_size", "lr", "temperature", "alpha", "augment", "validation_images", "distillation")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +366,7 @@ class FinetuneSpec(_message.Message):
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    DISTILLATION_FIELD_NUMBER: _ClassVar[int]
     epochs: float
     steps: int
     images: int
@@ -376,7 +377,8 @@ class FinetuneSpec(_message.Message):
     alpha: float
     augment: bool
     validation_images: int
-    def __init__(self, epochs: _Optional[float] = ..., steps: _Optional[int] = ..., images: _Optional[int] = ..., minutes: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., temperature: _Optional[float] = ..., alpha: _Optional[float] = ..., augment: _Optional[bool] = ..., validation_images: _Optional[int] = ...) -> None: ...
+    distillation: str
+    def __init__(self, epochs: _Optional[float] = ..., steps: _Optional[int] = ..., images: _Optional[int] = ..., minutes: _Optional[float] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., temperature: _Optional[float] = ..., alpha: _Optional[float] = ..., augment: _Optional[bool] = ..., validation_images: _Optional[int] = ..., distillation: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
     __slots__ = ("onnx", "opset", "slim", "parity_atol", "parity_images")
