@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,8 @@ for seed in (1, 2):
 _row("r20-l1-64cal-norefit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64",
      "--no-reconstruct", *NO_FT)
 _row("r20-l1-64cal-refit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64", *NO_FT)
+_row("r56-l1-sensitivity-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+     "--finetune-images", "35000")
 for images in (10000, 35000):
     _row(f"r56-l1-uniform-kd{images // 1000}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "uniform", "--finetune-images", str(images))
@@ -65,16 +66,19 @@ def run_row(name: str, data_root: Path) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"interprune-acc-{name}-"))
     argv = command(name, data_root, out)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "compress", *argv], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    wall = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    if proc.returncode not in (0, 4):
-        raise SystemExit(f"{name}: compress failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "compress", *argv], cwd=ROOT,
+                                stdout=out_file, stderr=err_file, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _, status, usage = os.wait4(proc.pid, 0)              # this child's own peak RSS
+        wall = time.perf_counter() - start
+        code = os.waitstatus_to_exitcode(status)
+        err_file.seek(0)
+        if code not in (0, 4):
+            raise SystemExit(f"{name}: compress failed ({code}):\n{err_file.read()[-3000:]}")
+    peak_mb = usage.ru_maxrss / 1024
     report = json.loads((out / "report.json").read_text())
     acc = report["accuracy"]
-    shown = " ".join(a if not a.startswith(str(data_root)) else a.replace(str(data_root), "../shared/data")
-                     for a in argv[:-5])
+    shown = " ".join(("''" if a == "" else a.replace(str(data_root), "../shared/data")) for a in argv[:-4])
     return {
         "row": name, "goal": ROWS[name][0], "arch": ROWS[name][1], "criterion": ROWS[name][2],
         "macs_reduction": report["reduction"]["macs"],
@@ -123,6 +127,9 @@ def main() -> None:
         return
     path = args.out / "accuracy.json"
     rows = json.loads(path.read_text()) if path.exists() else []
+    for row in rows:              # rows written before the empty --targets value was shown
+        if row["command"].endswith("--targets"):
+            row["command"] += " ''"
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; --list shows them")
