@@ -104,13 +104,14 @@ def write(rows: list[dict], out: Path) -> None:
              "ONNX Runtime on the test set (the figure an outsider measures). Wall time and peak RSS are the whole "
              "CLI process (load, score, allocate, prune, re-fit, fine-tune, export, parity, ONNX evaluation) on "
              "the 2-core CPU machine; `load` is the 1-minute load average when the row finished (other work shared "
-             "the machine: times are upper bounds).", "",
+             "the machine: times are upper bounds). `≤` peak RSS: the first run of the script took the largest of the rows "
+             "run before it in the same process (fixed since: each child's own figure).", "",
              "| row | goal | model | criterion | MACs removed | top-1 no FT | top-1 after FT | top-1 ONNX | wall s | "
              "peak RSS MB | load | command |", "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['row']} | {r['goal']} | {r['arch']} | {r['criterion']} | {pct(r['macs_reduction'])} | "
                      f"{pct(r['top1_no_finetune'])} | {pct(r['top1_finetuned'])} | {pct(r['top1_onnx'])} | "
-                     f"{r['wall_s']:.0f} | {r['peak_rss_mb']} | {r['load']:.1f} | `{r['command']}` |")
+                     f"{r['wall_s']:.0f} | {'≤ ' if r.get('rss_upper_bound') else ''}{r['peak_rss_mb']} | {r['load']:.1f} | `{r['command']}` |")
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
@@ -118,10 +119,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--rewrite", action="store_true", help="rewrite accuracy.md from accuracy.json")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    if args.list or not args.rows:
+    if args.list or not (args.rows or args.rewrite):
         for name, (goal, arch, criterion, flags) in ROWS.items():
             print(f"{name:34s} goal {goal:4s} {arch} {criterion} {' '.join(flags)}")
         return
@@ -130,6 +132,9 @@ def main() -> None:
     for row in rows:              # rows written before the empty --targets value was shown
         if row["command"].endswith("--targets"):
             row["command"] += " ''"
+    if args.rewrite:
+        write(rows, args.out)
+        return
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; --list shows them")
