@@ -15,8 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
 
@@ -26,16 +25,15 @@ import torch.nn as nn
 from pruning import data as data_mod
 from pruning import intake, zoo
 from pruning.allocate import CostModel, Target, allocate_blocks
-from pruning.criteria import Batch, ScoreResult, ScoringContext, create_criterion
-from pruning.errors import Cancelled, EngineError, InterpruneError, SpecError
-from pruning.finetune import (FinetuneReport, FinetuneSettings, check_distillation, evaluation_callback,
-                              finetune)
+from pruning.criteria import Batch, ScoringContext, create_criterion
+from pruning.errors import SpecError
+from pruning.finetune import FinetuneSettings, check_distillation, evaluation_callback, finetune
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
                           PruneSpec, ReconstructSpec)
-from pruning.measure import Accuracy, Cost, count_cost, evaluate
+from pruning.measure import Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
-from pruning.reconstruct import LayerFit
-from pruning.sensitivity import Sensitivity
+from pruning.result import (CompressResult, LatencyProbe, Progress, ProgressEvent,  # noqa: F401 - re-exported
+                            StageRunner)
 from pruning.stages import allocate_stage, prune_model, reconstruct_stage, sensitivity_stage
 from pruning.surgery import analyse_groups, build_graph, remove_blocks
 
@@ -46,88 +44,6 @@ DEFAULT_ROUND_TO = 8    # width multiple when PruneSpec.round_to is None and no 
 
 
 # --- the spec -----------------------------------------------------------------------------------
-
-# --- the result ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    stage: str
-    fraction: float        # of this stage, 0..1
-    message: str
-
-
-@dataclass
-class CompressResult:
-    spec: CompressSpec
-    original: nn.Module
-    model: nn.Module
-    plan: PruningPlan
-    splits: data_mod.Splits
-    preprocess: data_mod.Preprocess
-    input_shape: tuple[int, int, int]
-    accuracy: dict[str, Accuracy] = field(default_factory=dict)   # original, pruned, reconstructed, finetuned
-    cost: dict[str, Cost] = field(default_factory=dict)           # original, compressed
-    timings: dict[str, float] = field(default_factory=dict)       # seconds per stage
-    scores: ScoreResult | None = None
-    block_scores: ScoreResult | None = None
-    sensitivity: Sensitivity | None = None                          # per-group loss curves ("sensitivity")
-    fits: list[LayerFit] = field(default_factory=list)
-    finetune: FinetuneReport | None = None
-    layers: list[dict] = field(default_factory=list)             # per group: kept / original width
-    latency_search: list[dict] = field(default_factory=list)     # probes of a latency-budget search
-    files: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)             # the job did less than asked (a shortfall, ...)
-
-    @property
-    def final_accuracy(self) -> Accuracy:
-        for stage in ("finetuned", "reconstructed", "pruned"):
-            if stage in self.accuracy:
-                return self.accuracy[stage]
-        return self.accuracy["original"]
-
-    def reduction(self, metric: str = "macs") -> float:
-        before = getattr(self.cost["original"], metric)
-        return 1.0 - getattr(self.cost["compressed"], metric) / before
-
-
-Progress = Callable[[ProgressEvent], None]
-
-
-class _Runner:
-    """Holds the callbacks and the stage clock for one ``compress`` call."""
-
-    def __init__(self, progress: Progress | None, should_stop: Callable[[], bool] | None) -> None:
-        self.progress = progress
-        self.should_stop = should_stop
-        self.timings: dict[str, float] = {}
-
-    def check(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("compression cancelled")
-
-    def emit(self, stage: str, fraction: float, message: str = "") -> None:
-        if self.progress is not None:
-            self.progress(ProgressEvent(stage, fraction, message))
-
-    def stage(self, name: str):
-        runner = self
-
-        class _Clock:
-            def __enter__(self):
-                runner.check()
-                runner.emit(name, 0.0, "started")
-                self.start = time.perf_counter()
-
-            def __exit__(self, exc_type, exc, tb):
-                runner.timings[name] = runner.timings.get(name, 0.0) + time.perf_counter() - self.start
-                if exc_type is None:
-                    runner.emit(name, 1.0, f"done in {runner.timings[name]:.1f}s")
-                elif issubclass(exc_type, Exception) and not issubclass(exc_type, (InterpruneError, MemoryError)):
-                    raise EngineError(f"stage {name!r} failed: {exc_type.__name__}: "
-                                      f"{str(exc).splitlines()[0][:300] if str(exc) else 'no message'}") from exc
-        return _Clock()
-
 
 # --- the pipeline -------------------------------------------------------------------------------
 
@@ -160,9 +76,6 @@ def load_inputs(spec: CompressSpec, allowed_packages: Collection[str] | None = N
     return model, entry, splits, preprocess, input_shape
 
 
-LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]   # (model, C,H,W, batch) -> p90 ms
-
-
 def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Progress | None = None,
              should_stop: Callable[[], bool] | None = None,
              latency_probe: LatencyProbe | None = None,
@@ -182,7 +95,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
-    run = _Runner(progress, should_stop)
+    run = StageRunner(progress, should_stop)
     with run.stage("load"):
         original, entry, splits, preprocess, input_shape = load_inputs(spec, allowed_packages, data_name=data_name,
                                                                        scratch_dir=scratch_dir)
@@ -325,7 +238,7 @@ def _attach_masks(calibration: list[Batch], data: data_mod.ImageSet, batch_size:
     return out
 
 
-def _prune_blocks(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module, model: nn.Module,
+def _prune_blocks(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module, model: nn.Module,
                   entry: zoo.ModelEntry, calibration: list[Batch], input_shape: tuple[int, int, int],
                   num_classes: int, base_cost: Cost, target: Target) -> list[str]:
     """Layer pruning (a block criterion alone, or first when combined); removes blocks from ``model``."""
@@ -362,7 +275,7 @@ def _block_cost(cost_model: CostModel, block: str, metric: str) -> float:
     return cost_model.cost(metric, {}) - cost_model.cost(metric, removed)
 
 
-def _finetune_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+def _finetune_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module,
                     pruned: nn.Module, splits: data_mod.Splits, preprocess: data_mod.Preprocess) -> None:
     ft = spec.finetune
     if ft.budget().is_zero():

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,12 +20,11 @@ from pruning.criteria import Batch, ScoreResult
 from pruning.measure import Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
+from pruning.result import CompressResult, LatencyProbe, StageRunner
 from pruning.sensitivity import Sensitivity, measure_sensitivity
+from pruning.spec import CompressSpec
 from pruning.surgery import apply_plan, kept_outputs
 from pruning.targeting import allocate_to_target
-
-if TYPE_CHECKING:   # compress imports this module
-    from pruning.compress import CompressResult, CompressSpec, LatencyProbe, _Runner
 
 
 SENSITIVITY_FIT_IMAGES = 512  # calibration images the consumers' re-fits are solved on ...
@@ -33,7 +32,7 @@ SENSITIVITY_LOSS_IMAGES = 256 # ... and other ones the loss is measured on (a fo
 SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator's chunk boundaries, thinned)
 
 
-def sensitivity_stage(spec: CompressSpec, run: _Runner, result: CompressResult, model: nn.Module, groups: list,
+def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
                       calibration: list[Batch]) -> None:
     """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocation "sensitivity")."""
     if spec.prune.allocation != "sensitivity" or result.scores is None or not groups:
@@ -64,7 +63,7 @@ def _thin(points: list[int], most: int) -> list[int]:
     return [points[i] for i in sorted(picks)]
 
 
-def allocate_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module, model: nn.Module,
+def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module, model: nn.Module,
                    groups: list, removed_blocks: list[str], input_shape: tuple[int, int, int], base_cost: Cost,
                    target: Target, latency_probe) -> tuple[PruningPlan, Target, "Candidates | None"]:
     """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate."""
@@ -144,7 +143,7 @@ class Candidates:
         return (last[1], last[2]) if last is not None and last[0] is kept else None
 
 
-def search_latency(spec: CompressSpec, run: _Runner, result: CompressResult, model: nn.Module, groups: list,
+def search_latency(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
                    input_shape: tuple[int, int, int], base_cost: Cost, current: Cost, probe: LatencyProbe) -> Target:
     """Search the MACs reduction that meets the latency budget on the target (probes measured, not modelled)."""
     from pruning.allocate import reachable_reduction, search_latency_budget
@@ -186,7 +185,7 @@ def merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: 
     return merges
 
 
-def reconstruct_stage(spec: CompressSpec, run: _Runner, result: CompressResult, original: nn.Module,
+def reconstruct_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module,
                       pruned: nn.Module, groups: list, calibration: list[Batch],
                       eval_batches: Callable[[], Iterator]) -> None:
     """Re-fit the consumers of pruned channels (``ReconstructSpec``), re-estimate BatchNorm if asked, evaluate."""
