@@ -45,6 +45,10 @@ for criterion in ("dissection", "functionality", "redundancy", "visual_similarit
 for seed in (1, 2):
     _row(f"r56-random-uniform-seed{seed}", "3", "resnet56", "random", "--target-macs", "0.5", "--allocation",
          "uniform", "--seed", str(seed), *NO_FT)
+for window in ("0.25", "0.5"):
+    for alloc in ("uniform", "sensitivity"):
+        _row(f"r56-l1-window{window}-{alloc}", "1,3", "resnet56", "l1", "--target-macs", "0.5", "--allocation", alloc,
+             "--criterion-param", f"refit_window={window}", *NO_FT)
 _row("r20-l1-64cal-norefit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64",
      "--no-reconstruct", *NO_FT)
 _row("r20-l1-64cal-refit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64", *NO_FT)

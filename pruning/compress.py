@@ -26,6 +26,7 @@ from pruning import data as data_mod
 from pruning import intake, zoo
 from pruning.allocate import CostModel, Target, allocate_blocks
 from pruning.criteria import Batch, ScoringContext, create_criterion
+from pruning.criteria.redundant_features import guide_by_refit
 from pruning.errors import SpecError
 from pruning.finetune import FinetuneSettings, check_distillation, evaluation_callback, finetune
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
@@ -141,6 +142,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                  input_shape=input_shape, num_classes=num_classes, seed=spec.seed,
                                  keep_fraction=1.0 - spec.prune.target_reduction, graph=graph)
             result.scores = scorer.score(ctx)
+            if scorer.refit_window > 0:
+                guide_by_refit(ctx, result.scores, scorer.refit_window)
 
     sensitivity_stage(spec, run, result, model, groups, calibration)
     with run.stage("allocate"):

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from pruning.criteria.base import ChannelGroup
-from pruning.layer_io import patches, positions_of, rows, sample_positions
+from pruning.gram_stats import ConsumerStats, collect_stats, conv_groups, input_columns
 
 
 @dataclass(frozen=True)
@@ -84,77 +84,12 @@ def refit_weights(xtx: torch.Tensor, xty: torch.Tensor, prior: torch.Tensor, kee
     return out
 
 
-# -- statistics of the consumers, from calibration images ----------------------------------------------------------
-
-@dataclass
-class _Stats:
-    """One consumer's sufficient statistics, conv groups leading (None when they did not fit the budget)."""
-
-    layer: nn.Module
-    fits: bool                               # within the memory budget (else: measured without its re-fit)
-    xtx: torch.Tensor | None = None          # [G, D, D]
-    xty: torch.Tensor | None = None          # [G, D, C_g]
-
-
-def _conv_groups(layer: nn.Module) -> int:
-    return layer.groups if isinstance(layer, nn.Conv2d) else 1
-
-
-def _columns(layer: nn.Module) -> int:
-    """Inputs per conv group, bias column included."""
-    return layer.weight[0].numel() + (1 if layer.bias is not None else 0)
-
-
-@torch.no_grad()
-def collect_stats(model: nn.Module, consumers: list[str], images: list[torch.Tensor], *, positions_per_image: int,
-                  seed: int, budget_bytes: int) -> dict[str, _Stats]:
-    """One forward pass per batch of ``images``: each consumer's Gram statistics at sampled positions."""
-    stats, spent = {}, 0
-    for name in consumers:
-        layer = model.get_submodule(name)
-        need = 8 * _conv_groups(layer) * _columns(layer) * (_columns(layer) + layer.weight.shape[0])
-        stats[name] = _Stats(layer, spent + need <= budget_bytes)
-        spent += need if stats[name].fits else 0
-    wanted = [n for n in consumers if stats[n].fits]
-    batch_index = [0]
-
-    def on_output(module, inputs, output, name):
-        x = inputs[0]
-        pos = sample_positions(name, batch_index[0], x.shape[0], positions_of(module, x), positions_per_image, seed)
-        _accumulate(stats[name], patches(module, x, pos).double(), rows(module, output, pos).double())
-
-    handles = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: on_output(m, i, o, n))
-               for n in wanted]
-    try:
-        for index, batch in enumerate(images):
-            batch_index[0] = index
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def _accumulate(s: _Stats, xs: torch.Tensor, ys: torch.Tensor) -> None:
-    groups = _conv_groups(s.layer)
-    if s.layer.bias is not None:
-        xs = torch.cat([xs.reshape(len(xs), groups, -1), torch.ones(len(xs), groups, 1, dtype=xs.dtype)], 2)
-    xg = xs.reshape(len(xs), groups, -1).transpose(0, 1)                               # [G, S, D]
-    yg = ys.reshape(len(ys), groups, -1).transpose(0, 1)                               # [G, S, C_g]
-    xtx, xty = xg.transpose(1, 2) @ xg, xg.transpose(1, 2) @ yg
-    if s.xtx is None:
-        s.xtx, s.xty = xtx, xty
-    else:
-        s.xtx += xtx
-        s.xty += xty
-
-
 # -- simulated removal ----------------------------------------------------------------------------------------------
 
 class _Simulation:
     """Applies one (group, removed channels) to ``model`` in place; ``restore`` puts every weight back."""
 
-    def __init__(self, model: nn.Module, stats: dict[str, _Stats], ridge: float, refit: bool) -> None:
+    def __init__(self, model: nn.Module, stats: dict[str, ConsumerStats], ridge: float, refit: bool) -> None:
         self.model, self.stats, self.ridge, self.refit = model, stats, ridge, refit
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -188,7 +123,7 @@ class _Simulation:
     @torch.no_grad()
     def _drop_inputs(self, name: str, channels: list[int]) -> None:
         layer, s = self.model.get_submodule(name), self.stats[name]
-        groups, c_out, per_group_in = _conv_groups(layer), layer.weight.shape[0], layer.weight.shape[1]
+        groups, c_out, per_group_in = conv_groups(layer), layer.weight.shape[0], layer.weight.shape[1]
         kernel = layer.weight[0, 0].numel() if isinstance(layer, nn.Conv2d) else 1
         self._save(layer.weight)
         self._save(layer.bias)
@@ -198,7 +133,7 @@ class _Simulation:
         for ch in channels:
             by_group.setdefault(ch // per_group_in, []).append(ch % per_group_in)
         for j, local in by_group.items():
-            keep = torch.ones(_columns(layer), dtype=torch.bool)
+            keep = torch.ones(input_columns(layer), dtype=torch.bool)
             for ch in local:
                 keep[ch * kernel:(ch + 1) * kernel] = False
             rows_ = slice(j * width, (j + 1) * width)

@@ -119,9 +119,14 @@ class Scorer(ABC):
     kind: ClassVar[str] = "channel"     # "channel" (filters) or "block" (layer pruning)
     paper: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    # How far the re-fit may overrule the order (``redundant_features.guide_by_refit``): at each removal, the
+    # fraction of the alive channels, lowest-scored first, among which the one the kept units recover best goes.
+    # 0 = the criterion's order as it is. Set per call with the ``refit_window`` parameter every criterion takes.
+    default_refit_window: ClassVar[float] = 0.0
 
     def __init__(self, **params: Any) -> None:
         self.params = params
+        self.refit_window = self.default_refit_window
 
     @abstractmethod
     def score(self, ctx: ScoringContext) -> ScoreResult:
@@ -161,9 +166,20 @@ def criterion_parameters(name: str) -> dict[str, Any]:
     """The parameters criterion ``name`` takes, with their defaults (``inspect.Parameter.empty`` when required)."""
     import inspect
 
-    signature = inspect.signature(criterion_class(name).__init__)
-    return {p.name: p.default for p in signature.parameters.values()
-            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    cls = criterion_class(name)
+    signature = inspect.signature(cls.__init__)
+    own = {p.name: p.default for p in signature.parameters.values()
+           if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if cls.kind == "channel":
+        own["refit_window"] = cls.default_refit_window
+    return own
+
+
+def _refit_window(value: Any) -> float:
+    window = float(value)
+    if not 0.0 <= window <= 1.0:
+        raise ValueError(f"refit_window must be between 0 and 1, got {value!r}")
+    return window
 
 
 def _parameters_text(name: str) -> str:
@@ -181,8 +197,14 @@ def create_criterion(name: str, **params: Any) -> Scorer:
     if unknown:
         listed = ", ".join(repr(clip(key, 40)) for key in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise SpecError(f"criterion {name!r} has no parameter {listed}; its parameters are: {_parameters_text(name)}")
+    params = dict(params)
+    window = params.pop("refit_window", None)
     try:
-        return cls(**params)
+        scorer = cls(**params)
+        if window is not None:
+            scorer.refit_window = _refit_window(window)
+            scorer.params["refit_window"] = scorer.refit_window
+        return scorer
     except (TypeError, ValueError) as exc:
         raise SpecError(f"bad parameter value for criterion {name!r} ({clip(exc, 200)}); its parameters are: "
                         f"{_parameters_text(name)}") from None

@@ -53,13 +53,17 @@ from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 from pruning.criteria.base import ChannelGroup, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.channel_elimination import Elimination, elimination_scores
 from pruning.criteria.functionality import cosine_distances
+from pruning.criteria.redundant_features import feature_eliminations
 
 log = logging.getLogger(__name__)
 
 ROOT_SCORE = 3.0       # the layer's last representative: above any cosine distance (<= 2)
 ZERO_SCORE = -1.0      # all-zero filters: below everything
 TIE_BREAK = 1e-6       # x L1 / max L1: at equal height the smaller filter goes first
+SIGNALS = ("features", "weights")   # features: what the consumers' re-fit cannot recover (redundant_features.py);
+                                    # weights: the paper's data-free clustering of filters
 
 
 # --- pure math ----------------------------------------------------------------------------------
@@ -197,6 +201,24 @@ def merge_into_representative(model: nn.Module, group: ChannelGroup, removed: Se
     return [{"removed": j, "into": r, "ratio": rho} for j, r, rho in merges]
 
 
+def feature_reasons(elimination: Elimination, weight_reasons: list[dict]) -> list[dict]:
+    """Per channel: the weight-space facts (nearest filter, L1) and, for the units the elimination removed, when
+    (``removal_step``), how much of what they passed on the kept units recover (``recovered``), and which kept unit
+    took most of it over (``partner``, the merge target)."""
+    out = []
+    for k, base in enumerate(weight_reasons):
+        out.append({"signal": "features", "l1": base["l1"], "nearest": base["nearest"],
+                    "nearest_distance": base["nearest_distance"], "zero_filter": base["zero_filter"],
+                    "removal_step": None, "recovered": None, "partner": None, "refit_error": None})
+    for step, k in enumerate(elimination.order):
+        reason = out[k]
+        reason.update(removal_step=step, recovered=round(elimination.explained[step], 4),
+                      partner=elimination.absorbed_by[step], refit_error=elimination.cost[step])
+        taker = f", mostly by #{reason['partner']}" if reason["partner"] is not None else ""
+        reason["why"] = f"{reason['recovered']:.0%} of its signal recovered by the kept units{taker}"
+    return out
+
+
 # --- scorer -------------------------------------------------------------------------------------
 
 @register_criterion
@@ -211,14 +233,24 @@ class RedundancyScorer(Scorer):
     paper = "Ayinde & Zurada 2018, Building Efficient ConvNets using Redundant Feature Pruning (arXiv:1802.07653)"
     needs_data = False
 
-    def __init__(self, linkage_method: str = "complete", threshold: float | None = None, merge: bool = False) -> None:
-        super().__init__(linkage_method=linkage_method, threshold=threshold, merge=merge)
+    def __init__(self, linkage_method: str = "complete", threshold: float | None = None, merge: bool = False,
+                 signal: str = "features", images: int = 1024, positions_per_image: int = 16) -> None:
+        super().__init__(linkage_method=linkage_method, threshold=threshold, merge=merge, signal=signal,
+                         images=images, positions_per_image=positions_per_image)
         if linkage_method not in ("complete", "average", "single", "weighted"):
             raise TypeError("linkage_method must be complete, average, single or weighted")
-        self.linkage_method, self.threshold, self.merge = linkage_method, threshold, merge
+        if signal not in SIGNALS:
+            raise TypeError(f"signal must be one of {', '.join(SIGNALS)}")
+        if int(images) < 1 or int(positions_per_image) < 1:
+            raise TypeError("images and positions_per_image must be at least 1")
+        self.linkage_method, self.threshold, self.merge, self.signal = linkage_method, threshold, merge, signal
+        self.images, self.positions_per_image = int(images), int(positions_per_image)
+        self.needs_data = signal == "features"
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         result = ScoreResult()
+        eliminations = (feature_eliminations(ctx, images=self.images, positions_per_image=self.positions_per_image)
+                        if self.signal == "features" else {})
         for group in ctx.groups:
             w = flatten_filters(ctx.module(group.name).weight)               # [K, D]
             l1 = w.abs().sum(1).numpy()                                       # [K]
@@ -233,11 +265,20 @@ class RedundancyScorer(Scorer):
                 height[nonzero] = h
                 partner[nonzero] = np.where(p >= 0, nonzero[np.maximum(p, 0)], -1)
                 root = int(nonzero[r])
+            masked = dist + np.eye(group.size) * 10.0
+            reasons = [self._reason(k, height, partner, l1, root, masked) for k in range(group.size)]
+            elimination = eliminations.get(group.name)
+            if elimination is not None:
+                result.channels[group.name] = elimination_scores(elimination, group.size)
+                result.reasons[group.name] = feature_reasons(elimination, reasons)
+                continue
             scores = redundancy_scores(np.where(np.isneginf(height), 0.0, height), l1)
             scores[torch.from_numpy(np.isneginf(height))] = ZERO_SCORE
             result.channels[group.name] = scores
-            masked = dist + np.eye(group.size) * 10.0
-            result.reasons[group.name] = [self._reason(k, height, partner, l1, root, masked) for k in range(group.size)]
+            if self.signal == "features":
+                for reason in reasons:
+                    reason["signal"] = "weights (no calibration statistics for a one-to-one consumer)"
+            result.reasons[group.name] = reasons
         return result
 
     def _reason(self, k: int, height: np.ndarray, partner: np.ndarray, l1: np.ndarray, root: int,
