@@ -43,6 +43,14 @@ for criterion in ("dissection", "functionality", "redundancy", "visual_similarit
             _row(f"r56-{criterion}-{alloc}", "3", "resnet56", criterion, "--target-macs", "0.5", "--allocation",
                  alloc, *NO_FT)
 for seed in (1, 2):
+    _row(f"r56-random-sensitivity-seed{seed}", "3", "resnet56", "random", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--seed", str(seed), *NO_FT)
+for criterion in ("dissection", "functionality", "visual_similarity", "random"):
+    _row(f"r56-{criterion}-window0.5-sensitivity", "3", "resnet56", criterion, "--target-macs", "0.5",
+         "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", *NO_FT)
+_row("r56-l1-sensitivity-kd35k-a0.5", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+     "--finetune-images", "35000", "--kd-alpha", "0.5")
+for seed in (1, 2):
     _row(f"r56-random-uniform-seed{seed}", "3", "resnet56", "random", "--target-macs", "0.5", "--allocation",
          "uniform", "--seed", str(seed), *NO_FT)
 for window in ("0.25", "0.5"):

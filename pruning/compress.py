@@ -28,7 +28,7 @@ from pruning.allocate import CostModel, Target, allocate_blocks
 from pruning.criteria import Batch, ScoringContext, create_criterion
 from pruning.criteria.redundant_features import guide_by_refit
 from pruning.errors import SpecError
-from pruning.finetune import FinetuneSettings, check_distillation, evaluation_callback, finetune
+from pruning.finetune import FinetuneSettings, check_distillation, check_settings, evaluation_callback, finetune
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
                           PruneSpec, ReconstructSpec)
 from pruning.measure import Cost, count_cost, evaluate
@@ -105,6 +105,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         _validate_prune_spec(spec.prune)
         _validate_reconstruct_spec(spec.reconstruct)
         check_distillation(spec.finetune.distillation)
+        check_settings(spec.finetune.lr, spec.finetune.alpha, spec.finetune.temperature)
         eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape,

@@ -109,6 +109,17 @@ def check_distillation(kind: str) -> None:
         raise SpecError(f"finetune.distillation must be one of {', '.join(DISTILLATION)}, got {str(kind)[:40]!r}")
 
 
+def check_settings(lr: float, alpha: float, temperature: float) -> None:
+    """SpecError naming the setting when the peak learning rate, the distillation weight or the temperature is out
+    of range (alpha in [0, 1]; lr and temperature positive and finite)."""
+    if not (lr == lr and 0.0 < float(lr) < float("inf")):
+        raise SpecError(f"finetune.lr must be a positive number, got {lr!r}")
+    if not (alpha == alpha and 0.0 <= float(alpha) <= 1.0):
+        raise SpecError(f"finetune.alpha (--kd-alpha) must be between 0 and 1, got {alpha!r}")
+    if not (temperature == temperature and 0.0 < float(temperature) < float("inf")):
+        raise SpecError(f"finetune.temperature (--kd-temperature) must be a positive number, got {temperature!r}")
+
+
 def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int], Iterator[tuple]],
              batches_per_epoch: int, batch_size: int, budget: FinetuneBudget, settings: FinetuneSettings,
              validate: Callable[[nn.Module], float] | None = None,

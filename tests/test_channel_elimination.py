@@ -152,3 +152,4 @@ def test_guide_by_refit_reorders_within_the_window_and_keeps_the_criterions_reas
     assert result.reasons["0"][first]["votes"] == first                   # the criterion's reason stays
     assert result.reasons["0"][first]["refit"]["recovered"] > 0.99
     assert result.reasons["0"][first]["refit"]["absorbed_by"] == 5 - first
+

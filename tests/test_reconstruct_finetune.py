@@ -136,3 +136,18 @@ def test_an_unknown_distillation_is_refused_before_any_training():
     with pytest.raises(SpecError, match="finetune.distillation must be one of mse, kl, got 'l2'"):
         finetune(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), lambda e: iter([]), 1, 1, FinetuneBudget(steps=1),
                  FinetuneSettings(loss="l2"))
+
+
+def test_finetune_settings_out_of_range_name_the_flag():
+    import pytest
+
+    from pruning.errors import SpecError
+    from pruning.finetune import check_settings
+
+    check_settings(0.01, 0.5, 4.0)
+    with pytest.raises(SpecError, match="--kd-alpha"):
+        check_settings(0.01, 1.5, 4.0)
+    with pytest.raises(SpecError, match="--kd-temperature"):
+        check_settings(0.01, 0.5, 0.0)
+    with pytest.raises(SpecError, match="lr"):
+        check_settings(float("nan"), 0.5, 4.0)
