@@ -318,7 +318,16 @@ def _partner(reason: dict) -> int | None:
 
 
 def _headline(reason: dict) -> str:
-    """The one reason a person reads first, from whatever fields the criterion gave."""
+    """The one reason a person reads first, from whatever fields the criterion gave, and, when the re-fit picked
+    the unit among those the criterion nominated, how much of its signal the kept units recover."""
+    refit = reason.get("refit")
+    if isinstance(refit, dict) and refit.get("recovered") is not None:
+        taker = f", mostly by #{refit['absorbed_by']}" if refit.get("absorbed_by") is not None else ""
+        return f"{_own_headline(reason)}; {float(refit['recovered']):.0%} recovered by the kept units{taker}"
+    return _own_headline(reason)
+
+
+def _own_headline(reason: dict) -> str:
     if reason.get("why"):
         return str(reason["why"])
     if reason.get("representative") is not None and not reason.get("is_representative", True):

@@ -351,3 +351,11 @@ def test_a_missed_latency_budget_shows_in_the_summary_and_at_the_top_of_the_page
     assert "latency budget" in top and "NOT MET: p90 61.5 ms" in top and "not stable" in top
     report["latency_budget"].update(achieved_p90_ms=53.0, stable=True, met=True)
     assert "latency budget MET: p90 53 ms" in summary_table(report)
+
+
+def test_headline_says_what_the_refit_recovers_after_the_criterions_own_reason():
+    from pipeline.report_html import _headline
+
+    assert _headline({"votes": 0, "voters": 5}) == "0 of 5 votes"
+    text = _headline({"votes": 0, "voters": 5, "refit": {"step": 2, "recovered": 0.87, "absorbed_by": 12}})
+    assert text == "0 of 5 votes; 87% recovered by the kept units, mostly by #12"
