@@ -36,6 +36,8 @@ from pruning.targeting import allocate_or_reachable
 
 BUDGET_TRIES = 4        # measured candidates at most, per budget
 CLOSE = 0.03            # a candidate measured at most this fraction under the goal is accepted at once
+STEP = 0.02             # when a corrected aim gives a plan measured already: aim this fraction of the unpruned p90
+                        # further
 MAX_TABLE_SHAPES = 256  # the layer grid is coarsened (interpolated) until it has at most this many shapes
 
 Build = Callable[[Allocation], nn.Module]     # the pruned copy of the model for an allocation
@@ -106,19 +108,21 @@ def latency_allocation(spec: CompressSpec, run: StageRunner, result: CompressRes
         "targeted": "budget" if prune.latency_budget_ms is not None else "reduction",
         "budget_ms": prune.latency_budget_ms, "reduction": target.reduction,
         "original_ms": anchor, "predicted_ms": chosen.predicted_ms, "measured_ms": chosen.measured_ms,
-        "grid_step": table.grid_step, "layer_shapes": len(table.measured_shapes)}
+        "grid_step": table.grid_step, "layer_shapes": len(table.measured_shapes), "layer_scale": table.scale}
     return allocation, target
 
 
 def latency_model(model: nn.Module, input_shape: tuple[int, int, int], batch: int, anchor_ms: float, current: Cost,
                   groups: list, round_to: int, layer_latency: LayerLatency) -> LatencyModel:
-    """The ``LatencyModel`` of ``model`` at ``batch`` for these groups, anchored to ``anchor_ms``; its grid is the
-    finest multiple of ``round_to`` with at most ``MAX_TABLE_SHAPES`` shapes (looked up as the allocator needs)."""
+    """The ``LatencyModel`` of ``model`` at ``batch`` for these groups, anchored to ``anchor_ms`` (scaled to it when
+    the layers add up to more: ``LatencyModel.scaled_to``); its grid is the finest multiple of ``round_to`` with at
+    most ``MAX_TABLE_SHAPES`` shapes (looked up as the allocator needs)."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
     prunable = {member for g in groups for member in g.members}
     step = grid_step_for(cost_model.layers, prunable, round_to, MAX_TABLE_SHAPES)
-    return LatencyModel(model, input_shape, batch, layer_latency, anchor_ms, grid_step=step, cost_model=cost_model,
-                        prunable=prunable)
+    table = LatencyModel(model, input_shape, batch, layer_latency, anchor_ms, grid_step=step, cost_model=cost_model,
+                         prunable=prunable)
+    return table.scaled_to(anchor_ms) if table.constant_ms < 0 else table
 
 
 def _meet_budget(prune, run: StageRunner, result: CompressResult, groups: list, scores: dict, table: LatencyModel,
@@ -145,13 +149,17 @@ def _meet_budget(prune, run: StageRunner, result: CompressResult, groups: list, 
                                min_channels=options["min_channels"])
     aim, points, bisected = goal, [(anchor, anchor)], False
     for _ in range(2 * BUDGET_TRIES):                   # allocations; measured candidates: BUDGET_TRIES at most
-        reduction = min(max(0.0, 1.0 - aim / anchor), max(0.0, most - 1e-6))
+        reduction = min(max(0.0, 1.0 - aim / anchor), max(0.0, min(most, 0.99) - 1e-6))
         allocation = allocate(groups, scores, table, Target("latency", reduction), anchor, **options)
-        if any(a.kept == allocation.kept for _, a in tried):   # a plan measured already: halve the bracket once
-            aim = None if bisected else bisect_aim(points, goal)
-            if aim is None:
+        repeat = next((c for c, a in tried if a.kept == allocation.kept), None)
+        if repeat is not None:                           # a plan measured already
+            if repeat.measured_ms > goal and not any(c.measured_ms <= goal for c, _ in tried):
+                aim = repeat.predicted_ms - STEP * anchor    # nothing meets the goal yet: one step further
+            else:
+                aim = None if bisected else bisect_aim(points, goal)     # halve the bracket, once
+                bisected = True
+            if aim is None or reduction >= most - 1e-6:
                 break
-            bisected = True
             continue
         candidate = Candidate(reduction, anchor * (1.0 - allocation.achieved_reduction), measured(allocation))
         tried.append((candidate, allocation))

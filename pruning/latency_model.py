@@ -93,12 +93,13 @@ class LatencyModel:
         self._rows = [self._row(layer, prunable) for layer in layers if layer.kind in ("conv", "linear")]
         self.layer_sum_ms = self._total({})          # the unpruned layers' sum
         self.constant_ms = measured_total_ms - self.layer_sum_ms
+        self.scale = 1.0                             # layer figures' multiplier (``scaled_to``)
 
     def cost(self, metric: str, removed: dict[tuple[str, str], float]) -> float:
         """Cost with ``removed[name, side]`` channels gone from each (module, side) (see ``widths_removed``):
         "latency" in ms; "macs" / "params" from the wrapped ``CostModel``."""
         if metric == "latency":
-            return self.constant_ms + self._total(removed)
+            return self.constant_ms + self.scale * self._total(removed)
         if self.cost_model is None:
             raise SpecError(f"this latency model has no CostModel to count {metric!r}; pass cost_model=")
         return self.cost_model.cost(metric, removed)
@@ -107,7 +108,17 @@ class LatencyModel:
         """The same table anchored to another whole-model figure (e.g. p90 instead of p50)."""
         other = object.__new__(LatencyModel)
         other.__dict__.update(self.__dict__)
-        other.constant_ms = measured_total_ms - self.layer_sum_ms
+        other.constant_ms = measured_total_ms - self.scale * self.layer_sum_ms
+        return other
+
+    def scaled_to(self, measured_total_ms: float) -> LatencyModel:
+        """The same table with every layer figure multiplied so that they add up to ``measured_total_ms``, with no
+        constant. For a table whose layers add up to more than the whole model measures (each one-layer model
+        pays the runtime's per-call overhead, the whole model pays it once): anchored by a constant, it would
+        predict negative latencies at small widths; scaled, it keeps the layers' relative costs."""
+        other = self.anchored(measured_total_ms)
+        other.scale = measured_total_ms / self.layer_sum_ms if self.layer_sum_ms > 0 else 1.0
+        other.constant_ms = 0.0
         return other
 
     def grid_shapes(self) -> list[LayerShape]:
@@ -122,7 +133,7 @@ class LatencyModel:
         """Predicted latency of one conv / linear with ``removed`` channels gone (interpolated)."""
         for row in self._rows:
             if row.layer.name == name:
-                return self._row_ms(row, removed or {})
+                return self.scale * self._row_ms(row, removed or {})
         raise KeyError(name)
 
     @property

@@ -321,12 +321,11 @@ class FakeTable:
         return macs_ms(shape)
 
 
-def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(monkeypatch, tmp_path):
+def run_job(monkeypatch, out, probes: list, **prune) -> dict:
+    """A demo/small_cnn job with allocation "latency" through ``run_pipeline``; the probe 'measures' 0.2 ms + 1 ms
+    per million MACs, the layer table is ``FakeTable``; no export, no benchmark."""
     import pipeline.run as pipeline_run
-    from pipeline.report import summary_table
     from pipeline.spec import BenchmarkSpec, ExportSpec
-
-    probes = []
 
     def fake_probe(target, threads, out, seconds_per_batch):
         def measure(model, input_shape, batch):
@@ -336,10 +335,17 @@ def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(mon
 
     monkeypatch.setattr(pipeline_run, "latency_probe", fake_probe)
     monkeypatch.setattr(pipeline_run, "LayerLatencyTable", FakeTable)
-    spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"), prune=PruneSpec(
-        allocation="latency", target_metric="latency", target_reduction=0.3, latency_batch=16)),
-        export=ExportSpec(onnx=False), benchmark=BenchmarkSpec(targets=()))
-    report = pipeline_run.run_pipeline(spec, tmp_path / "job")
+    spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"), prune=PruneSpec(allocation="latency", latency_batch=16,
+                                                                              **prune)),
+                   export=ExportSpec(onnx=False), benchmark=BenchmarkSpec(targets=()))
+    return pipeline_run.run_pipeline(spec, out)
+
+
+def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(monkeypatch, tmp_path):
+    from pipeline.report import summary_table
+
+    probes = []
+    report = run_job(monkeypatch, tmp_path / "job", probes, target_metric="latency", target_reduction=0.3)
     section = report["latency_allocation"]
     assert (section["targeted"], section["batch_size"], section["target"]) == ("reduction", 16, "local:cpu")
     assert section["predicted_ms"] < section["original_ms"] and section["final_p90_ms"] is None
@@ -349,3 +355,21 @@ def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(mon
     assert "latency allocation targeted -30.0% of the predicted p90 at batch 16" in summary_table(report)
     assert any("latency table on local:cpu" in n for n in report["notes"])
     assert not (tmp_path / "job" / ".latency-table").exists()
+
+
+def test_a_budget_job_shows_its_candidates_predicted_and_measured(monkeypatch, tmp_path):
+    import re
+
+    from pipeline.report_html import render_html
+    from pipeline.report_schema import validate_report
+
+    probes = []
+    report = run_job(monkeypatch, tmp_path / "job", probes, latency_budget_ms=1.5, latency_margin=0.0)
+    section, steps = report["latency_allocation"], report["latency_search"]
+    assert section["targeted"] == "budget" and section["budget_ms"] == 1.5 and section["measured_ms"] <= 1.5
+    assert steps and all({"predicted_ms", "latency_ms", "metric"} <= set(s) for s in steps)
+    assert report["criterion"]["target"]["metric"] == "latency"
+    validate_report(report)
+    page = render_html(report, tmp_path / "job")
+    assert "Latency-budget search: the probes" in page and "latency (table)" in page
+    assert re.search(r"p90 [0-9.]+ ms predicted", page)

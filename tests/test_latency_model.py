@@ -117,6 +117,15 @@ def test_anchored_and_metrics_passed_to_the_cost_model():
     assert model.cost("params", {}) == exact.params
     p90 = model.anchored(130.0)
     assert p90.cost("latency", removed) - model.cost("latency", removed) == pytest.approx(30.0)
+    # layers that add up to more than the whole model: scaled instead of a negative constant
+    small = LatencyModel(net, INPUT, BATCH, fake, 0.5 * full_sum())
+    assert small.constant_ms < 0
+    scaled = small.scaled_to(0.5 * full_sum())
+    assert (scaled.constant_ms, scaled.scale) == (0.0, pytest.approx(0.5))
+    assert scaled.cost("latency", {}) == pytest.approx(0.5 * full_sum())
+    assert scaled.cost("latency", removed) == pytest.approx(0.5 * model.layer_sum_ms - 0.5 * (
+        model.cost("latency", {}) - model.cost("latency", removed)))
+    assert scaled.layer_ms("c2") == pytest.approx(0.5 * model.layer_ms("c2"))
     with pytest.raises(SpecError):
         LatencyModel(net, INPUT, BATCH, fake, 10.0).cost("macs", {})
     with pytest.raises(SpecError):
