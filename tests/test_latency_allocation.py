@@ -373,3 +373,13 @@ def test_a_budget_job_shows_its_candidates_predicted_and_measured(monkeypatch, t
     page = render_html(report, tmp_path / "job")
     assert "Latency-budget search: the probes" in page and "latency (table)" in page
     assert re.search(r"p90 [0-9.]+ ms predicted", page)
+
+
+def test_a_latency_allocation_job_benchmarks_its_batch_and_target():
+    from pipeline.resolve import with_budget_measured
+    from pipeline.spec import BenchmarkSpec
+
+    spec = JobSpec(CompressSpec(ModelSpec("demo/small_cnn"), prune=PruneSpec(
+        allocation="latency", target_metric="latency", latency_batch=64)), benchmark=BenchmarkSpec(targets=()))
+    measured = with_budget_measured(spec).benchmark
+    assert measured.targets == ("local:cpu",) and measured.batch_sizes == (1, 64)
