@@ -65,18 +65,66 @@ _row("r56-l1-sensitivity-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", 
 for images in (10000, 35000):
     _row(f"r56-l1-uniform-kd{images // 1000}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "uniform", "--finetune-images", str(images))
+# Goal 4: latency-aware allocation against MACs-targeted pruning at the same measured p90, batch 64 on local:cpu.
+# "-b64" measures latency at batch 64 (original and compressed); "{p90:ROW}" is that row's measured p90 of the
+# compressed model at batch 64 (run ROW first, in the same quiet period): the two budget rows aim at it, one
+# allocating by predicted ms (latency table), one searching MACs reductions (sensitivity allocation), both with no
+# margin under the budget.
+LAT64 = ("--targets", "local:cpu", "--batch-sizes", "64")
+for arch in ("resnet56", "resnet20"):
+    short = "r" + arch[6:]
+    ref = f"{{p90:{short}-l1-sensitivity-b64}}"
+    _row(f"{short}-l1-sensitivity-b64", "4", arch, "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+         *LAT64, *NO_FT)
+    for alloc in ("latency", "sensitivity"):
+        _row(f"{short}-l1-{alloc}-budget-b64", "4", arch, "l1", "--allocation", alloc, "--latency-budget", ref,
+             "--latency-batch", "64", "--latency-margin", "0", *LAT64, *NO_FT)
+    # the same latency as a fraction of the job's own unpruned p90 ({cut:ROW} = 1 - ROW's compressed / original
+    # p90 at batch 64): insensitive to the machine being uniformly slower or faster than when ROW ran, but predicted
+    _row(f"{short}-l1-latency-fraction-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency",
+         f"{{cut:{short}-l1-sensitivity-b64}}", "--latency-batch", "64", *LAT64, *NO_FT)
 
 
-def command(name: str, data_root: Path, out: Path) -> list[str]:
+def command(name: str, data_root: Path, out: Path, measured: list[dict] | None = None) -> list[str]:
+    """The CLI arguments of row ``name``; ``{p90:ROW}`` is replaced by ROW's measured p90 at batch 64 (from
+    ``measured``, the rows of accuracy.json)."""
     goal, arch, criterion, flags = ROWS[name]
+    flags = [_resolve(f, measured or []) for f in flags]
+    targets = [] if "--targets" in flags else ["--targets", ""]
     return ["--arch", f"cifar/{arch}", "--weights", str(data_root / "weights" / WEIGHTS[arch]),
-            "--data", str(data_root / "cifar10"), "--criterion", criterion, *flags, "--targets", "",
+            "--data", str(data_root / "cifar10"), "--criterion", criterion, *flags, *targets,
             "--out", str(out), "--force", "--json"]
 
 
-def run_row(name: str, data_root: Path) -> dict:
+def _resolve(flag: str, measured: list[dict]) -> str:
+    """``{p90:ROW}``: ROW's compressed p90 at batch 64 (ms); ``{cut:ROW}``: 1 - its compressed / original p90."""
+    if not (flag.startswith(("{p90:", "{cut:")) and flag.endswith("}")):
+        return flag
+    kind, ref = flag[1:4], flag[5:-1]
+    row = next((r for r in measured if r["row"] == ref and (r.get("latency_b64") or {}).get("original_p90_ms")), None)
+    if row is None:
+        raise SystemExit(f"this row's latency target comes from row {ref}'s measured p90 at batch 64: run --rows {ref} "
+                         "first (in the same quiet period: latency on this machine moves with its load)")
+    lat = row["latency_b64"]
+    return f"{lat['p90_ms']:.2f}" if kind == "p90" else f"{1.0 - lat['p90_ms'] / lat['original_p90_ms']:.4f}"
+
+
+def latency_b64(report: dict) -> dict | None:
+    """The compressed model's p90 at batch 64 on local:cpu, the original's, and the measured speedup (p50) beside
+    the MACs ratio, from the report's final benchmark (None when the row measured no latency)."""
+    rows = {r["model"]: r for r in report.get("latency", []) if r["target"] == "local:cpu" and r["batch_size"] == 64
+            and not r.get("error")}
+    if "compressed" not in rows:
+        return None
+    speed = next((r for r in report.get("speedup", []) if r["target"] == "local:cpu" and r["batch_size"] == 64), {})
+    return {"p90_ms": rows["compressed"]["p90_ms"], "original_p90_ms": rows.get("original", {}).get("p90_ms"),
+            "stable": rows["compressed"].get("stable"), "measured_speedup": speed.get("measured_speedup"),
+            "macs_ratio": speed.get("macs_ratio"), "speedup_vs_macs": speed.get("speedup_vs_macs")}
+
+
+def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"interprune-acc-{name}-"))
-    argv = command(name, data_root, out)
+    argv = command(name, data_root, out, measured)
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "compress", *argv], cwd=ROOT,
@@ -101,6 +149,9 @@ def run_row(name: str, data_root: Path) -> dict:
         "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
         "stage_s": {k: round(v, 1) for k, v in report.get("timings", {}).items()},
         "load": os.getloadavg()[0],
+        "latency_b64": latency_b64(report),
+        "latency_allocation": report.get("latency_allocation"),
+        "latency_budget": report.get("latency_budget"),
         "command": f"interprune compress {shown}",
         "measured": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -124,7 +175,32 @@ def write(rows: list[dict], out: Path) -> None:
         lines.append(f"| {r['row']} | {r['goal']} | {r['arch']} | {r['criterion']} | {pct(r['macs_reduction'])} | "
                      f"{pct(r['top1_no_finetune'])} | {pct(r['top1_finetuned'])} | {pct(r['top1_onnx'])} | "
                      f"{r['wall_s']:.0f} | {'≤ ' if r.get('rss_upper_bound') else ''}{r['peak_rss_mb']} | {r['load']:.1f} | `{r['command']}` |")
+    lines += latency_table(rows)
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def latency_table(rows: list[dict]) -> list[str]:
+    """Goal 4: the rows that measured latency at batch 64 on local:cpu."""
+    timed = [r for r in rows if r.get("latency_b64")]
+    if not timed:
+        return []
+    lines = ["", "## Latency at batch 64 on local:cpu (goal 4)", "",
+             "p90 / speedup from the final benchmark of the exported models (original and compressed, the jobs' "
+             "protocol); speedup = original p50 / compressed p50; `predicted` = the latency table's p90 for the plan "
+             "(`--allocation latency` only). Figures move by about ±10% between measurements on this machine.", "",
+             "| row | MACs removed | top-1 no FT | p90 ms (original → compressed) | budget met | speedup | MACs ratio | "
+             "speedup / MACs ratio | predicted p90 ms | load |", "|" + "---|" * 10]
+    for r in timed:
+        lat, alloc, budget = r["latency_b64"], r.get("latency_allocation") or {}, r.get("latency_budget") or {}
+        num = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        lines.append(f"| {r['row']} | {100 * r['macs_reduction']:.2f}% | {100 * r['top1_no_finetune']:.2f}% | "
+                     f"{num(lat['original_p90_ms'], '.1f')} → {num(lat['p90_ms'], '.1f')}"
+                     f"{'' if lat.get('stable') is not False else ' (not stable)'} | "
+                     f"{'' if not budget else ('yes' if budget.get('met') else 'no')} | "
+                     f"{num(lat['measured_speedup'], '.2f')} | {num(lat['macs_ratio'], '.2f')} | "
+                     f"{num(lat['speedup_vs_macs'], '.2f')} | {num(alloc.get('predicted_ms'), '.1f')} | "
+                     f"{r['load']:.1f} |")
+    return lines
 
 
 def main() -> None:
@@ -150,7 +226,7 @@ def main() -> None:
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; --list shows them")
-        row = run_row(name, args.data_root.resolve())
+        row = run_row(name, args.data_root.resolve(), rows)
         print(json.dumps(row), flush=True)
         rows = [r for r in rows if r["row"] != name] + [row]
         order = list(ROWS)

@@ -1,11 +1,13 @@
 """How well a per-layer latency table predicts whole-model latency: ResNet-56 (CIFAR, random init), batch 64, ONNX
 Runtime CPU.
 
-    nice -n 5 .venv/bin/python -m benchmarks.latency_table [--threads 2] [--rounds 3] [--write]
+    nice -n 5 .venv/bin/python -m benchmarks.latency_table [--threads 2] [--rounds 3] [--methods alone,marginal]
+        [--write]
 
 1. builds the table (``pipeline.latency_table.measure_layer_table``) in a fresh cache folder (cold), then again on
    the same folder (warm: nothing measured), at grid step 8 and (from the same cache) at grid step 16, which
-   interpolates between every other width;
+   interpolates between every other width; once per layer timing ``--methods``: "alone" (each layer as a one-layer
+   model) and "marginal" (the difference between four summed copies and one: ``LayerLatencyTable(method=...)``);
 2. prunes the model several ways (uniform -25/-50/-70% MACs, global L1 -50%, stage 1 or stage 3 only, random
    widths), predicts each variant's latency from the table, and measures each exported variant with the jobs'
    protocol (``exporters.benchmark_onnxruntime`` with ``pipeline.benchmark.protocol_settings``), in interleaved
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds-per-batch", type=float, default=3.0)
+    parser.add_argument("--methods", default="alone,marginal", help="layer timing methods to compare")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/latency_table.md")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -81,22 +84,25 @@ def main() -> None:
         print(text, flush=True)
         lines.append(text)
 
-    builds = {}
-    for label, step in (("cold, grid 8", 8), ("warm, grid 8", 8), ("warm, grid 16 (subset)", 16)):
-        table = LayerLatencyTable("local:cpu", args.threads, cache)
-        started = time.perf_counter()
-        latency = measure_layer_table(model, shape, BATCH, ROUND_TO, grid_step=step, prunable=prunable,
-                                      seconds_per_batch=args.seconds_per_batch, table=table)
-        builds[label] = (latency, time.perf_counter() - started, table.measurements, len(latency.grid_shapes()))
+    builds, methods = {}, args.methods.split(",")
+    for method in methods:
+        for label, step in (("cold, grid 8", 8), ("warm, grid 8", 8), ("warm, grid 16 (subset)", 16)):
+            table = LayerLatencyTable("local:cpu", args.threads, cache, method=method)
+            started = time.perf_counter()
+            latency = measure_layer_table(model, shape, BATCH, ROUND_TO, grid_step=step, prunable=prunable,
+                                          seconds_per_batch=args.seconds_per_batch, table=table)
+            builds[f"{method}, {label}"] = (latency, time.perf_counter() - started, table.measurements,
+                                            len(latency.grid_shapes()))
     anchor = table.whole_model(model, shape, BATCH, args.seconds_per_batch)
     predictors = {}
-    for statistic in ("p50_ms", "min_ms"):           # the cache holds both: no new measurement
-        for step in (8, 16):
-            again = LayerLatencyTable("local:cpu", args.threads, cache, statistic=statistic)
-            predictors[f"layer {statistic[:-3]}, grid {step}"] = measure_layer_table(
-                model, shape, BATCH, ROUND_TO, grid_step=step, prunable=prunable,
-                seconds_per_batch=args.seconds_per_batch, table=again)
-            assert again.measurements == 0
+    for method in methods:
+        for statistic in ("p50_ms", "min_ms"):           # the cache holds both: no new measurement
+            for step in (8, 16):
+                again = LayerLatencyTable("local:cpu", args.threads, cache, statistic=statistic, method=method)
+                predictors[f"{method}, layer {statistic[:-3]}, grid {step}"] = measure_layer_table(
+                    model, shape, BATCH, ROUND_TO, grid_step=step, prunable=prunable,
+                    seconds_per_batch=args.seconds_per_batch, table=again)
+                assert again.measurements == 0
 
     plans = variants(model, entry, groups, base)
     tmp = Path(tempfile.mkdtemp(prefix="interprune-latency-bench-"))

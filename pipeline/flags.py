@@ -143,15 +143,22 @@ FLAGS: tuple[Flag, ...] = (
          type=float),
     Flag("--target-params", "compress.prune.target_reduction", "pruning", "fraction of parameters to remove",
          type=float),
+    Flag("--target-latency", "compress.prune.target_reduction", "pruning", "with --allocation latency: fraction of "
+         "the p90 latency at --latency-batch on --latency-target to remove, as the per-layer latency table predicts "
+         "it (the report shows the measured figure beside it; for a measured guarantee use --latency-budget)",
+         type=float, metavar="FRACTION"),
     Flag("--latency-budget", "compress.prune.latency_budget_ms", "pruning", "instead of a fraction: p90 latency "
-         "to reach at --latency-batch on --latency-target", type=float, metavar="MS"),
+         "to reach at --latency-batch on --latency-target (searched over MACs reductions; with --allocation "
+         "latency, aimed at with the layer table and checked by measuring)", type=float, metavar="MS"),
     Flag("--latency-batch", "compress.prune.latency_batch", "pruning", type=int),
     Flag("--latency-target", "compress.prune.latency_target", "pruning"),
     Flag("--latency-margin", "compress.prune.latency_margin", "pruning", "the search aims at budget x (1 - margin): "
          "latency moves by a few %% between measurements", type=float, metavar="FRACTION"),
     Flag("--allocation", "compress.prune.allocation", "pruning", "how widths are shared out: uniform (same ratio "
          "everywhere), global (by normalised score), sensitivity (least measured loss after the re-fit per MAC "
-         "saved)", choices=("uniform", "global", "sensitivity")),
+         "saved), latency (least loss per millisecond saved, from a per-layer latency table measured on "
+         "--latency-target at --latency-batch and cached; needs --target-latency or --latency-budget)",
+         choices=("uniform", "global", "sensitivity", "latency")),
     Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
          "(the reason is in the report)", type=int),
@@ -210,7 +217,8 @@ FLAGS: tuple[Flag, ...] = (
          also=("benchmark.threads",)),
 )
 _BY_DEST = {f.name[2:].replace("-", "_"): f for f in FLAGS}
-_EXCLUSIVE = ("--target-macs", "--target-params", "--latency-budget")
+_EXCLUSIVE = ("--target-macs", "--target-params", "--target-latency", "--latency-budget")
+_TARGET_METRIC = {"--target-macs": "macs", "--target-params": "params", "--target-latency": "latency"}
 
 
 def _defaults() -> dict:
@@ -279,8 +287,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         value = flag.to_spec(value)
         for path in (flag.path, *flag.also):
             _set(tree, path, value)
-        if flag.name in ("--target-macs", "--target-params"):
-            _set(tree, "compress.prune.target_metric", "params" if flag.name == "--target-params" else "macs")
+        if flag.name in _TARGET_METRIC:
+            _set(tree, "compress.prune.target_metric", _TARGET_METRIC[flag.name])
     return JobSpec.from_dict(tree)
 
 
@@ -312,10 +320,8 @@ def argv_from_spec(spec: dict) -> list[str]:
 def _target_flag(flag: Flag, prune: dict) -> list[str]:
     if prune.get("latency_budget_ms") is not None:
         chosen = "--latency-budget"
-    elif prune.get("target_metric") == "params":
-        chosen = "--target-params"
     else:
-        chosen = "--target-macs"
+        chosen = {v: k for k, v in _TARGET_METRIC.items()}.get(prune.get("target_metric"), "--target-macs")
     if flag.name != chosen:
         return []
     value = prune["latency_budget_ms"] if chosen == "--latency-budget" else prune["target_reduction"]

@@ -7,6 +7,13 @@ the project's protocol (``exporters.benchmark_onnxruntime``) with short settings
 of at least 20 runs after a short warm-up). Figures are ms per batch; p50, p90 and the minimum are kept, the p50 is
 used unless ``statistic`` says otherwise.
 
+``method`` "marginal" times the layer as a difference instead: a model of ``copies`` copies reading the same input,
+their outputs summed (ReLU after the sum, so the runtime folds each add into the next conv), minus the model of one,
+divided by ``copies - 1`` (``marginal``). What a one-layer model pays once per call — the session's overhead, the
+input and output copies, the layout conversions at the model's edges — cancels; what is left is what one more such
+layer costs inside a model. Each shape is timed twice (two models), so a cold table takes about ``copies + 1``
+times as long; the two methods are cached apart.
+
 The cache is one JSON file per (target, ONNX Runtime version, device name, threads) under ``cache_dir`` (default
 ``~/.cache/interprune/latency``), keyed inside by ``LayerShape.key()``; a second job on the same target measures
 only shapes it has not seen. Whole-model figures (the anchor) are cached too, keyed by the exported graph's
@@ -47,20 +54,51 @@ PROTOCOL_VERSION = 1
 TABLE_TARGETS = ("local:cpu", "local:cuda")
 
 
-def layer_module(shape: LayerShape) -> tuple[nn.Module, tuple[int, int, int]]:
+METHODS = ("alone", "marginal")
+
+
+def layer_module(shape: LayerShape, copies: int = 1) -> tuple[nn.Module, tuple[int, int, int]]:
     """The tiny model that stands for ``shape`` and its (C, H, W) input (a linear reads (1, positions, features)
-    and flattens it when there is one position)."""
+    and flattens it when there is one position). ``copies`` > 1: that many copies of the layer on the same input,
+    outputs summed (then the ReLU), for ``method`` "marginal"."""
     if shape.kind == "conv":
-        conv = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride, shape.padding,
-                         shape.dilation, shape.groups, bias=shape.bias)
-        return nn.Sequential(conv, nn.BatchNorm2d(shape.out_channels), nn.ReLU()), \
+        def conv() -> nn.Module:
+            return nn.Sequential(nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride,
+                                           shape.padding, shape.dilation, shape.groups, bias=shape.bias),
+                                 nn.BatchNorm2d(shape.out_channels))
+        return nn.Sequential(_Summed([conv() for _ in range(copies)]), nn.ReLU()), \
             (shape.in_channels, shape.height, shape.width)
     if shape.kind == "linear":
-        linear = nn.Linear(shape.in_channels, shape.out_channels, bias=shape.bias)
         positions = shape.height * shape.width
         head = nn.Flatten(1) if positions == 1 else nn.Flatten(1, 2)     # (N, 1, P, C) -> (N, C) or (N, P, C)
-        return nn.Sequential(head, linear), (1, positions, shape.in_channels)
+        linears = [nn.Linear(shape.in_channels, shape.out_channels, bias=shape.bias) for _ in range(copies)]
+        return nn.Sequential(head, _Summed(linears)), (1, positions, shape.in_channels)
     raise SpecError(f"latency tables measure conv and linear layers, not {shape.kind!r}")
+
+
+class _Summed(nn.Module):
+    """Several branches on one input, outputs added (one branch: the branch itself)."""
+
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x):
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+
+def marginal(one: dict, many: dict, copies: int, floor: float = 0.05) -> dict:
+    """What one more layer costs: (T(copies) - T(1)) / (copies - 1) for p50, p90 and the minimum, at least
+    ``floor`` x the one-layer figure (a difference of two noisy timings can come out at or below zero)."""
+    out = {}
+    for stat in ("p50_ms", "p90_ms", "min_ms"):
+        out[stat] = max((many[stat] - one[stat]) / (copies - 1), floor * one[stat])
+    out["stable"] = bool(one["stable"] and many["stable"])
+    out["alone_p50_ms"] = one["p50_ms"]
+    return out
 
 
 class LayerLatencyTable:
@@ -70,14 +108,18 @@ class LayerLatencyTable:
 
     def __init__(self, target: str = "local:cpu", threads: int | None = None,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, scratch: str | Path | None = None,
-                 statistic: str = "p50_ms"):
+                 statistic: str = "p50_ms", method: str = "alone", copies: int = 4):
         if statistic not in ("p50_ms", "p90_ms", "min_ms"):
             raise SpecError(f"layer latency statistic must be p50_ms, p90_ms or min_ms, got {statistic!r}")
-        self.statistic = statistic
+        if method not in METHODS or copies < 2:
+            raise SpecError(f"layer latency method must be one of {', '.join(METHODS)} (copies >= 2), got "
+                            f"{method!r} with {copies} copies")
+        self.statistic, self.method, self.copies = statistic, method, copies
         self.provider = _provider(target)
         self.target = target
         self.threads = threads or os.cpu_count() or 1
-        self.key = _cache_key(target, self.provider, self.threads)
+        self.key = _cache_key(target, self.provider, self.threads, method if method == "alone" else
+                              f"{method}{copies}")
         self.path = None
         if cache_dir is not None:
             digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
@@ -91,8 +133,10 @@ class LayerLatencyTable:
     def __call__(self, shape: LayerShape) -> float:
         key = shape.key()
         if key not in self.entries:
-            module, input_shape = layer_module(shape)
-            self.entries[key] = self._measure(module, input_shape, shape.batch, LAYER_PROTOCOL)
+            self.entries[key] = self._measure(*layer_module(shape), shape.batch, LAYER_PROTOCOL)
+            if self.method == "marginal":
+                many = self._measure(*layer_module(shape, self.copies), shape.batch, LAYER_PROTOCOL)
+                self.entries[key] = marginal(self.entries[key], many, self.copies)
             self._save({key: self.entries[key]})
         return float(self.entries[key][self.statistic])
 
@@ -204,15 +248,16 @@ def _provider(target: str) -> str:
     return provider
 
 
-def _cache_key(target: str, provider: str, threads: int) -> dict[str, Any]:
+def _cache_key(target: str, provider: str, threads: int, method: str = "alone") -> dict[str, Any]:
     import onnxruntime as ort
 
     from exporters import environment
 
     env = environment()
     device = env.get("cpu", "") if provider == "cpu" else env.get("cuda_device", env.get("gpu_name", ""))
-    return {"target": target, "onnxruntime": ort.__version__, "device": device, "threads": threads,
-            "protocol": PROTOCOL_VERSION}
+    key = {"target": target, "onnxruntime": ort.__version__, "device": device, "threads": threads,
+           "protocol": PROTOCOL_VERSION}
+    return key if method == "alone" else {**key, "method": method}      # "alone" tables keep their old files
 
 
 def _graph_digest(path: Path) -> str:

@@ -61,7 +61,19 @@ def build_report(spec, result: CompressResult, exported: dict, measured: Measure
     }
     if budget is not None:
         report["latency_budget"] = budget
+    if result.latency_allocation is not None:
+        report["latency_allocation"] = latency_allocation_section(result.latency_allocation, latency)
     return report
+
+
+def latency_allocation_section(allocated: dict, latency: list[dict]) -> dict:
+    """Allocation "latency": what was targeted, the table's predicted p90 of the plan, the probe's measurement of
+    it, and the final benchmark's p90 at the same batch on the same target (when it ran)."""
+    section = dict(allocated)
+    row = next((r for r in latency if r["target"] == allocated["target"] and r["model"] == "compressed"
+                and r["batch_size"] == allocated["batch_size"] and not r.get("error")), None)
+    section["final_p90_ms"] = row["p90_ms"] if row else None
+    return section
 
 
 def gate_verdict(max_drop: float | None, accuracy: dict, final_stage: str, budget: dict | None = None) -> dict:
@@ -91,9 +103,11 @@ def budget_verdict(prune: PruneSpec, latency: list[dict], target_errors: dict[st
 
 def _criterion_section(result: CompressResult) -> dict:
     spec = result.spec.prune
+    target = {"metric": spec.target_metric, "reduction": spec.target_reduction}
+    if spec.allocation == "latency":                      # what the allocator aimed at: a predicted-latency fraction
+        target = dict(result.plan.notes.get("target") or {"metric": "latency", "reduction": 0.0})
     section: dict[str, Any] = {"name": spec.criterion, "params": dict(spec.criterion_params),
-                               "allocation": spec.allocation, "round_to": spec.round_to,
-                               "target": {"metric": spec.target_metric, "reduction": spec.target_reduction},
+                               "allocation": spec.allocation, "round_to": spec.round_to, "target": target,
                                "layer_criterion": spec.layer_criterion, "groups": [], "blocks": []}
     if result.scores is not None:
         for name, kept in result.plan.kept.items():
@@ -192,6 +206,8 @@ def summary_table(report: dict) -> str:
                      + (f"{achieved:.3g} ms" if achieved is not None else f"not measured ({budget.get('error')})")
                      + f" at batch {budget['batch_size']} on {budget['target']} (budget {budget['budget_ms']:g} ms"
                      + ("; the measurement was not stable" if budget.get("stable") is False else "") + ")")
+    if report.get("latency_allocation"):
+        lines.append("\n" + latency_allocation_line(report["latency_allocation"]))
     for note in report.get("notes") or []:
         lines.append(f"note: {note}")
     gate = report["gate"]
@@ -200,6 +216,16 @@ def summary_table(report: dict) -> str:
         lines.append(f"\nquality gate {verdict}: top-1 drop {gate['accuracy_drop']:.2%} "
                      f"(allowed {gate['max_accuracy_drop']:.2%})")
     return "\n".join(lines)
+
+
+def latency_allocation_line(section: dict) -> str:
+    """One line: what allocation "latency" targeted, and its predicted vs measured p90."""
+    aimed = (f"a p90 budget of {section['budget_ms']:g} ms" if section["targeted"] == "budget"
+             else f"-{section['reduction']:.1%} of the predicted p90")
+    final = section.get("final_p90_ms")
+    return (f"latency allocation targeted {aimed} at batch {section['batch_size']} on {section['target']}: p90 "
+            f"{section['original_ms']:.4g} ms unpruned -> predicted {section['predicted_ms']:.4g} ms, measured "
+            f"{section['measured_ms']:.4g} ms" + (f" (final benchmark {final:.4g} ms)" if final is not None else ""))
 
 
 def _ms(value) -> str:

@@ -87,6 +87,14 @@ def _header(report: dict, title: str) -> str:
             f": p90 {achieved:.3g} ms" if achieved is not None else ""),
             f"budget {budget['budget_ms']:g} ms, batch {budget['batch_size']}, {budget['target']}"
             + ("; not stable" if budget.get("stable") is False else "")))
+    allocated = report.get("latency_allocation")
+    if allocated:
+        final = allocated.get("final_p90_ms")
+        cards.append(("latency (table)", f"p90 {allocated['predicted_ms']:.3g} ms predicted",
+                      f"measured {allocated['measured_ms']:.3g} ms"
+                      + (f", final benchmark {final:.3g} ms" if final is not None else "")
+                      + f"; unpruned {allocated['original_ms']:.3g} ms, batch {allocated['batch_size']}, "
+                        f"{allocated['target']}"))
     speed = next((s for s in report.get("speedup", []) if s.get("measured_speedup")), None)
     if speed:
         cards.append(("measured speedup", f"{speed['measured_speedup']:.2f}×",

@@ -96,7 +96,13 @@ def _plot_search(probes: list[dict], budget: float | None):
     if budget is not None:
         ax.axhline(budget, color=FAIL_COLOUR, ls="--", lw=1, label=f"budget {budget:g} ms")
         ax.legend(frameon=False)
-    ax.set_xlabel("MACs reduction (probe order numbered)")
+    by_latency = any(p.get("metric") == "latency" for p in probes)
+    if by_latency:                        # allocation "latency": the table's prediction of each candidate, too
+        for r, p in ((p["reduction"], p.get("predicted_ms")) for p in probes):
+            if p is not None:
+                ax.scatter([r], [p], marker="x", color=MUTED_COLOUR, zorder=2)
+    ax.set_xlabel(("reduction of the predicted p90 (x: predicted)" if by_latency else "MACs reduction")
+                  + " (probe order numbered)")
     ax.set_ylabel("p90 latency (ms)")
     return fig
 

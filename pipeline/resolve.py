@@ -42,22 +42,27 @@ def resolve_round_to(spec: JobSpec) -> tuple[JobSpec, str | None]:
     prune = spec.compress.prune
     if prune.round_to is not None:
         return spec, None
-    targets = tuple(spec.benchmark.targets) + ((prune.latency_target,) if prune.latency_budget_ms is not None else ())
+    targets = tuple(spec.benchmark.targets) + ((prune.latency_target,) if _by_latency(prune) else ())
     multiple, reason = preferred_round_to(targets, spec.benchmark.precision)
     resolved = replace(spec, compress=replace(spec.compress, prune=replace(prune, round_to=multiple)))
     return resolved, f"widths rounded to multiples of {multiple} (automatic; {reason})"
 
 
 def with_budget_measured(spec: JobSpec) -> JobSpec:
-    """With a latency budget, make sure the final benchmark measures the compressed model at the budget's batch on
-    the budget's target, so the report can say whether the budget was met (not only what the probes saw)."""
+    """With a latency budget (or allocation "latency"), make sure the final benchmark measures the compressed model
+    at the budget's batch on the budget's target, so the report can say whether the budget was met (not only what
+    the probes saw) and how the latency table's prediction compares with the final measurement."""
     prune, bench = spec.compress.prune, spec.benchmark
-    if prune.latency_budget_ms is None:
+    if not _by_latency(prune):
         return spec
     targets = bench.targets if prune.latency_target in bench.targets else (*bench.targets, prune.latency_target)
     batches = bench.batch_sizes if prune.latency_batch in bench.batch_sizes else \
         tuple(sorted((*bench.batch_sizes, prune.latency_batch)))
     return replace(spec, benchmark=replace(bench, targets=tuple(targets), batch_sizes=batches))
+
+
+def _by_latency(prune) -> bool:
+    return prune.latency_budget_ms is not None or prune.allocation == "latency"
 
 
 

@@ -11,12 +11,14 @@ between stages and inside the engine's loops (cooperative cancel).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Collection
 
 from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_targets, latency_probe
 from pipeline.export import ExportCheckFailed, export_and_verify, export_checks
+from pipeline.latency_table import LayerLatencyTable
 from pipeline.report import build_report, write_reports
 from pipeline.resolve import resolve_spec
 from pipeline.spec import JobSpec
@@ -51,10 +53,20 @@ def _run(spec: JobSpec, out: Path, progress, should_stop, remote_targets, allowe
     emit = progress or (lambda event: None)
     spec, notes = resolve_spec(spec)
     prune, bench = spec.compress.prune, spec.benchmark
+    by_latency = prune.allocation == "latency"
     probe = latency_probe(prune.latency_target, bench.threads, out, bench.seconds_per_batch) \
-        if prune.latency_budget_ms is not None else None
-    result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
-                      allowed_packages=allowed_packages, data_name=data_name, scratch_dir=scratch_dir)
+        if prune.latency_budget_ms is not None or by_latency else None
+    table = LayerLatencyTable(prune.latency_target, bench.threads, scratch=out / ".latency-table") \
+        if by_latency else None
+    try:
+        result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
+                          allowed_packages=allowed_packages, data_name=data_name, scratch_dir=scratch_dir,
+                          layer_latency=table)
+    finally:
+        shutil.rmtree(out / ".latency-table", ignore_errors=True)
+    if table is not None:
+        result.notes.append(f"latency table on {prune.latency_target}: {table.measurements} shape(s) measured in "
+                            f"{table.measure_seconds:.0f} s, the rest from the cache {table.path}")
     result.notes[:0] = notes
     timings = dict(result.timings)
     exported: dict = {}

@@ -10,8 +10,11 @@ Modes:
   Torch-Pruning's default);
 - ``global``: the chunk with the lowest mean normalised score anywhere goes (layer widths follow the scores);
 - ``sensitivity``: the chunk whose removal costs the least measured loss per unit of cost saved goes (``curves``:
-  ``pruning.sensitivity``, measured after the re-fit; a knapsack solved greedily). The cost is the target's metric,
-  or measured latency when ``cost_model`` is a latency model.
+  ``pruning.sensitivity``, measured after the re-fit; a knapsack solved greedily). The cost is the target's metric
+  (MACs or parameters);
+- ``latency``: the same knapsack with predicted latency as the cost (HALP's latency-saliency knapsack: Shen et al.
+  2022, arXiv:2210.06659): ``cost_model`` is a ``pruning.latency_model.LatencyModel`` and the target's metric is
+  "latency", so the chunk with the least loss per predicted millisecond saved goes first.
 """
 from __future__ import annotations
 
@@ -25,16 +28,20 @@ from pruning.criteria.base import ChannelGroup, normalise_scores
 from pruning.errors import SpecError, TargetUnreachable
 
 
+METRICS = ("macs", "params", "latency")
+
+
 @dataclass(frozen=True)
 class Target:
-    """A reduction to reach, as a fraction of the *original* model: 0.5 = half the MACs (or parameters)."""
+    """A reduction to reach, as a fraction of the *original* model: 0.5 = half the MACs (or parameters, or of the
+    latency a ``LatencyModel`` predicts)."""
 
-    metric: str = "macs"          # "macs" | "params"
+    metric: str = "macs"          # "macs" | "params" | "latency"
     reduction: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.metric not in ("macs", "params"):
-            raise SpecError(f"target metric must be 'macs' or 'params', got {self.metric!r}")
+        if self.metric not in METRICS:
+            raise SpecError(f"target metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if not 0.0 <= self.reduction < 1.0:
             raise SpecError(f"target reduction must be in [0, 1), got {self.reduction}")
 
@@ -126,7 +133,7 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     removal); ``cost_model`` describes the model the groups belong to. Raises ``TargetUnreachable`` (naming the
     largest reachable reduction) if protected layers and minimum widths make the target unreachable.
     """
-    _check_inputs(groups, scores, mode, curves)
+    _check_inputs(groups, scores, mode, curves, target.metric)
     goal, slack = (1.0 - target.reduction) * base_cost, tolerance * base_cost
     units = [_make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction) for g in groups]
     cost = cost_model.cost(target.metric, {})
@@ -152,14 +159,18 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, len(history) - 1)
 
 
-MODES = ("uniform", "global", "sensitivity")
+MODES = ("uniform", "global", "sensitivity", "latency")
 
 
-def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str, curves) -> None:
+def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str, curves,
+                  metric: str = "macs") -> None:
     if mode not in MODES:
         raise SpecError(f"allocation mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "sensitivity" and (curves is None or any(g.name not in curves for g in groups)):
-        raise SpecError("sensitivity allocation needs a measured curve for every group")
+    if mode in ("sensitivity", "latency") and (curves is None or any(g.name not in curves for g in groups)):
+        raise SpecError(f"{mode} allocation needs a measured curve for every group")
+    if (mode == "latency") != (metric == "latency"):
+        raise SpecError("latency allocation ranks by predicted milliseconds and targets latency (a LatencyModel as "
+                        f"the cost model); got allocation {mode!r} with a {metric!r} target")
     missing = [g.name for g in groups if g.name not in scores]
     if missing:
         raise SpecError(f"the criterion gave no scores for {', '.join(missing[:3])}")
@@ -171,7 +182,7 @@ def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], m
 def _key(u: _Units, mode: str, units: list[_Units], index: int, cost: float, cost_model: CostModel, metric: str,
          curves: dict | None) -> tuple:
     chunk_score = float(u.norm[u.chunk()].mean())
-    if mode == "sensitivity":
+    if mode in ("sensitivity", "latency"):                   # the knapsack: least loss per unit of cost saved
         curve, after = curves[u.group.name], u.removed + len(u.chunk())
         saved = cost - _cost_after(units, index, cost_model, metric)
         lost = max(curve.at(after) - curve.at(u.removed), 0.0)

@@ -29,8 +29,9 @@ from pruning.criteria import Batch, ScoringContext, create_criterion
 from pruning.criteria.redundant_features import guide_by_refit
 from pruning.errors import SpecError
 from pruning.finetune import FinetuneSettings, check_distillation, check_settings, evaluation_callback, finetune
+from pruning.latency_model import LayerLatency
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
-                          PruneSpec, ReconstructSpec)
+                          PruneSpec, ReconstructSpec, check_allocation)
 from pruning.measure import Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.result import (CompressResult, LatencyProbe, Progress, ProgressEvent,  # noqa: F401 - re-exported
@@ -81,17 +82,24 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
              should_stop: Callable[[], bool] | None = None,
              latency_probe: LatencyProbe | None = None,
              allowed_packages: Collection[str] | None = None, *, data_name: str | None = None,
-             scratch_dir: str | Path | None = None) -> CompressResult:
+             scratch_dir: str | Path | None = None, layer_latency: LayerLatency | None = None) -> CompressResult:
     """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given.
 
     With ``spec.prune.latency_budget_ms`` set, ``latency_probe`` measures candidate models on the target and the
     MACs reduction is searched (``allocate.search_latency_budget``); the probes are in ``result.latency_search``.
+    With ``spec.prune.allocation`` "latency", ``layer_latency`` (``LayerShape -> ms`` on the latency target, e.g.
+    ``pipeline.latency_table.LayerLatencyTable``) and ``latency_probe`` (the anchor, and the candidates' check)
+    are both needed (``pruning.latency_alloc``).
     ``allowed_packages``: the top-level packages a ``python:`` architecture may come from (None = any).
     ``data_name``: the data file's name as its owner knows it (messages); ``scratch_dir``: where archives are
     extracted (default: the system's temporary folder). Label-coverage warnings go into ``result.notes``.
     """
+    check_allocation(spec.prune)
     if spec.prune.latency_budget_ms is not None and latency_probe is None:
         raise SpecError("a latency budget needs a latency probe for the target (run it through the pipeline)")
+    if spec.prune.allocation == "latency" and (latency_probe is None or layer_latency is None):
+        raise SpecError("allocation 'latency' needs a per-layer latency table and a latency probe for the target "
+                        "(run it through the pipeline)")
     spec, rounding_note = _resolve_round_to(spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -149,7 +157,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     sensitivity_stage(spec, run, result, model, groups, calibration)
     with run.stage("allocate"):
         plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,
-                                               input_shape, base_cost, target, latency_probe)
+                                               input_shape, base_cost, target, latency_probe, layer_latency)
         result.plan = plan
 
     with run.stage("prune"):
@@ -157,7 +165,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
                          for name, idx in plan.kept.items()]
         result.accuracy["pruned"] = evaluate(pruned, eval_batches())
-        run.emit("prune", 1.0, f"{result.reduction(target.metric):.1%} {target.metric} removed, "
+        shown = "macs" if target.metric == "latency" else target.metric
+        run.emit("prune", 1.0, f"{result.reduction(shown):.1%} {shown} removed, "
                                 f"top-1 {result.accuracy['pruned'].top1:.2%}")
 
     reconstruct_stage(spec, run, result, original, pruned, groups, calibration, eval_batches)
@@ -216,7 +225,10 @@ def _validate_prune_spec(prune: PruneSpec) -> None:
         raise SpecError(f"latency_margin must be in [0, 0.5), got {prune.latency_margin}")
     if prune.round_to is not None and prune.round_to < 1:
         raise SpecError("round_to must be >= 1 (1 = no rounding; None = automatic)")
-    create_criterion(prune.criterion, **dict(prune.criterion_params))   # unknown name / bad params -> SpecError
+    main = create_criterion(prune.criterion, **dict(prune.criterion_params))  # unknown name / bad params: SpecError
+    if prune.allocation == "latency" and main.kind == "block":
+        raise SpecError(f"allocation 'latency' plans channel widths; {prune.criterion!r} removes whole blocks: "
+                        "choose a channel criterion (e.g. l1)")
     if prune.layer_criterion:
         layer = create_criterion(prune.layer_criterion, **dict(prune.layer_criterion_params))
         if layer.kind != "block":

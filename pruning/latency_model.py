@@ -93,12 +93,13 @@ class LatencyModel:
         self._rows = [self._row(layer, prunable) for layer in layers if layer.kind in ("conv", "linear")]
         self.layer_sum_ms = self._total({})          # the unpruned layers' sum
         self.constant_ms = measured_total_ms - self.layer_sum_ms
+        self.scale = 1.0                             # layer figures' multiplier (``scaled_to``)
 
     def cost(self, metric: str, removed: dict[tuple[str, str], float]) -> float:
         """Cost with ``removed[name, side]`` channels gone from each (module, side) (see ``widths_removed``):
         "latency" in ms; "macs" / "params" from the wrapped ``CostModel``."""
         if metric == "latency":
-            return self.constant_ms + self._total(removed)
+            return self.constant_ms + self.scale * self._total(removed)
         if self.cost_model is None:
             raise SpecError(f"this latency model has no CostModel to count {metric!r}; pass cost_model=")
         return self.cost_model.cost(metric, removed)
@@ -107,7 +108,17 @@ class LatencyModel:
         """The same table anchored to another whole-model figure (e.g. p90 instead of p50)."""
         other = object.__new__(LatencyModel)
         other.__dict__.update(self.__dict__)
-        other.constant_ms = measured_total_ms - self.layer_sum_ms
+        other.constant_ms = measured_total_ms - self.scale * self.layer_sum_ms
+        return other
+
+    def scaled_to(self, measured_total_ms: float) -> LatencyModel:
+        """The same table with every layer figure multiplied so that they add up to ``measured_total_ms``, with no
+        constant. For a table whose layers add up to more than the whole model measures (each one-layer model
+        pays the runtime's per-call overhead, the whole model pays it once): anchored by a constant, it would
+        predict negative latencies at small widths; scaled, it keeps the layers' relative costs."""
+        other = self.anchored(measured_total_ms)
+        other.scale = measured_total_ms / self.layer_sum_ms if self.layer_sum_ms > 0 else 1.0
+        other.constant_ms = 0.0
         return other
 
     def grid_shapes(self) -> list[LayerShape]:
@@ -122,7 +133,7 @@ class LatencyModel:
         """Predicted latency of one conv / linear with ``removed`` channels gone (interpolated)."""
         for row in self._rows:
             if row.layer.name == name:
-                return self._row_ms(row, removed or {})
+                return self.scale * self._row_ms(row, removed or {})
         raise KeyError(name)
 
     @property
@@ -143,18 +154,7 @@ class LatencyModel:
     # -- internals
 
     def _row(self, layer: _Layer, prunable) -> _Row:
-        depthwise = layer.kind == "conv" and layer.groups > 1 and layer.groups == layer.inp
-        multiple = 1 if depthwise else layer.groups
-        step = _lcm(self.grid_step, multiple)
-
-        def axis(full: int, *sides: str) -> tuple[float, ...]:
-            if prunable is not None and not any((layer.name, side) in prunable for side in sides):
-                return (float(full),)
-            return tuple(float(w) for w in (*range(step, full, step), full))
-
-        if depthwise:                        # one width moves both sides
-            return _Row(layer, True, multiple, axis(layer.inp, "in", "out"), ())
-        return _Row(layer, False, multiple, axis(layer.inp, "in"), axis(layer.out, "out"))
+        return _make_row(layer, prunable, self.grid_step)
 
     def _total(self, removed: dict) -> float:
         return sum(self._row_ms(row, removed) for row in self._rows)
@@ -172,13 +172,51 @@ class LatencyModel:
         return self.lookup(self._shape(row, inp, out))
 
     def _shape(self, row: _Row, inp: float, out: float) -> LayerShape:
-        layer = row.layer
-        inp, out = int(round(inp)), int(round(out))
-        if row.depthwise:
-            out = inp * (layer.out // layer.inp)
-        groups = inp if row.depthwise else layer.groups
-        return LayerShape(layer.kind, inp, out, layer.kernel_size, layer.stride, layer.padding, groups,
-                          layer.in_size[0], layer.in_size[1], self.batch, layer.bias, layer.dilation)
+        return _make_shape(row, inp, out, self.batch)
+
+
+def grid_step_for(layers: list[_Layer], prunable: Collection[tuple[str, str]] | None, round_to: int,
+                  max_shapes: int = 256) -> int:
+    """The finest grid step (``round_to`` x 1, 2, 4, ...) whose grid has at most ``max_shapes`` distinct shapes
+    (``layers``: ``CostModel.layers``). A network of 16-64 channel layers keeps every multiple of ``round_to``;
+    wide layers (VGG's 512) get a coarser grid and are interpolated in between."""
+    rows = [layer for layer in layers if layer.kind in ("conv", "linear")]
+    step = max(1, round_to)
+    widest = max([max(layer.inp, layer.out) for layer in rows] or [1])
+    while step < widest:
+        shapes = set()
+        for layer in rows:
+            row = _make_row(layer, prunable, step)
+            shapes.update(_make_shape(row, i, o, 1) for i, o in zip(*_pairs(row.ins, row.outs, row.depthwise)))
+        if len(shapes) <= max_shapes:
+            break
+        step *= 2
+    return step
+
+
+def _make_row(layer: _Layer, prunable, grid_step: int) -> _Row:
+    depthwise = layer.kind == "conv" and layer.groups > 1 and layer.groups == layer.inp
+    multiple = 1 if depthwise else layer.groups
+    step = _lcm(grid_step, multiple)
+
+    def axis(full: int, *sides: str) -> tuple[float, ...]:
+        if prunable is not None and not any((layer.name, side) in prunable for side in sides):
+            return (float(full),)
+        return tuple(float(w) for w in (*range(step, full, step), full))
+
+    if depthwise:                        # one width moves both sides
+        return _Row(layer, True, multiple, axis(layer.inp, "in", "out"), ())
+    return _Row(layer, False, multiple, axis(layer.inp, "in"), axis(layer.out, "out"))
+
+
+def _make_shape(row: _Row, inp: float, out: float, batch: int) -> LayerShape:
+    layer = row.layer
+    inp, out = int(round(inp)), int(round(out))
+    if row.depthwise:
+        out = inp * (layer.out // layer.inp)
+    groups = inp if row.depthwise else layer.groups
+    return LayerShape(layer.kind, inp, out, layer.kernel_size, layer.stride, layer.padding, groups,
+                      layer.in_size[0], layer.in_size[1], batch, layer.bias, layer.dilation)
 
 
 def _pairs(ins: tuple[float, ...], outs: tuple[float, ...], depthwise: bool) -> tuple[list, list]:
@@ -205,4 +243,4 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-__all__ = ["LayerLatency", "LayerShape", "LatencyModel"]
+__all__ = ["LayerLatency", "LayerShape", "LatencyModel", "grid_step_for"]

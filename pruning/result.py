@@ -47,6 +47,8 @@ class CompressResult:
     finetune: FinetuneReport | None = None
     layers: list[dict] = field(default_factory=list)             # per group: kept / original width
     latency_search: list[dict] = field(default_factory=list)     # probes of a latency-budget search
+    latency_allocation: dict | None = None                       # allocation "latency": target, predicted and
+                                                                 # measured p90 (pruning.latency_alloc)
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)             # the job did less than asked (a shortfall, ...)

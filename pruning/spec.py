@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from pruning.errors import SpecError
+
 
 ONNX_ARCH = "onnx"
 
@@ -49,9 +51,10 @@ class DataSpec:
 class PruneSpec:
     criterion: str = "l1"
     criterion_params: Mapping[str, Any] = field(default_factory=dict)
-    target_metric: str = "macs"             # "macs" | "params"
+    target_metric: str = "macs"             # "macs" | "params" | "latency" (the p90 at latency_batch on
+                                            # latency_target as the layer table predicts it; allocation "latency")
     target_reduction: float = 0.5           # fraction of the original model's cost to remove
-    allocation: str = "uniform"             # "uniform" | "global" | "sensitivity" (pruning.allocate)
+    allocation: str = "uniform"             # "uniform" | "global" | "sensitivity" | "latency" (pruning.allocate)
     round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
                                             # the service picks by target and precision (32 for int8 on a GPU,
                                             # else 8), ``compress`` alone uses 8
@@ -61,12 +64,31 @@ class PruneSpec:
     layer_criterion_params: Mapping[str, Any] = field(default_factory=dict)
     layer_share: float = 0.5                # share of the target that block removal may take when combined
     latency_budget_ms: float | None = None  # instead of a fixed reduction: p90 latency to reach (measured by
-                                            # the caller's latency probe), searched over MACs reductions
+                                            # the caller's latency probe), searched over MACs reductions (allocation
+                                            # "latency": aimed at with the layer table, then measured)
     latency_batch: int = 1
     latency_target: str = "local:cpu"
     latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
     allow_shortfall: bool = False           # a target the model cannot reach: prune to the largest reachable
                                             # reduction and record a warning, instead of failing (TargetUnreachable)
+
+
+def check_allocation(prune: PruneSpec) -> None:
+    """Raise ``SpecError`` for a target and an allocation that do not go together (checked without torch, by the
+    engine and at submit time): allocation "latency" removes predicted latency, so it needs a latency target or a
+    budget; a latency target needs the "latency" allocation (the only one with a latency model)."""
+    latency_target = prune.target_metric == "latency"
+    if prune.allocation == "latency":
+        if prune.latency_budget_ms is None and not latency_target:
+            raise SpecError(f"allocation 'latency' removes predicted latency, but the target is a {prune.target_metric}"
+                            " reduction: give --target-latency FRACTION (of the predicted p90 latency to remove) or "
+                            "--latency-budget MS; for a MACs or parameter target use --allocation sensitivity")
+        if prune.layer_criterion:
+            raise SpecError("allocation 'latency' plans channel widths only; block removal (--layer-criterion) is "
+                            "planned in MACs: drop --layer-criterion or use --allocation sensitivity")
+    elif latency_target and prune.latency_budget_ms is None:
+        raise SpecError(f"a latency target needs --allocation latency (the per-layer latency table predicts what each "
+                        f"width costs); allocation {prune.allocation!r} plans by MACs or parameters: use --target-macs")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The allocation, cut and reconstruction stages of ``pruning.compress`` (the pipeline's middle).
 
 - ``sensitivity_stage``: per-group loss curves after the re-fit (``pruning.sensitivity``), for the "sensitivity"
-  allocation;
+  and "latency" allocations;
 - ``allocate_stage``: the plan for the target (or the latency budget), allocated with the measured check and the
-  shortfall policy of ``pruning.targeting``;
+  shortfall policy of ``pruning.targeting`` (allocation "latency": ``pruning.latency_alloc``);
 - ``prune_model``: the pruned copy (reusing the allocation's last measured candidate when it is the plan);
 - ``reconstruct_stage``: the re-fit of every consumer (``pruning.reconstruct``), BatchNorm re-estimation, notes.
 """
@@ -17,6 +17,8 @@ import torch.nn as nn
 
 from pruning.allocate import CostModel, Target, allocate, chunk_boundaries, removal_units
 from pruning.criteria import Batch, ScoreResult
+from pruning.latency_alloc import latency_allocation
+from pruning.latency_model import LayerLatency
 from pruning.measure import Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
@@ -34,8 +36,9 @@ SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator
 
 def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
                       calibration: list[Batch]) -> None:
-    """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocation "sensitivity")."""
-    if spec.prune.allocation != "sensitivity" or result.scores is None or not groups:
+    """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocations "sensitivity"
+    and "latency")."""
+    if spec.prune.allocation not in ("sensitivity", "latency") or result.scores is None or not groups:
         return
     with run.stage("sensitivity"):
         units = removal_units(groups, result.scores.channels, spec.prune.round_to, spec.prune.min_channels)
@@ -65,14 +68,20 @@ def _thin(points: list[int], most: int) -> list[int]:
 
 def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module, model: nn.Module,
                    groups: list, removed_blocks: list[str], input_shape: tuple[int, int, int], base_cost: Cost,
-                   target: Target, latency_probe) -> tuple[PruningPlan, Target, "Candidates | None"]:
+                   target: Target, latency_probe, layer_latency: LayerLatency | None = None
+                   ) -> tuple[PruningPlan, Target, "Candidates | None"]:
     """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate."""
     kept, original_widths, measure = {}, {}, None
     current = count_cost(model, input_shape)
-    if result.scores is not None and spec.prune.latency_budget_ms is not None:
+    if spec.prune.allocation == "latency" and result.scores is not None and result.sensitivity is not None:
+        measure = Candidates(original, removed_blocks, input_shape, base_cost, "macs")
+        allocation, target = latency_allocation(spec, run, result, model, groups, input_shape, current, latency_probe,
+                                                layer_latency, lambda a: measure.model_for(a.kept, a.original))
+        kept, original_widths = allocation.kept, allocation.original
+    elif result.scores is not None and spec.prune.latency_budget_ms is not None:
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
-    if result.scores is not None and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) \
-            < target.reduction - 0.005:
+    if target.metric != "latency" and result.scores is not None \
+            and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) < target.reduction - 0.005:
         measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric)
         allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
                                   result.warnings, measure, result.sensitivity)
@@ -137,6 +146,11 @@ class Candidates:
         cost = count_cost(model, self.input_shape)
         self.last = (kept, model, cost)
         return 1.0 - getattr(cost, self.metric) / getattr(self.base, self.metric)
+
+    def model_for(self, kept: dict, widths: dict) -> nn.Module:
+        """The pruned copy for this allocation (kept as the last candidate)."""
+        self(kept, widths)
+        return self.last[1]
 
     def take(self, kept: dict) -> tuple[nn.Module, Cost] | None:
         last, self.last = self.last, None

@@ -30,8 +30,8 @@ def allocate_to_target(groups: list[ChannelGroup], scores: dict[str, torch.Tenso
 
     ``options`` go to ``allocate``. Appends to ``warnings`` when the result falls short and that is allowed.
     """
-    first = _allocate_or_reachable(groups, scores, cost_model, target, base_cost, allow_shortfall, warnings,
-                                   options)
+    first = allocate_or_reachable(groups, scores, cost_model, target, base_cost, allow_shortfall, warnings,
+                                  options)
     if first is None:
         return Allocation({}, {}, 0.0, 0)
     best, measured = first, measure(first.kept, first.original)
@@ -40,7 +40,7 @@ def allocate_to_target(groups: list[ChannelGroup], scores: dict[str, torch.Tenso
         shifted = Target(target.metric, min(0.99, max(0.0, target.reduction + gap)))
         log.info("measured %.2f%% for a %.2f%% target (model %.2f%%): allocating for %.2f%%", 100 * measured,
                  100 * target.reduction, 100 * first.achieved_reduction, 100 * shifted.reduction)
-        second = _allocate_or_reachable(groups, scores, cost_model, shifted, base_cost, True, [], options)
+        second = allocate_or_reachable(groups, scores, cost_model, shifted, base_cost, True, [], options)
         if second is not None:
             again = measure(second.kept, second.original)
             if abs(again - target.reduction) < abs(measured - target.reduction):
@@ -49,8 +49,10 @@ def allocate_to_target(groups: list[ChannelGroup], scores: dict[str, torch.Tenso
     return best
 
 
-def _allocate_or_reachable(groups, scores, cost_model, target, base_cost, allow_shortfall, warnings,
-                           options) -> Allocation | None:
+def allocate_or_reachable(groups, scores, cost_model, target, base_cost, allow_shortfall, warnings,
+                          options) -> Allocation | None:
+    """``allocate`` for ``target``; an unreachable target raises (naming the reachable reduction) or, with
+    ``allow_shortfall``, allocates the largest reachable one and says so in ``warnings`` (None: nothing prunable)."""
     try:
         return allocate(groups, scores, cost_model, target, base_cost, **options)
     except TargetUnreachable as exc:

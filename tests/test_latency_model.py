@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from pipeline import latency_table
-from pipeline.latency_table import LayerLatencyTable, layer_module, measure_layer_table
+from pipeline.latency_table import LayerLatencyTable, layer_module, marginal, measure_layer_table
 from pruning.cost_model import CostModel
 from pruning.errors import SpecError
 from pruning.latency_model import LatencyModel, LayerShape
@@ -117,6 +117,15 @@ def test_anchored_and_metrics_passed_to_the_cost_model():
     assert model.cost("params", {}) == exact.params
     p90 = model.anchored(130.0)
     assert p90.cost("latency", removed) - model.cost("latency", removed) == pytest.approx(30.0)
+    # layers that add up to more than the whole model: scaled instead of a negative constant
+    small = LatencyModel(net, INPUT, BATCH, fake, 0.5 * full_sum())
+    assert small.constant_ms < 0
+    scaled = small.scaled_to(0.5 * full_sum())
+    assert (scaled.constant_ms, scaled.scale) == (0.0, pytest.approx(0.5))
+    assert scaled.cost("latency", {}) == pytest.approx(0.5 * full_sum())
+    assert scaled.cost("latency", removed) == pytest.approx(0.5 * model.layer_sum_ms - 0.5 * (
+        model.cost("latency", {}) - model.cost("latency", removed)))
+    assert scaled.layer_ms("c2") == pytest.approx(0.5 * model.layer_ms("c2"))
     with pytest.raises(SpecError):
         LatencyModel(net, INPUT, BATCH, fake, 10.0).cost("macs", {})
     with pytest.raises(SpecError):
@@ -180,6 +189,43 @@ def test_layer_modules_have_the_shape_they_stand_for():
     assert lin(torch.zeros(2, *lin_in)).shape == (2, 10)
 
 
+def test_copies_read_one_input_and_sum_and_the_marginal_figure_is_their_difference():
+    shape = LayerShape("conv", 8, 16, (3, 3), (1, 1), (1, 1), 1, 6, 6, 2)
+    torch.manual_seed(0)
+    four, shape_in = layer_module(shape, copies=4)
+    x = torch.randn(2, *shape_in)
+    branches = four[0].branches
+    assert len(branches) == 4
+    with torch.no_grad():
+        assert torch.allclose(four.eval()(x), torch.relu(sum(b.eval()(x) for b in branches)))
+    lin, lin_in = layer_module(LayerShape("linear", 32, 10, batch=2), copies=3)
+    assert lin(torch.zeros(2, *lin_in)).shape == (2, 10) and len(lin[1].branches) == 3
+    one = {"p50_ms": 3.0, "p90_ms": 4.0, "min_ms": 2.5, "stable": True}
+    many = {"p50_ms": 9.0, "p90_ms": 10.0, "min_ms": 2.6, "stable": False}
+    got = marginal(one, many, copies=4)
+    assert got["p50_ms"] == pytest.approx(2.0) and got["p90_ms"] == pytest.approx(2.0)
+    assert got["min_ms"] == pytest.approx(0.05 * 2.5)            # noise: never below a floor of the one-layer figure
+    assert got["stable"] is False and got["alone_p50_ms"] == 3.0
+
+
+def test_a_marginal_table_times_two_models_per_shape_and_is_cached_apart(tmp_path, monkeypatch):
+    sizes = []
+
+    def measure(table, module, input_shape, batch, settings):
+        copies = len(module[0].branches) if isinstance(module[0], latency_table._Summed) else 1
+        sizes.append(copies)
+        return {"p50_ms": 1.0 + 2.0 * copies, "p90_ms": 2.0 + 2.0 * copies, "min_ms": 0.5 + copies, "stable": True}
+    monkeypatch.setattr(LayerLatencyTable, "_measure", measure)
+    shape = LayerShape("conv", 8, 8, (3, 3), (1, 1), (1, 1), 1, 16, 16, 2)
+    table = LayerLatencyTable("local:cpu", threads=1, cache_dir=tmp_path, method="marginal", copies=4)
+    assert table(shape) == pytest.approx(2.0) and sizes == [1, 4]
+    alone = LayerLatencyTable("local:cpu", threads=1, cache_dir=tmp_path)
+    assert alone(shape) == pytest.approx(3.0) and sizes == [1, 4, 1]
+    assert table.path != alone.path and len(list(tmp_path.glob("*.json"))) == 2
+    with pytest.raises(SpecError, match="method"):
+        LayerLatencyTable("local:cpu", cache_dir=None, method="chain")
+
+
 def test_one_real_conv_is_timed_in_onnx_runtime(tmp_path, monkeypatch):
     monkeypatch.setattr(latency_table, "LAYER_PROTOCOL", dict(warmup_seconds=0.01, min_runs=5,
                                                               min_seconds_per_batch=0.01, max_seconds_per_batch=0.2))
@@ -187,3 +233,7 @@ def test_one_real_conv_is_timed_in_onnx_runtime(tmp_path, monkeypatch):
     ms = table(LayerShape("conv", 8, 8, (3, 3), (1, 1), (1, 1), 1, 16, 16, 2))
     assert math.isfinite(ms) and 0 < ms < 1000
     assert table.measurements == 1
+    summed = LayerLatencyTable("local:cpu", threads=1, cache_dir=tmp_path, scratch=tmp_path / "scratch",
+                               method="marginal", copies=2)
+    ms = summed(LayerShape("conv", 8, 8, (3, 3), (1, 1), (1, 1), 1, 16, 16, 2))
+    assert math.isfinite(ms) and 0 < ms < 1000 and summed.measurements == 2

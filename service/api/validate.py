@@ -9,7 +9,7 @@ from pruning.errors import clip
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
 from service.core.names import parse_artifact_name
-from service.core.wire import _params, precision_from_proto, target_to_text
+from service.core.wire import _ALLOCATION, _METRIC, _params, precision_from_proto, target_to_text
 
 _AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -47,6 +47,21 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
                                   f"{', '.join(list_criteria('block')) or '(none registered)'}")
     _check_enums(spec)
     _check_ranges(spec)
+    _check_allocation(spec.prune)
+
+
+def _check_allocation(p: pb.PruneSpec) -> None:
+    """A target and an allocation that do not go together (the engine's own check, ``pruning.spec``)."""
+    from pruning.errors import SpecError
+    from pruning.spec import PruneSpec, check_allocation
+
+    try:
+        check_allocation(PruneSpec(target_metric=_METRIC.get(p.target_metric) or "macs",
+                                   allocation=_ALLOCATION.get(p.allocation) or "uniform",
+                                   latency_budget_ms=p.latency_budget_ms if p.HasField("latency_budget_ms") else None,
+                                   layer_criterion=p.layer_criterion or None))
+    except SpecError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None:

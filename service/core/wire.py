@@ -35,9 +35,10 @@ FAILURE_TO_PROTO = {"invalid_input": pb.FAILURE_KIND_INVALID_INPUT, "export_chec
                     "timed_out": pb.FAILURE_KIND_TIMED_OUT, "crashed": pb.FAILURE_KIND_CRASHED,
                     "server_stopped": pb.FAILURE_KIND_SERVER_STOPPED, "internal": pb.FAILURE_KIND_INTERNAL}
 FAILURE_FROM_PROTO = {v: k for k, v in FAILURE_TO_PROTO.items()}
-_METRIC = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs", pb.TARGET_METRIC_PARAMS: "params"}
+_METRIC = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs", pb.TARGET_METRIC_PARAMS: "params",
+           pb.TARGET_METRIC_LATENCY: "latency"}
 _ALLOCATION = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform", pb.ALLOCATION_GLOBAL: "global",
-               pb.ALLOCATION_SENSITIVITY: "sensitivity"}
+               pb.ALLOCATION_SENSITIVITY: "sensitivity", pb.ALLOCATION_LATENCY: "latency"}
 _SCOPE = {pb.REFIT_SCOPE_UNSPECIFIED: None, pb.REFIT_SCOPE_CONSUMERS: "consumers",
           pb.REFIT_SCOPE_DOWNSTREAM: "downstream"}
 _BATCHNORM = {pb.BATCH_NORM_MODE_UNSPECIFIED: None, pb.BATCH_NORM_MODE_AUTO: "auto", pb.BATCH_NORM_MODE_ON: "on",
@@ -224,8 +225,8 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     out.prune.criterion = p.criterion
     for key, value in dict(p.criterion_params).items():
         out.prune.criterion_params[key].CopyFrom(_param_value(key, value))
-    out.prune.target_metric = {"macs": pb.TARGET_METRIC_MACS, "params": pb.TARGET_METRIC_PARAMS}.get(
-        p.target_metric, pb.TARGET_METRIC_UNSPECIFIED)
+    out.prune.target_metric = {v: k for k, v in _METRIC.items() if v}.get(p.target_metric,
+                                                                         pb.TARGET_METRIC_UNSPECIFIED)
     out.prune.allocation = {v: k for k, v in _ALLOCATION.items() if v}.get(p.allocation, pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,

@@ -29,6 +29,7 @@ class TargetMetric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TARGET_METRIC_UNSPECIFIED: _ClassVar[TargetMetric]
     TARGET_METRIC_MACS: _ClassVar[TargetMetric]
     TARGET_METRIC_PARAMS: _ClassVar[TargetMetric]
+    TARGET_METRIC_LATENCY: _ClassVar[TargetMetric]
 
 class Allocation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ class Allocation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOCATION_UNIFORM: _ClassVar[Allocation]
     ALLOCATION_GLOBAL: _ClassVar[Allocation]
     ALLOCATION_SENSITIVITY: _ClassVar[Allocation]
+    ALLOCATION_LATENCY: _ClassVar[Allocation]
 
 class BatchNormMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -86,10 +88,12 @@ ARTIFACT_KIND_OTHER: ArtifactKind
 TARGET_METRIC_UNSPECIFIED: TargetMetric
 TARGET_METRIC_MACS: TargetMetric
 TARGET_METRIC_PARAMS: TargetMetric
+TARGET_METRIC_LATENCY: TargetMetric
 ALLOCATION_UNSPECIFIED: Allocation
 ALLOCATION_UNIFORM: Allocation
 ALLOCATION_GLOBAL: Allocation
 ALLOCATION_SENSITIVITY: Allocation
+ALLOCATION_LATENCY: Allocation
 BATCH_NORM_MODE_UNSPECIFIED: BatchNormMode
 BATCH_NORM_MODE_AUTO: BatchNormMode
 BATCH_NORM_MODE_ON: BatchNormMode
