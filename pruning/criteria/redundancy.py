@@ -1,7 +1,15 @@
 """Redundant feature clustering — ``redundancy``.
 
 Ayinde & Zurada, "Building Efficient ConvNets using Redundant Feature Pruning", arXiv:1802.07653;
-``../shared/CRITERIA.md`` §3. Data-free. Per channel group (root conv with K filters):
+``../shared/CRITERIA.md`` §3.
+
+By default (``signal="features"``) the order comes from the redundancy of what the units pass on, measured on
+calibration data: the unit whose signal the kept units best stand in for, once the consumers are re-fitted, goes
+first (``redundant_features.py``; a near-duplicate filter is the special case of an exact stand-in). Groups that no
+consumer reads one to one, and ``signal="weights"``, use the paper's data-free clustering below; the weight-space
+facts (nearest filter, L1) are in every reason either way.
+
+The paper's clustering (``signal="weights"``), per channel group (root conv with K filters):
 
 1. Flatten each filter of the root layer, w_k [C_in x kh x kw]; pairwise cosine distance d_ij = 1 - cos(w_i, w_j).
 2. Agglomerative clustering, complete linkage (scipy). The paper cuts the tree at a threshold τ, keeps one
@@ -223,7 +231,9 @@ def feature_reasons(elimination: Elimination, weight_reasons: list[dict]) -> lis
 
 @register_criterion
 class RedundancyScorer(Scorer):
-    """Order filters by the cosine-distance height at which they become redundant (see module docstring).
+    """Order filters by how redundant they are (see module docstring): by what the consumers' re-fit recovers
+    (``signal="features"``, from ``images`` calibration images x ``positions_per_image``), or by the cosine-distance
+    height at which they become redundant (``signal="weights"``).
 
     ``threshold``: optional τ, only reported (``redundant_at_threshold``); the allocator still decides how many go.
     ``merge``: ask the pipeline to fold removed channels into their ``partner`` (``merge_into_representative``).
