@@ -48,6 +48,8 @@ for seed in (1, 2):
 for criterion in ("dissection", "functionality", "visual_similarity", "random"):
     _row(f"r56-{criterion}-window0.5-sensitivity", "3", "resnet56", criterion, "--target-macs", "0.5",
          "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", *NO_FT)
+_row("r56-functionality-window0.5-sensitivity-kd35k", "2,3", "resnet56", "functionality", "--target-macs", "0.5",
+     "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--finetune-images", "35000")
 _row("r56-l1-sensitivity-kd35k-a0.5", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
      "--finetune-images", "35000", "--kd-alpha", "0.5")
 for seed in (1, 2):
