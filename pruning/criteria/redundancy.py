@@ -209,14 +209,16 @@ def merge_into_representative(model: nn.Module, group: ChannelGroup, removed: Se
     return [{"removed": j, "into": r, "ratio": rho} for j, r, rho in merges]
 
 
-def feature_reasons(elimination: Elimination, weight_reasons: list[dict]) -> list[dict]:
-    """Per channel: the weight-space facts (nearest filter, L1) and, for the units the elimination removed, when
-    (``removal_step``), how much of what they passed on the kept units recover (``recovered``), and which kept unit
-    took most of it over (``partner``, the merge target)."""
+def feature_reasons(elimination: Elimination, l1: np.ndarray, masked: np.ndarray) -> list[dict]:
+    """Per channel: the weight-space facts (L1, nearest filter from ``masked`` cosine distances, self excluded) and,
+    for the units the elimination removed, when (``removal_step``), how much of what they passed on the kept units
+    recover (``recovered``), and which kept unit took most of it over (``partner``, the merge target)."""
     out = []
-    for k, base in enumerate(weight_reasons):
-        out.append({"signal": "features", "l1": base["l1"], "nearest": base["nearest"],
-                    "nearest_distance": base["nearest_distance"], "zero_filter": base["zero_filter"],
+    for k in range(len(l1)):
+        nearest = int(np.argmin(masked[k])) if len(l1) > 1 else None
+        out.append({"signal": "features", "l1": float(l1[k]), "nearest": nearest,
+                    "nearest_distance": float(masked[k, nearest]) if nearest is not None else None,
+                    "zero_filter": bool(l1[k] == 0),
                     "removal_step": None, "recovered": None, "partner": None, "refit_error": None})
     for step, k in enumerate(elimination.order):
         reason = out[k]
@@ -264,10 +266,16 @@ class RedundancyScorer(Scorer):
         for group in ctx.groups:
             w = flatten_filters(ctx.module(group.name).weight)               # [K, D]
             l1 = w.abs().sum(1).numpy()                                       # [K]
+            dist = cosine_distances(w)                                        # [K, K]
+            masked = dist + np.eye(group.size) * 10.0
+            elimination = eliminations.get(group.name)
+            if elimination is not None:                                       # no clustering needed
+                result.channels[group.name] = elimination_scores(elimination, group.size)
+                result.reasons[group.name] = feature_reasons(elimination, l1, masked)
+                continue
             nonzero = np.flatnonzero(l1 > 0)
             height = np.full(group.size, -np.inf)                             # zero filters stay at -inf
             partner = np.full(group.size, -1, dtype=np.int64)
-            dist = cosine_distances(w)                                        # [K, K]
             root = -1
             if nonzero.size:
                 sub = dist[np.ix_(nonzero, nonzero)]
@@ -275,13 +283,7 @@ class RedundancyScorer(Scorer):
                 height[nonzero] = h
                 partner[nonzero] = np.where(p >= 0, nonzero[np.maximum(p, 0)], -1)
                 root = int(nonzero[r])
-            masked = dist + np.eye(group.size) * 10.0
             reasons = [self._reason(k, height, partner, l1, root, masked) for k in range(group.size)]
-            elimination = eliminations.get(group.name)
-            if elimination is not None:
-                result.channels[group.name] = elimination_scores(elimination, group.size)
-                result.reasons[group.name] = feature_reasons(elimination, reasons)
-                continue
             scores = redundancy_scores(np.where(np.isneginf(height), 0.0, height), l1)
             scores[torch.from_numpy(np.isneginf(height))] = ZERO_SCORE
             result.channels[group.name] = scores
