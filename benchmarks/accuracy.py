@@ -64,6 +64,15 @@ _row("r20-l1-64cal-norefit", "5", "resnet20", "l1", "--target-macs", "0.5", "--c
 _row("r20-l1-64cal-refit", "5", "resnet20", "l1", "--target-macs", "0.5", "--calibration-images", "64", *NO_FT)
 _row("r56-l1-sensitivity-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
      "--finetune-images", "35000")
+# Goal 1: a larger re-fit sample (calibration images, positions per image) with the same allocation.
+for cal, pos in ((4000, 8), (4000, 16)):
+    _row(f"r56-l1-sensitivity-cal{cal}-pos{pos}", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--calibration-images", str(cal), "--refit-positions", str(pos), *NO_FT)
+# Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
+# three passes over the 35,000 training images (105k).
+for images in (2500, 5000, 10000, 20000, 105000):
+    _row(f"r56-l1-sensitivity-kd{images / 1000:g}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--finetune-images", str(images))
 for images in (10000, 35000):
     _row(f"r56-l1-uniform-kd{images // 1000}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "uniform", "--finetune-images", str(images))
@@ -230,6 +239,8 @@ def main() -> None:
             raise SystemExit(f"unknown row {name!r}; --list shows them")
         row = run_row(name, args.data_root.resolve(), rows)
         print(json.dumps(row), flush=True)
+        if path.exists():         # re-read: another runner may have written rows meanwhile
+            rows = json.loads(path.read_text())
         rows = [r for r in rows if r["row"] != name] + [row]
         order = list(ROWS)
         rows.sort(key=lambda r: order.index(r["row"]) if r["row"] in order else len(order))

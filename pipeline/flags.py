@@ -176,6 +176,8 @@ FLAGS: tuple[Flag, ...] = (
          "skip the least-squares kernel re-fit", kind="switch_off"),
     Flag("--refit-memory-mb", "compress.reconstruct.max_memory_mb", "reconstruction and fine-tuning",
          "memory bound of one layer's least-squares re-fit", type=float, metavar="MB"),
+    Flag("--refit-positions", "compress.reconstruct.positions_per_image", "reconstruction and fine-tuning",
+         "spatial positions sampled per calibration image for the least-squares re-fit", type=int, metavar="N"),
     Flag("--refit-scope", "compress.reconstruct.scope", "reconstruction and fine-tuning",
          "re-fit only the layers that lost inputs (consumers) or every layer after the first of them (downstream)",
          choices=("consumers", "downstream")),

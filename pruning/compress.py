@@ -210,6 +210,9 @@ def _with_normalisation(name: str, params: Mapping[str, Any], preprocess: data_m
 def _validate_reconstruct_spec(rec: ReconstructSpec) -> None:
     if not rec.max_memory_mb > 0:
         raise SpecError(f"reconstruct.max_memory_mb must be positive, got {rec.max_memory_mb}")
+    if not rec.positions_per_image >= 1:
+        raise SpecError(f"reconstruct.positions_per_image (--refit-positions) must be at least 1, "
+                        f"got {rec.positions_per_image}")
     if rec.holdout < 0 or rec.holdout == 1:
         raise SpecError(f"reconstruct.holdout must be 0 (none) or >= 2 (every n-th image), got {rec.holdout}")
     if rec.scope not in ("consumers", "downstream"):

@@ -151,3 +151,18 @@ def test_finetune_settings_out_of_range_name_the_flag():
         check_settings(0.01, 0.5, 0.0)
     with pytest.raises(SpecError, match="lr"):
         check_settings(float("nan"), 0.5, 4.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("positions_per_image", 0, "--refit-positions"), ("holdout", 1, "holdout"), ("max_memory_mb", 0.0, "max_memory_mb"),
+    ("scope", "all", "scope"),
+])
+def test_reconstruct_settings_out_of_range_are_refused(field, value, message):
+    from dataclasses import replace
+
+    from pruning.compress import ReconstructSpec, _validate_reconstruct_spec
+    from pruning.errors import SpecError
+
+    _validate_reconstruct_spec(ReconstructSpec(positions_per_image=1))
+    with pytest.raises(SpecError, match=message):
+        _validate_reconstruct_spec(replace(ReconstructSpec(), **{field: value}))

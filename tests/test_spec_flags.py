@@ -19,7 +19,7 @@ EVERY_FIELD = [
     "--target-params", "0.3", "--latency-batch", "8", "--latency-target", "local:cuda", "--latency-margin", "0.1",
     "--allocation", "global", "--round-to", "16", "--min-channels", "4", "--protect", "conv1", "--protect", "fc",
     "--layer-criterion", "layer_probe", "--layer-param", "probe_epochs=3",
-    "--no-reconstruct", "--batchnorm", "on", "--finetune", "1.5", "--finetune-steps", "9", "--finetune-images", "999",
+    "--no-reconstruct", "--refit-positions", "12", "--batchnorm", "on", "--finetune", "1.5", "--finetune-steps", "9", "--finetune-images", "999",
     "--finetune-minutes", "2.5", "--lr", "0.05", "--distillation", "kl", "--no-augment",
     "--opset", "18", "--slim", "--targets", "local:cpu,agent:edge0", "--batch-sizes", "1,8,32",
     "--bench-seconds", "1.5", "--precision", "fp16", "--agent-eval-images", "100",
@@ -42,6 +42,7 @@ def test_every_flag_sets_a_field_and_comes_back():
     assert (c.prune.target_metric, c.prune.target_reduction, c.prune.protected) == ("params", 0.3, ("conv1", "fc"))
     assert dict(c.prune.criterion_params) == {"threshold": 0.25, "merge": True}
     assert (c.reconstruct.enabled, c.finetune.augment, c.finetune.epochs, spec.export.slim) == (False, False, 1.5, True)
+    assert c.reconstruct.positions_per_image == 12
     assert spec.benchmark.targets == ("local:cpu", "agent:edge0") and spec.benchmark.threads == c.threads == 2
     assert spec.gate.max_accuracy_drop == pytest.approx(0.0075)
     assert parse(argv_from_spec(spec.to_dict())).to_dict() == spec.to_dict()
