@@ -68,6 +68,28 @@ _row("r56-l1-sensitivity-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", 
 for cal, pos in ((4000, 8), (4000, 16)):
     _row(f"r56-l1-sensitivity-cal{cal}-pos{pos}", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "sensitivity", "--calibration-images", str(cal), "--refit-positions", str(pos), *NO_FT)
+# Goal 1: finer widths for the knapsack (automatic rounding is 8: a 16-wide layer can only be 8 or 16 wide).
+for rounding in (4, 1):
+    _row(f"r56-l1-sensitivity-round{rounding}", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--round-to", str(rounding), *NO_FT)
+for criterion, window in (("l1", ()), ("functionality", ("--criterion-param", "refit_window=0.5"))):
+    _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-round4-cal4000", "1,3", "resnet56", criterion,
+         "--target-macs", "0.5", "--allocation", "sensitivity", *window, "--round-to", "4", "--calibration-images",
+         "4000", *NO_FT)
+for criterion in ("functionality", "dissection"):
+    _row(f"r56-{criterion}-window0.5-sensitivity-cal4000-pos16", "1,3", "resnet56", criterion, "--target-macs", "0.5",
+         "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--calibration-images", "4000",
+         "--refit-positions", "16", *NO_FT)
+# Goal 3 after one KD pass: each interpretability criterion with its best no-FT setting, then 35,000 images.
+for criterion, window in (("dissection", True), ("visual_similarity", True), ("redundancy", False)):
+    extra = ("--criterion-param", "refit_window=0.5") if window else ()
+    _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-kd35k", "2,3", "resnet56", criterion,
+         "--target-macs", "0.5", "--allocation", "sensitivity", *extra, "--finetune-images", "35000")
+# Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
+_row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
+for seed in (0, 1, 2):
+    _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
+         str(seed), *NO_FT)
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):
@@ -133,6 +155,16 @@ def latency_b64(report: dict) -> dict | None:
             "macs_ratio": speed.get("macs_ratio"), "speedup_vs_macs": speed.get("speedup_vs_macs")}
 
 
+def finetune_summary(report: dict) -> dict | None:
+    """Images seen, what stopped the fine-tune, and its validation checks [(step, top-1)] (the start is step 0)."""
+    ft = report.get("finetune")
+    if not ft:
+        return None
+    checks = [(h["step"], h["val_top1"]) for h in ft.get("history", []) if h.get("val_top1") is not None]
+    return {"images_seen": ft.get("images_seen"), "steps": ft.get("steps"), "stopped_by": ft.get("stopped_by"),
+            "validation": checks}
+
+
 def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"interprune-acc-{name}-"))
     argv = command(name, data_root, out, measured)
@@ -160,6 +192,7 @@ def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> d
         "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
         "stage_s": {k: round(v, 1) for k, v in report.get("timings", {}).items()},
         "load": os.getloadavg()[0],
+        "finetune": finetune_summary(report),
         "latency_b64": latency_b64(report),
         "latency_allocation": report.get("latency_allocation"),
         "latency_budget": report.get("latency_budget"),
@@ -186,8 +219,40 @@ def write(rows: list[dict], out: Path) -> None:
         lines.append(f"| {r['row']} | {r['goal']} | {r['arch']} | {r['criterion']} | {pct(r['macs_reduction'])} | "
                      f"{pct(r['top1_no_finetune'])} | {pct(r['top1_finetuned'])} | {pct(r['top1_onnx'])} | "
                      f"{r['wall_s']:.0f} | {'≤ ' if r.get('rss_upper_bound') else ''}{r['peak_rss_mb']} | {r['load']:.1f} | `{r['command']}` |")
+    lines += kd_curve(rows)
     lines += latency_table(rows)
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def kd_curve(rows: list[dict]) -> list[str]:
+    """Goal 2: top-1 against images seen for the rows that fine-tuned from the same start (L1, sensitivity)."""
+    def seen(r: dict) -> int:     # rows run before the summary was recorded: the budget their command asked for
+        if r.get("finetune"):
+            return r["finetune"]["images_seen"]
+        words = r["command"].split()
+        return int(words[words.index("--finetune-images") + 1])
+
+    curve = sorted((r for r in rows if r["row"].startswith("r56-l1-sensitivity-kd") and not r["row"].endswith("-a0.5")),
+                   key=seen)
+    if not curve:
+        return []
+    lines = ["", "## Distillation curve (goal 2): ResNet-56, L1, sensitivity allocation, −50% MACs", "",
+             "The same start (the re-fitted model, top-1 no FT) fine-tuned with the defaults (MSE on the teacher's "
+             "logits, one-cycle, peak lr 0.01, batch 128, flip/crop) until the images seen; 35,000 = one pass over "
+             "the training shards. Validation = the 500-image slice carved from the fine-tune split (training "
+             "images: the start scores high there); the weights returned are the best validation check, the start "
+             "included, so a budget whose checks never beat the start returns the start unchanged.", "",
+             "| row | images seen | steps | top-1 no FT | top-1 returned (ONNX) | validation checks (step: top-1) | "
+             "returned | wall s | load |", "|" + "---|" * 9]
+    for r in curve:
+        ft = r.get("finetune") or {"images_seen": seen(r), "steps": "", "validation": []}
+        checks = ft["validation"]
+        best = max(range(len(checks)), key=lambda i: (checks[i][1], -i)) if checks else None
+        returned = "" if best is None else ("the start" if best == 0 else f"step {checks[best][0]}")
+        lines.append(f"| {r['row']} | {ft['images_seen']:,} | {ft['steps']} | {100 * r['top1_no_finetune']:.2f}% | "
+                     f"{100 * r['top1_onnx']:.2f}% | {' '.join(f'{s}: {100 * v:.1f}%' for s, v in checks)} | "
+                     f"{returned} | {r['wall_s']:.0f} | {r['load']:.1f} |")
+    return lines
 
 
 def latency_table(rows: list[dict]) -> list[str]:
