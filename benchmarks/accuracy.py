@@ -69,13 +69,18 @@ for cal, pos in ((4000, 8), (4000, 16)):
     _row(f"r56-l1-sensitivity-cal{cal}-pos{pos}", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "sensitivity", "--calibration-images", str(cal), "--refit-positions", str(pos), *NO_FT)
 # Goal 1: finer widths for the knapsack (automatic rounding is 8: a 16-wide layer can only be 8 or 16 wide).
-for rounding in (4, 1):
-    _row(f"r56-l1-sensitivity-round{rounding}", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
-         "sensitivity", "--round-to", str(rounding), *NO_FT)
-for criterion, window in (("l1", ()), ("functionality", ("--criterion-param", "refit_window=0.5"))):
-    _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-round4-cal4000", "1,3", "resnet56", criterion,
-         "--target-macs", "0.5", "--allocation", "sensitivity", *window, "--round-to", "4", "--calibration-images",
-         "4000", *NO_FT)
+_row("r56-l1-sensitivity-round4", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+     "--round-to", "4", *NO_FT)
+_row("r56-l1-sensitivity-round1-cal4000", "1", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+     "sensitivity", "--round-to", "1", "--calibration-images", "4000", *NO_FT)
+for criterion in ("functionality", "dissection", "visual_similarity", "random"):
+    _row(f"r56-{criterion}-window0.5-sensitivity-round1", "1,3", "resnet56", criterion, "--target-macs", "0.5",
+         "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1", *NO_FT)
+for criterion in ("l1", "redundancy"):
+    _row(f"r56-{criterion}-sensitivity-round1", "1,3", "resnet56", criterion, "--target-macs", "0.5",
+         "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
+_row("r56-l1-sensitivity-round1-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
+     "--round-to", "1", "--finetune-images", "35000")
 for criterion in ("functionality", "dissection"):
     _row(f"r56-{criterion}-window0.5-sensitivity-cal4000-pos16", "1,3", "resnet56", criterion, "--target-macs", "0.5",
          "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--calibration-images", "4000",
