@@ -81,10 +81,6 @@ for criterion in ("l1", "redundancy"):
          "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
 _row("r56-l1-sensitivity-round1-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
      "--round-to", "1", "--finetune-images", "35000")
-for criterion in ("functionality", "dissection"):
-    _row(f"r56-{criterion}-window0.5-sensitivity-cal4000-pos16", "1,3", "resnet56", criterion, "--target-macs", "0.5",
-         "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--calibration-images", "4000",
-         "--refit-positions", "16", *NO_FT)
 # Goal 3 after one KD pass: each interpretability criterion with its best no-FT setting, then 35,000 images.
 for criterion, window in (("dissection", True), ("visual_similarity", True), ("redundancy", False)):
     extra = ("--criterion-param", "refit_window=0.5") if window else ()
