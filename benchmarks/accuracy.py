@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> d
             raise SystemExit(f"{name}: compress failed ({code}):\n{err_file.read()[-3000:]}")
     peak_mb = usage.ru_maxrss / 1024
     report = json.loads((out / "report.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)         # ONNX, weights, plots: the row keeps what the tables show
     acc = report["accuracy"]
     shown = " ".join(("''" if a == "" else a.replace(str(data_root), "../shared/data")) for a in argv[:-4])
     return {

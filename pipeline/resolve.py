@@ -42,7 +42,7 @@ def resolve_round_to(spec: JobSpec) -> tuple[JobSpec, str | None]:
     prune = spec.compress.prune
     if prune.round_to is not None:
         return spec, None
-    targets = tuple(spec.benchmark.targets) + ((prune.latency_target,) if _by_latency(prune) else ())
+    targets = tuple(spec.benchmark.targets) + ((prune.latency_target,) if measures_latency(prune) else ())
     multiple, reason = preferred_round_to(targets, spec.benchmark.precision)
     resolved = replace(spec, compress=replace(spec.compress, prune=replace(prune, round_to=multiple)))
     return resolved, f"widths rounded to multiples of {multiple} (automatic; {reason})"
@@ -53,7 +53,7 @@ def with_budget_measured(spec: JobSpec) -> JobSpec:
     at the budget's batch on the budget's target, so the report can say whether the budget was met (not only what
     the probes saw) and how the latency table's prediction compares with the final measurement."""
     prune, bench = spec.compress.prune, spec.benchmark
-    if not _by_latency(prune):
+    if not measures_latency(prune):
         return spec
     targets = bench.targets if prune.latency_target in bench.targets else (*bench.targets, prune.latency_target)
     batches = bench.batch_sizes if prune.latency_batch in bench.batch_sizes else \
@@ -61,7 +61,8 @@ def with_budget_measured(spec: JobSpec) -> JobSpec:
     return replace(spec, benchmark=replace(bench, targets=tuple(targets), batch_sizes=batches))
 
 
-def _by_latency(prune) -> bool:
+def measures_latency(prune) -> bool:
+    """The job measures candidates on its latency target while pruning (a budget, or allocation "latency")."""
     return prune.latency_budget_ms is not None or prune.allocation == "latency"
 
 

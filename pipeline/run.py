@@ -20,7 +20,7 @@ from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_tar
 from pipeline.export import ExportCheckFailed, export_and_verify, export_checks
 from pipeline.latency_table import LayerLatencyTable
 from pipeline.report import build_report, write_reports
-from pipeline.resolve import resolve_spec
+from pipeline.resolve import measures_latency, resolve_spec
 from pipeline.spec import JobSpec
 from pruning.compress import ProgressEvent, compress
 from pruning.errors import Cancelled
@@ -53,11 +53,10 @@ def _run(spec: JobSpec, out: Path, progress, should_stop, remote_targets, allowe
     emit = progress or (lambda event: None)
     spec, notes = resolve_spec(spec)
     prune, bench = spec.compress.prune, spec.benchmark
-    by_latency = prune.allocation == "latency"
     probe = latency_probe(prune.latency_target, bench.threads, out, bench.seconds_per_batch) \
-        if prune.latency_budget_ms is not None or by_latency else None
+        if measures_latency(prune) else None
     table = LayerLatencyTable(prune.latency_target, bench.threads, scratch=out / ".latency-table") \
-        if by_latency else None
+        if prune.allocation == "latency" else None
     try:
         result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
                           allowed_packages=allowed_packages, data_name=data_name, scratch_dir=scratch_dir,

@@ -160,13 +160,14 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
 
 
 MODES = ("uniform", "global", "sensitivity", "latency")
+KNAPSACK_MODES = ("sensitivity", "latency")      # ranked by measured loss per unit of cost: need loss curves
 
 
 def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str, curves,
                   metric: str = "macs") -> None:
     if mode not in MODES:
         raise SpecError(f"allocation mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode in ("sensitivity", "latency") and (curves is None or any(g.name not in curves for g in groups)):
+    if mode in KNAPSACK_MODES and (curves is None or any(g.name not in curves for g in groups)):
         raise SpecError(f"{mode} allocation needs a measured curve for every group")
     if (mode == "latency") != (metric == "latency"):
         raise SpecError("latency allocation ranks by predicted milliseconds and targets latency (a LatencyModel as "
@@ -182,7 +183,7 @@ def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], m
 def _key(u: _Units, mode: str, units: list[_Units], index: int, cost: float, cost_model: CostModel, metric: str,
          curves: dict | None) -> tuple:
     chunk_score = float(u.norm[u.chunk()].mean())
-    if mode in ("sensitivity", "latency"):                   # the knapsack: least loss per unit of cost saved
+    if mode in KNAPSACK_MODES:                               # the knapsack: least loss per unit of cost saved
         curve, after = curves[u.group.name], u.removed + len(u.chunk())
         saved = cost - _cost_after(units, index, cost_model, metric)
         lost = max(curve.at(after) - curve.at(u.removed), 0.0)

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from pruning.allocate import CostModel, Target, allocate, chunk_boundaries, removal_units
+from pruning.allocate import KNAPSACK_MODES, CostModel, Target, allocate, chunk_boundaries, removal_units
 from pruning.criteria import Batch, ScoreResult
 from pruning.latency_alloc import latency_allocation
 from pruning.latency_model import LayerLatency
@@ -38,7 +38,7 @@ def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
                       calibration: list[Batch]) -> None:
     """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocations "sensitivity"
     and "latency")."""
-    if spec.prune.allocation not in ("sensitivity", "latency") or result.scores is None or not groups:
+    if spec.prune.allocation not in KNAPSACK_MODES or result.scores is None or not groups:
         return
     with run.stage("sensitivity"):
         units = removal_units(groups, result.scores.channels, spec.prune.round_to, spec.prune.min_channels)
