@@ -166,7 +166,8 @@ def _summary(report: dict) -> str:
         best = ft.get("best_val_top1")
         parts.append(f"<p>Fine-tuning: {ft['steps']} steps, {ft['images_seen']:,} images, {ft['seconds']:.1f} s, "
                      f"stopped by {escape(ft['stopped_by'])}"
-                     + (f", best validation top-1 {pct(best)}" if best is not None else "") + ".</p>")
+                     + (f", best validation top-1 {pct(best)}" if best is not None else "")
+                     + (f"; weights returned: {escape(ft['returned'])}" if ft.get("returned") else "") + ".</p>")
     if report.get("reconstruction"):
         fits = [[f["name"], f.get("inputs", ""), f.get("samples", ""), f"{f['error_before']:.4f}",
                  f"{f['error_after']:.4f}"] for f in report["reconstruction"]]

@@ -314,7 +314,8 @@ def _finetune_stage(spec: CompressSpec, run: StageRunner, result: CompressResult
         settings = FinetuneSettings(lr=ft.lr, temperature=ft.temperature, alpha=ft.alpha, loss=ft.distillation)
         result.finetune = finetune(pruned, original, train_epoch, batches_per_epoch, ft.batch_size, ft.budget(),
                                    settings, validate,
-                                   progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop)
+                                   progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop,
+                                   validation_images=len(val_set) if val_set else 0)
         result.accuracy["finetuned"] = evaluate(
             pruned, data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size))
         run.emit("finetune", 1.0, f"top-1 {result.accuracy['finetuned'].top1:.2%}")

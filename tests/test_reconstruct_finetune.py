@@ -166,3 +166,31 @@ def test_reconstruct_settings_out_of_range_are_refused(field, value, message):
     _validate_reconstruct_spec(ReconstructSpec(positions_per_image=1))
     with pytest.raises(SpecError, match=message):
         _validate_reconstruct_spec(replace(ReconstructSpec(), **{field: value}))
+
+
+def test_the_annealed_last_step_comes_back_when_within_the_slices_noise():
+    from pruning.finetune import final_tolerance, keeps_last_step
+
+    assert final_tolerance(0.98, 500) == pytest.approx((0.98 * 0.02 / 500) ** 0.5)    # 0.63 points
+    assert final_tolerance(0.98, 0) == 0.0
+    assert keeps_last_step(0.982, 0.986, 500) and not keeps_last_step(0.975, 0.986, 500)
+    teacher = torch.nn.Linear(4, 3)
+    x, y = torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+
+    def run(scores, validation_images):
+        student = copy.deepcopy(teacher)
+        checks = iter(scores)
+        report = finetune(student, teacher, lambda e: iter([(x, y)] * 10), 10, 16, FinetuneBudget(steps=20),
+                          FinetuneSettings(lr=0.5, warmup=0.0, eval_every=10), validate=lambda m: next(checks),
+                          validation_images=validation_images)
+        return report, torch.equal(student.weight, teacher.weight)
+
+    # checks at 0 (start), 10, 20: the last is 2 images of 500 below the best -> the last step's weights
+    report, is_start = run([0.97, 0.986, 0.982], 500)
+    assert report.returned == "last step" and not is_start and report.best_val_top1 == 0.986
+    # without a slice size there is no noise allowance: the best check (step 10) comes back
+    report, is_start = run([0.97, 0.986, 0.982], 0)
+    assert report.returned == "step 10" and not is_start
+    # the last step fell 2.2 points below the start (3.5 standard errors): the start comes back unchanged
+    report, is_start = run([0.97, 0.95, 0.948], 500)
+    assert report.returned == "the start" and is_start
