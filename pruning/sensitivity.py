@@ -10,7 +10,8 @@ the removal is simulated in place (the removed channels' producers are zeroed, s
 there, as if the channels were gone), and each consumer takes its ridge re-fit without the removed inputs
 (``pruning.reconstruct``'s objective), solved from the Gram matrices X^T X, X^T Y of its input patches and outputs,
 accumulated in one pass over the fit images — so each (group, depth) costs one small solve per consumer and one
-forward pass of the loss images; the weights are restored after each.
+forward pass of the loss images, which starts where the group's first layer runs (``pruning.prefix_cache``: the
+layers before it give the outputs recorded in the reference pass); the weights are restored after each.
 
 A consumer whose Gram matrix does not fit half of ``max_memory_mb`` keeps its old weights (plain removal) and
 ``Sensitivity.notes`` says so. Norms over channels (LayerNorm, GroupNorm) see zeros instead of fewer channels: the
@@ -30,6 +31,7 @@ import torch.nn as nn
 
 from pruning.criteria.base import ChannelGroup
 from pruning.gram_stats import ConsumerStats, collect_stats, conv_groups, input_columns
+from pruning.prefix_cache import PrefixCache
 
 
 @dataclass(frozen=True)
@@ -169,18 +171,20 @@ def measure_sensitivity(model: nn.Module, groups: list[ChannelGroup], removal: d
     if skipped:
         notes.append(f"sensitivity: {len(skipped)} consumer(s) too large for their Gram matrix within "
                      f"max_memory_mb (e.g. {skipped[0]}) were measured without their re-fit")
-    reference = model(loss_images)
+    replay = PrefixCache(model, loss_images, budget_bytes=int(max_memory_mb * 2 ** 20 / 2))
+    reference = replay.reference
     sim = _Simulation(model, stats, ridge, refit)
     curves = {}
     try:
         for group in groups:
+            changed = [name for name, _side in group.members]
             points, losses = [0], [0.0]
             for n in depths[group.name]:
                 if should_stop is not None:
                     should_stop()
                 sim.apply(group, removal[group.name](n))
                 try:
-                    loss = float(((model(loss_images) - reference) ** 2).sum(1).mean())
+                    loss = float(((replay.forward(changed) - reference) ** 2).sum(1).mean())
                 finally:
                     sim.restore()
                 points.append(n)
