@@ -9,7 +9,8 @@ from pruning.errors import clip
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
 from service.core.names import parse_artifact_name
-from service.core.wire import _ALLOCATION, _METRIC, _params, precision_from_proto, target_to_text
+from service.core.wire import (ALLOCATION_FROM_PROTO, METRIC_FROM_PROTO, params_from_proto, precision_from_proto,
+                               target_to_text)
 
 _AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -39,7 +40,7 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
         if not is_criterion(name):
             raise InvalidArgument(f"unknown criterion {clip(name, 80)!r}; choose one of {', '.join(list_criteria())}")
         try:
-            scorer = create_criterion(name, **_params(params))
+            scorer = create_criterion(name, **params_from_proto(params))
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from None
         if kind and scorer.kind != kind:
@@ -56,8 +57,8 @@ def _check_allocation(p: pb.PruneSpec) -> None:
     from pruning.spec import PruneSpec, check_allocation
 
     try:
-        check_allocation(PruneSpec(target_metric=_METRIC.get(p.target_metric) or "macs",
-                                   allocation=_ALLOCATION.get(p.allocation) or "uniform",
+        check_allocation(PruneSpec(target_metric=METRIC_FROM_PROTO.get(p.target_metric) or "macs",
+                                   allocation=ALLOCATION_FROM_PROTO.get(p.allocation) or "uniform",
                                    latency_budget_ms=p.latency_budget_ms if p.HasField("latency_budget_ms") else None,
                                    layer_criterion=p.layer_criterion or None))
     except SpecError as exc:
@@ -84,8 +85,8 @@ def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None
     if model.model:
         raise InvalidArgument(f"spec.model.model is for arch 'onnx'; {clip(model.arch)!r} is built from its name")
     try:
-        intake.check_spec(intake.ModelSpec(model.arch, arch_kwargs=_params(model.arch_kwargs, "arch_kwargs")),
-                          allowed_packages)
+        arch_kwargs = params_from_proto(model.arch_kwargs, "arch_kwargs")
+        intake.check_spec(intake.ModelSpec(model.arch, arch_kwargs=arch_kwargs), allowed_packages)
     except InterpruneError as exc:
         raise InvalidArgument(str(exc)) from None
 

@@ -35,10 +35,11 @@ FAILURE_TO_PROTO = {"invalid_input": pb.FAILURE_KIND_INVALID_INPUT, "export_chec
                     "timed_out": pb.FAILURE_KIND_TIMED_OUT, "crashed": pb.FAILURE_KIND_CRASHED,
                     "server_stopped": pb.FAILURE_KIND_SERVER_STOPPED, "internal": pb.FAILURE_KIND_INTERNAL}
 FAILURE_FROM_PROTO = {v: k for k, v in FAILURE_TO_PROTO.items()}
-_METRIC = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs", pb.TARGET_METRIC_PARAMS: "params",
-           pb.TARGET_METRIC_LATENCY: "latency"}
-_ALLOCATION = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform", pb.ALLOCATION_GLOBAL: "global",
-               pb.ALLOCATION_SENSITIVITY: "sensitivity", pb.ALLOCATION_LATENCY: "latency"}
+METRIC_FROM_PROTO = {pb.TARGET_METRIC_UNSPECIFIED: None, pb.TARGET_METRIC_MACS: "macs",
+                     pb.TARGET_METRIC_PARAMS: "params", pb.TARGET_METRIC_LATENCY: "latency"}
+ALLOCATION_FROM_PROTO = {pb.ALLOCATION_UNSPECIFIED: None, pb.ALLOCATION_UNIFORM: "uniform",
+                         pb.ALLOCATION_GLOBAL: "global", pb.ALLOCATION_SENSITIVITY: "sensitivity",
+                         pb.ALLOCATION_LATENCY: "latency"}
 _SCOPE = {pb.REFIT_SCOPE_UNSPECIFIED: None, pb.REFIT_SCOPE_CONSUMERS: "consumers",
           pb.REFIT_SCOPE_DOWNSTREAM: "downstream"}
 _BATCHNORM = {pb.BATCH_NORM_MODE_UNSPECIFIED: None, pb.BATCH_NORM_MODE_AUTO: "auto", pb.BATCH_NORM_MODE_ON: "on",
@@ -60,7 +61,7 @@ def _present(message, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-def _params(values, what: str = "criterion parameter") -> dict[str, Any]:
+def params_from_proto(values, what: str = "criterion parameter") -> dict[str, Any]:
     return {key: _plain_value(value, f"{what} {clip(key, 80)!r}") for key, value in values.items()}
 
 
@@ -71,7 +72,7 @@ def _plain_value(value: pb.ParamValue, label: str) -> Any:
     if kind == "list_value":
         return [_plain_value(item, label) for item in value.list_value.values]
     if kind == "map_value":
-        return _params(value.map_value.values, label)
+        return params_from_proto(value.map_value.values, label)
     return getattr(value, kind)
 
 
@@ -120,7 +121,7 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     m, d, p, r, f = spec.model, spec.data, spec.prune, spec.reconstruct, spec.finetune
     model = {"arch": m.arch, "weights": _artifact_ref(m.weights, "spec.model.weights"),
              "model_file": _artifact_ref(m.model, "spec.model.model"), **_present(m, ("num_classes",)),
-             "arch_kwargs": _params(m.arch_kwargs, "arch_kwargs")}
+             "arch_kwargs": params_from_proto(m.arch_kwargs, "arch_kwargs")}
     if m.input_shape:
         model["input_shape"] = list(m.input_shape)
     data = {"path": _artifact_ref(d.artifact, "spec.data.artifact"),
@@ -133,8 +134,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
         data["std"] = [float(v) for v in d.std]
     prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
                             "latency_batch", "latency_margin", "allow_shortfall")),
-             "criterion_params": _params(p.criterion_params),
-             "layer_criterion_params": _params(p.layer_criterion_params)}
+             "criterion_params": params_from_proto(p.criterion_params),
+             "layer_criterion_params": params_from_proto(p.layer_criterion_params)}
     if p.criterion:
         prune["criterion"] = p.criterion
     if p.layer_criterion:
@@ -143,7 +144,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
         prune["latency_target"] = target_to_text(p.latency_target, "spec.prune.latency_target")
     if p.protected_layers:
         prune["protected"] = list(p.protected_layers)
-    for key, value in (("target_metric", _METRIC.get(p.target_metric)), ("allocation", _ALLOCATION.get(p.allocation))):
+    for key, value in (("target_metric", METRIC_FROM_PROTO.get(p.target_metric)),
+                       ("allocation", ALLOCATION_FROM_PROTO.get(p.allocation))):
         if value:
             prune[key] = value
     reconstruct = _present(r, ("enabled", "positions_per_image", "ridge", "max_memory_mb", "holdout"))
@@ -225,9 +227,10 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     out.prune.criterion = p.criterion
     for key, value in dict(p.criterion_params).items():
         out.prune.criterion_params[key].CopyFrom(_param_value(key, value))
-    out.prune.target_metric = {v: k for k, v in _METRIC.items() if v}.get(p.target_metric,
-                                                                         pb.TARGET_METRIC_UNSPECIFIED)
-    out.prune.allocation = {v: k for k, v in _ALLOCATION.items() if v}.get(p.allocation, pb.ALLOCATION_UNSPECIFIED)
+    out.prune.target_metric = {v: k for k, v in METRIC_FROM_PROTO.items() if v}.get(p.target_metric,
+                                                                                 pb.TARGET_METRIC_UNSPECIFIED)
+    out.prune.allocation = {v: k for k, v in ALLOCATION_FROM_PROTO.items() if v}.get(p.allocation,
+                                                                                 pb.ALLOCATION_UNSPECIFIED)
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
          latency_batch=p.latency_batch, latency_margin=p.latency_margin, allow_shortfall=p.allow_shortfall)
