@@ -8,15 +8,14 @@ TensorRT and GPU execution providers are the optional `gpu` extra (`pip install 
 from .benchmark import (
     BackendUnavailable,
     LatencyResult,
-    OnnxAccuracy,
     benchmark_onnxruntime,
     benchmark_torch,
-    environment,
-    evaluate_onnx,
     measure_latency,
     speedup_table,
 )
+from .environment import environment
 from .onnx import ExportError, NonFiniteError, OnnxExport, Parity, ParityError, check_parity, export_onnx
+from .onnx_accuracy import OnnxAccuracy, evaluate_onnx
 from .tensorrt import (
     EngineBuild,
     EngineBuildError,

@@ -1,4 +1,4 @@
-"""One latency protocol for every backend, the accuracy of an exported model, and where it was measured.
+"""One latency protocol for every backend, and the table comparing two models' latencies.
 
 Protocol (`measure_latency`, used by ONNX Runtime, PyTorch and TensorRT engines alike):
 
@@ -14,8 +14,8 @@ Protocol (`measure_latency`, used by ONNX Runtime, PyTorch and TensorRT engines 
    (thermal throttling, a busy neighbour, caches still filling) thus shows up as "not stable" instead of a
    quiet average over a moving target;
 3. statistics over the runs of those last 3 windows only (earlier runs were still settling: they are counted
-   as extended warm-up in `warmup_runs`; when the cap hits before 3 windows exist, every run is used), in milliseconds: p50/p90/p99
-   (linear interpolation), mean, std (sample, ddof=1), min; throughput in images per second =
+   as extended warm-up in `warmup_runs`; when the cap hits before 3 windows exist, every run is used), in
+   milliseconds: p50/p90/p99 (linear interpolation), mean, std (sample, ddof=1), min; throughput in images per second =
    batch * 1000 / p50_ms (the median, not the mean, so a few slow outliers do not move it).
 
 Inputs are random normal float32 from a seeded generator: latency of a dense CNN does not depend on values.
@@ -26,19 +26,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .environment import cpu_name, cuda_device_name
 from .onnx import NonFiniteError, count_nonfinite, eval_float32
 
 log = logging.getLogger(__name__)
@@ -89,25 +86,6 @@ class LatencyResult:
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict (NaN becomes None)."""
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class OnnxAccuracy:
-    """Accuracy of an exported model: fraction of images whose label is among the top-k outputs.
-
-    `top1`/`top5` are in [0, 1]; `by_k` has every k that was requested (k larger than the number of
-    classes counts as the number of classes).
-    """
-
-    top1: float
-    top5: float
-    num_images: int
-    by_k: dict[int, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-able dict."""
-        return {"top1": self.top1, "top5": self.top5, "num_images": self.num_images,
-                "by_k": {str(k): v for k, v in self.by_k.items()}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +309,7 @@ def benchmark_onnxruntime(
     """
     session = create_session(onnx_path, provider, threads)
     n_threads = threads or os.cpu_count() or 1
-    device = _cpu_name() if provider == "cpu" else _cuda_device_name()
+    device = cpu_name() if provider == "cpu" else cuda_device_name()
     results = []
     for batch_size in batch_sizes:
         x = random_batch(batch_size, input_shape, seed)
@@ -362,86 +340,6 @@ def _ort_runner(session, x: np.ndarray, *, on_gpu: bool) -> Callable[[], object]
         binding.synchronize_outputs()
 
     return run
-
-
-def evaluate_onnx(
-    onnx_path: str | Path,
-    images: np.ndarray | Iterable[tuple[np.ndarray, np.ndarray]],
-    labels: np.ndarray | None = None,
-    *,
-    batch_size: int = 256,
-    provider: str = "cpu",
-    topk: Sequence[int] = (1, 5),
-) -> OnnxAccuracy:
-    """Top-k accuracy of the exported model itself on preprocessed images.
-
-    `images` is either an (N, C, H, W) float32 array (already normalised) with `labels` (N,) ints, or an
-    iterable of (images, labels) numpy batches with `labels=None`, so a large set need not be one array.
-    """
-    session = create_session(onnx_path, provider)
-    input_name = session.get_inputs()[0].name
-    ks = sorted({1, 5, *(int(k) for k in topk)})
-    if ks[0] < 1:
-        raise ValueError(f"top-k values must be >= 1, got {list(topk)}")
-    hits = {k: 0 for k in ks}
-    total = 0
-    for batch, batch_labels in _batches(images, labels, batch_size):
-        logits = session.run(None, {input_name: batch})[0]
-        logits = np.asarray(logits).reshape(batch.shape[0], -1)
-        _check_labels(batch_labels, logits.shape[1])
-        for k, correct in _topk_correct(logits, batch_labels, ks).items():
-            hits[k] += correct
-        total += batch.shape[0]
-    if total == 0:
-        raise ValueError("evaluate_onnx got no images")
-    by_k = {k: hits[k] / total for k in ks}
-    return OnnxAccuracy(top1=by_k[1], top5=by_k[5], num_images=total, by_k=by_k)
-
-
-def _batches(images, labels, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """Yield (float32 images, int64 labels) batches from an array pair or an iterable of pairs."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(images, np.ndarray):
-        if labels is None:
-            raise ValueError("labels are required when images is an array")
-        pairs: Iterable = [(images, labels)]
-    else:
-        if labels is not None:
-            raise ValueError("pass labels inside the (images, labels) batches when images is an iterable")
-        pairs = images
-    for batch_images, batch_labels in pairs:
-        batch_images = np.ascontiguousarray(batch_images, dtype=np.float32)
-        batch_labels = np.asarray(batch_labels).astype(np.int64).reshape(-1)
-        if batch_images.ndim != 4:
-            raise ValueError(f"images must be (N, C, H, W), got shape {batch_images.shape}")
-        if batch_labels.shape[0] != batch_images.shape[0]:
-            raise ValueError(f"{batch_images.shape[0]} images but {batch_labels.shape[0]} labels")
-        for start in range(0, batch_images.shape[0], batch_size):
-            yield batch_images[start : start + batch_size], batch_labels[start : start + batch_size]
-
-
-def _check_labels(labels: np.ndarray, num_classes: int) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}) for a model with {num_classes} outputs, "
-                         f"got range [{labels.min()}, {labels.max()}]")
-
-
-def _topk_correct(logits: np.ndarray, labels: np.ndarray, ks: Sequence[int]) -> dict[int, int]:
-    """Number of rows whose label is among the k largest logits, for each k.
-
-    Ties are broken like `argmax`: among equal logits the lower class index ranks first, so a constant
-    output does not count as correct for every label. NaN/inf logits raise `NonFiniteError`: a NaN compares
-    False with everything, so it would rank first and count as correct.
-    """
-    if count_nonfinite(logits):
-        bad_rows = int((~np.isfinite(logits)).reshape(logits.shape[0], -1).any(axis=1).sum())
-        raise NonFiniteError(f"the model gives non-finite outputs (NaN or infinite) for {bad_rows} of "
-                             f"{logits.shape[0]} images; accuracy cannot be measured")
-    label_logit = logits[np.arange(labels.shape[0]), labels][:, None]
-    lower_index = np.arange(logits.shape[1])[None, :] < labels[:, None]
-    rank = ((logits > label_logit) | ((logits == label_logit) & lower_index)).sum(axis=1)  # 0 = top-1
-    return {k: int((rank < k).sum()) for k in ks}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -487,7 +385,7 @@ def _torch_one(model, dev: torch.device, batch_size: int, input_shape, seed: int
     """Benchmark one batch size in PyTorch (see `benchmark_torch`)."""
     backend = f"torch:{dev.type}"
     threads = torch.get_num_threads()
-    name = _cuda_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = cuda_device_name(dev) if dev.type == "cuda" else cpu_name()
     x = torch.from_numpy(random_batch(batch_size, input_shape, seed)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
@@ -508,7 +406,7 @@ def _torch_one(model, dev: torch.device, batch_size: int, input_shape, seed: int
 
 
 # --------------------------------------------------------------------------------------------------
-# comparison and provenance
+# comparison
 
 
 def speedup_table(original: Sequence[LatencyResult], pruned: Sequence[LatencyResult], macs_ratio: float
@@ -540,92 +438,3 @@ def speedup_table(original: Sequence[LatencyResult], pruned: Sequence[LatencyRes
             "speedup_vs_macs": speedup / macs_ratio if speedup is not None else None,
         })
     return rows
-
-
-def environment() -> dict[str, Any]:
-    """Where numbers were measured: versions, CPU, threads, platform, and GPU details when present.
-
-    Never raises: what cannot be read is left out (or None).
-    """
-    import onnx
-    import onnxruntime as ort
-
-    env: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-        "onnxruntime_providers": list(ort.get_available_providers()),
-        "tensorrt": _tensorrt_version(),
-        "cpu": _cpu_name(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "cuda_available": torch.cuda.is_available(),
-    }
-    if env["cuda_available"]:
-        env.update(_torch_cuda_info())
-    gpus = _nvidia_smi()
-    if gpus:
-        env["nvidia_smi"] = gpus
-    return env
-
-
-def _tensorrt_version() -> str | None:
-    try:
-        import tensorrt  # noqa: F401 - optional extra
-
-        return str(tensorrt.__version__)
-    except Exception:  # noqa: BLE001 - absent or broken install: not available
-        return None
-
-
-def _cpu_name() -> str:
-    """CPU model name from /proc/cpuinfo, else `platform.processor()`, else ''."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or ""
-
-
-def _cuda_device_name(dev: torch.device | None = None) -> str:
-    try:
-        return torch.cuda.get_device_name(dev) if torch.cuda.is_available() else ""
-    except Exception:  # noqa: BLE001
-        return ""
-
-
-def _torch_cuda_info() -> dict[str, Any]:
-    try:
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return {
-            "cuda_device": props.name,
-            "cuda_device_count": torch.cuda.device_count(),
-            "cuda_capability": f"{props.major}.{props.minor}",
-            "cuda_memory_gib": round(props.total_memory / 2**30, 2),
-            "cuda_runtime": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-        }
-    except Exception as exc:  # noqa: BLE001
-        return {"cuda_error": str(exc)}
-
-
-_SMI_FIELDS = ("name", "driver_version", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.draw",
-               "power.limit", "pstate", "temperature.gpu")
-
-
-def _nvidia_smi() -> list[dict[str, str]] | None:
-    """One dict per GPU from `nvidia-smi --query-gpu` (clocks MHz, power W, temperature C), or None."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, f"--query-gpu={','.join(_SMI_FIELDS)}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[v.strip() for v in line.split(",")] for line in out.strip().splitlines() if line.strip()]
-    return [dict(zip(_SMI_FIELDS, row)) for row in rows if len(row) == len(_SMI_FIELDS)] or None

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from exporters import NonFiniteError, Parity, ParityError, check_parity, evaluate_onnx, export_onnx
-from exporters.benchmark import Timings, _topk_correct, speedup_table, summarize
+from exporters.benchmark import Timings, speedup_table, summarize
 from exporters.onnx import _compare
+from exporters.onnx_accuracy import topk_correct
 
 NAN, INF = float("nan"), float("inf")
 
@@ -69,8 +70,8 @@ def test_topk_does_not_count_nan_rows_as_correct():
     logits = np.array([[2.0, 1.0], [NAN, 0.0]])
     labels = np.array([0, 0])
     with pytest.raises(NonFiniteError, match="for 1 of 2 images"):
-        _topk_correct(logits, labels, (1,))
-    assert _topk_correct(logits[:1], labels[:1], (1,)) == {1: 1}
+        topk_correct(logits, labels, (1,))
+    assert topk_correct(logits[:1], labels[:1], (1,)) == {1: 1}
 
 
 def _timings(times):

@@ -145,7 +145,8 @@ def _timing(settings: BenchSettings) -> dict:
 def _onnxruntime(model: Path, settings: BenchSettings, eval_data, should_stop) -> Outcome:
     import onnxruntime as ort
 
-    from exporters.benchmark import benchmark_onnxruntime, create_session, evaluate_onnx
+    from exporters.benchmark import benchmark_onnxruntime, create_session
+    from exporters.onnx_accuracy import evaluate_onnx
 
     provider = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     started = time.perf_counter()
@@ -215,7 +216,7 @@ def _tensorrt(model: Path, settings: BenchSettings, eval_data, calibration: Path
         try:
             accuracy = evaluate_engine(build.engine_path, *eval_data)
         except Exception as exc:  # noqa: BLE001 - fall back to the ONNX model, and say so
-            from exporters.benchmark import evaluate_onnx
+            from exporters.onnx_accuracy import evaluate_onnx
 
             log.warning("accuracy through the engine failed: %s", exc)
             notes.append(f"accuracy measured with ONNX Runtime (fp32), not the engine: {exc}")
@@ -228,7 +229,7 @@ def evaluate_engine(engine_path: Path, images: np.ndarray, labels: np.ndarray, b
     import tensorrt as trt
     import torch
 
-    from exporters.benchmark import OnnxAccuracy, _check_labels, _topk_correct
+    from exporters.onnx_accuracy import OnnxAccuracy, check_labels, topk_correct
     from exporters.tensorrt import _torch_dtype
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -252,8 +253,8 @@ def evaluate_engine(engine_path: Path, images: np.ndarray, labels: np.ndarray, b
         stream.synchronize()
         logits = out.float().cpu().numpy().reshape(x.shape[0], -1)
         batch_labels = labels[start:start + batch_size]
-        _check_labels(batch_labels, logits.shape[1])
-        for k, correct in _topk_correct(logits, batch_labels, (1, 5)).items():
+        check_labels(batch_labels, logits.shape[1])
+        for k, correct in topk_correct(logits, batch_labels, (1, 5)).items():
             hits[k] += correct
         total += x.shape[0]
     del context, engine

@@ -5,7 +5,7 @@
 
 On a Jetson the facts come from ``jetson-stats`` (``jtop``) when it is installed and its service runs, else from
 ``/etc/nv_tegra_release``, ``/proc/device-tree/model``, sysfs (``/sys/class/devfreq``, cpufreq) and
-``nvpmodel -q``. Elsewhere they come from ``exporters.benchmark.environment()`` (CPU, ONNX Runtime, TensorRT,
+``nvpmodel -q``. Elsewhere they come from ``exporters.environment.environment()`` (CPU, ONNX Runtime, TensorRT,
 CUDA, ``nvidia-smi``). The parsers are pure functions of text (or of a root folder standing for ``/``) so they
 can be tested on recorded samples. Nothing here raises: a fact that cannot be read is left empty.
 """
@@ -208,7 +208,7 @@ def _static_facts(name: str, root_text: str) -> DeviceInfo:
 
 def _from_environment(info: DeviceInfo) -> None:
     try:
-        from exporters.benchmark import environment
+        from exporters.environment import environment
         from exporters.tensorrt import tensorrt_available
 
         env = environment()
@@ -256,9 +256,9 @@ def _nvpmodel() -> str:
 
 def _smi_clocks() -> dict[str, str]:
     try:
-        from exporters.benchmark import _nvidia_smi
+        from exporters.environment import nvidia_smi
 
-        smi = (_nvidia_smi() or [{}])[0]
+        smi = (nvidia_smi() or [{}])[0]
     except Exception:  # noqa: BLE001
         return {}
     names = {"clocks.sm": "gpu_mhz", "clocks.max.sm": "gpu_max_mhz", "clocks.mem": "mem_mhz", "pstate": "pstate"}
