@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Today's fine-tuning (before this benchmark): cosine from 0.01, T 4, alpha 0.9, wd 5e-4, batch 128,
-#: one random crop offset per batch.
+#: one random crop offset per batch (``per_batch_crop``).
 BASE = dict(lr=0.01, warmup=0.0, temperature=4.0, alpha=0.9, loss="kl", weight_decay=5e-4, batch_size=128,
             crop="batch")
 VARIANTS: dict[str, dict] = {
@@ -79,21 +79,19 @@ def prepare(args) -> Path:
     return out
 
 
-def per_image_crop(x, gen):
-    """Random horizontal flip and a 4-px padded crop with its own offset for every image (x: [N, C, H, W])."""
+def per_batch_crop(x, gen):
+    """The augmentation ``pruning.data.batches`` used before 2026-12-01 (the "batch" rows of the table): random
+    horizontal flip per image, one 4-px padded crop offset for the whole batch."""
     import torch
     import torch.nn.functional as F
 
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    flip = torch.rand(n, generator=gen) < 0.5
+    pad = max(1, x.shape[-2] // 8)
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    padded = F.pad(x, (pad, pad, pad, pad))                                  # [N, C, H+2p, W+2p]
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy.view(-1, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * pad)
-    cols = (dx.view(-1, 1) + torch.arange(w)).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    return padded.gather(2, rows).gather(3, cols)                            # [N, C, H, W]
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
+    return padded[:, :, dy:dy + h, dx:dx + w]
 
 
 def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float) -> dict:
@@ -121,11 +119,11 @@ def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float
     batch = cfg["batch_size"]
 
     def train_epoch(epoch: int):
-        plain = data_mod.batches(train_set, pre, batch, shuffle=True, seed=epoch, augment=cfg["crop"] == "batch")
-        if cfg["crop"] != "image":
-            return plain
+        if cfg["crop"] == "image":          # today's pruning.data augmentation: an offset per image
+            return data_mod.batches(train_set, pre, batch, shuffle=True, seed=epoch, augment=True)
+        plain = data_mod.batches(train_set, pre, batch, shuffle=True, seed=epoch)
         gen = torch.Generator().manual_seed(epoch)
-        return ((per_image_crop(x, gen), y) for x, y in plain)
+        return ((per_batch_crop(x, gen), y) for x, y in plain)
 
     val_top1 = evaluation_callback(lambda: data_mod.batches(val_set, pre, 500))
     checks: list[tuple[float, float]] = []    # (validation, test) at each of finetune's checks, in order

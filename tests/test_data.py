@@ -159,3 +159,22 @@ def test_messages_name_the_users_file_and_clip_long_names(tmp_path):
     with pytest.raises(DataError) as info:
         data.load_images(tmp_path / ("q" * 10_000))
     assert len(str(info.value)) < 250
+
+
+def test_augmentation_flips_and_crops_each_image_at_its_own_offset():
+    from pruning.data import flip_and_crop
+
+    n, h, w = 64, 16, 16
+    x = torch.arange(n * h * w, dtype=torch.float32).view(n, 1, h, w) + 1    # every pixel distinct and non-zero
+    out = flip_and_crop(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    pad, found = h // 8, set()
+    for i in range(n):
+        padded = torch.nn.functional.pad(x[i], (pad, pad, pad, pad))
+        matches = [(dy, dx, flipped) for flipped in (False, True) for dy in range(2 * pad + 1)
+                   for dx in range(2 * pad + 1)
+                   if torch.equal(out[i], (padded.flip(-1) if flipped else padded)[:, dy:dy + h, dx:dx + w])]
+        assert len(matches) == 1                   # one flip and one offset within the padding explain each image
+        found.add(matches[0])
+    assert len({(dy, dx) for dy, dx, _ in found}) > 10                  # offsets differ between images
+    assert {flipped for _, _, flipped in found} == {False, True}
