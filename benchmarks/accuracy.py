@@ -77,6 +77,10 @@ _row("r56-l1-sensitivity-round1-cal4000", "1", "resnet56", "l1", "--target-macs"
 for criterion in ("functionality", "dissection", "visual_similarity", "random"):
     _row(f"r56-{criterion}-window0.5-sensitivity-round1", "1,3", "resnet56", criterion, "--target-macs", "0.5",
          "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1", *NO_FT)
+for seed in (1, 2):
+    _row(f"r56-random-window0.5-sensitivity-round1-seed{seed}", "1,3", "resnet56", "random", "--target-macs", "0.5",
+         "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1", "--seed",
+         str(seed), *NO_FT)
 for criterion in ("l1", "redundancy"):
     _row(f"r56-{criterion}-sensitivity-round1", "1,3", "resnet56", criterion, "--target-macs", "0.5",
          "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
@@ -238,7 +242,10 @@ def write(rows: list[dict], out: Path) -> None:
              "CLI process (load, score, allocate, prune, re-fit, fine-tune, export, parity, ONNX evaluation) on "
              "the 2-core CPU machine; `load` is the 1-minute load average when the row finished (other work shared "
              "the machine: times are upper bounds). `≤` peak RSS: the first run of the script took the largest of the rows "
-             "run before it in the same process (fixed since: each child's own figure).", "",
+             "run before it in the same process (fixed since: each child's own figure). Fine-tuned rows measured "
+             "before 2026-12-01 16:40 (`measured` in accuracy.json) cropped every image of a batch at one offset and "
+             "returned the best validation check; later ones crop each image at its own offset and return the "
+             "annealed last step unless a check beats it beyond the validation slice's noise.", "",
              "| row | goal | model | criterion | MACs removed | top-1 no FT | top-1 after FT | top-1 ONNX | wall s | "
              "peak RSS MB | load | command |", "|" + "---|" * 12]
     for r in rows:
