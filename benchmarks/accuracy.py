@@ -99,6 +99,12 @@ for criterion, window in (("functionality", True), ("dissection", True), ("visua
     _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-round1-kd35k", "2,3", "resnet56", criterion,
          "--target-macs", "0.5", "--allocation", "sensitivity", *extra, "--round-to", "1", "--finetune-images",
          "35000")
+# ... and a second seed (calibration split, scoring samples, fine-tune order) of the two best.
+_row("r56-functionality-window0.5-sensitivity-round1-kd35k-seed1", "2,3", "resnet56", "functionality",
+     "--target-macs", "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1",
+     "--finetune-images", "35000", "--seed", "1")
+_row("r56-l1-sensitivity-round1-kd35k-seed1", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+     "sensitivity", "--round-to", "1", "--finetune-images", "35000", "--seed", "1")
 _row("r56-l1-sensitivity-round1-cal4000-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
      "sensitivity", "--round-to", "1", "--calibration-images", "4000", "--finetune-images", "35000")
 # Goal 3 after one KD pass: each interpretability criterion with its best no-FT setting, then 35,000 images.
