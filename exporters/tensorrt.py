@@ -634,11 +634,11 @@ def _engine_runner(trt, engine, context, stream, input_name: str, outputs: list[
 
     if not context.set_input_shape(input_name, tuple(x.shape)):
         raise ValueError(f"input shape {tuple(x.shape)} is outside the engine's optimisation profile")
-    x_dev = torch.from_numpy(x).to("cuda").to(_torch_dtype(trt, engine.get_tensor_dtype(input_name)))
+    x_dev = torch.from_numpy(x).to("cuda").to(torch_dtype(trt, engine.get_tensor_dtype(input_name)))
     buffers = {input_name: x_dev}
     for name in outputs:
         shape = tuple(context.get_tensor_shape(name))
-        buffers[name] = torch.empty(shape, dtype=_torch_dtype(trt, engine.get_tensor_dtype(name)), device="cuda")
+        buffers[name] = torch.empty(shape, dtype=torch_dtype(trt, engine.get_tensor_dtype(name)), device="cuda")
     for name, tensor in buffers.items():
         context.set_tensor_address(name, int(tensor.data_ptr()))
     torch.cuda.synchronize()
@@ -652,7 +652,7 @@ def _engine_runner(trt, engine, context, stream, input_name: str, outputs: list[
     return run_once
 
 
-def _torch_dtype(trt, dtype):
+def torch_dtype(trt, dtype):
     """torch dtype for a TensorRT DataType (via numpy; bfloat16 has no numpy type)."""
     import torch
 

@@ -230,7 +230,7 @@ def evaluate_engine(engine_path: Path, images: np.ndarray, labels: np.ndarray, b
     import torch
 
     from exporters.onnx_accuracy import OnnxAccuracy, check_labels, topk_correct
-    from exporters.tensorrt import _torch_dtype
+    from exporters.tensorrt import torch_dtype
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
@@ -242,10 +242,10 @@ def evaluate_engine(engine_path: Path, images: np.ndarray, labels: np.ndarray, b
     hits, total = {1: 0, 5: 0}, 0
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).cuda()
-        x = x.to(_torch_dtype(trt, engine.get_tensor_dtype(input_name)))
+        x = x.to(torch_dtype(trt, engine.get_tensor_dtype(input_name)))
         context.set_input_shape(input_name, tuple(x.shape))
         out = torch.empty(tuple(context.get_tensor_shape(output_name)),
-                          dtype=_torch_dtype(trt, engine.get_tensor_dtype(output_name)), device="cuda")
+                          dtype=torch_dtype(trt, engine.get_tensor_dtype(output_name)), device="cuda")
         context.set_tensor_address(input_name, int(x.data_ptr()))
         context.set_tensor_address(output_name, int(out.data_ptr()))
         if not context.execute_async_v3(stream.cuda_stream):
