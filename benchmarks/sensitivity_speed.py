@@ -18,8 +18,8 @@ import torch
 
 from benchmarks.refit_selection import load
 from pruning import prefix_cache, sensitivity, surgery
-from pruning.allocate import chunk_boundaries, removal_units
-from pruning.stages import SENSITIVITY_DEPTHS, SENSITIVITY_FIT_IMAGES, SENSITIVITY_LOSS_IMAGES, _thin
+from pruning.allocate import removal_units
+from pruning.stages import SENSITIVITY_FIT_IMAGES, SENSITIVITY_LOSS_IMAGES, sensitivity_depths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def main() -> None:
     groups = surgery.channel_groups(model, (3, 32, 32))
     scores = {g.name: model.get_submodule(g.name).weight.detach().abs().flatten(1).sum(1) for g in groups}
     units = removal_units(groups, scores, args.round_to)
-    depths = {name: _thin(chunk_boundaries(u), SENSITIVITY_DEPTHS) for name, u in units.items()}
+    depths = sensitivity_depths(units)
     removal = {name: (lambda n, u=u: u.channels(u.order[:n])) for name, u in units.items()}
     cached_bytes = prefix_cache.PrefixCache(model, loss_images, budget_bytes=2 ** 29).cached_bytes
     with torch.no_grad():

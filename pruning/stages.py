@@ -42,7 +42,7 @@ def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
         return
     with run.stage("sensitivity"):
         units = removal_units(groups, result.scores.channels, spec.prune.round_to, spec.prune.min_channels)
-        depths = {name: _thin(chunk_boundaries(u), SENSITIVITY_DEPTHS) for name, u in units.items()}
+        depths = sensitivity_depths(units)
         removal = {name: (lambda n, u=u: u.channels(u.order[:n])) for name, u in units.items()}
         images = torch.cat([b.images for b in calibration])
         fit, loss = images[:SENSITIVITY_FIT_IMAGES], images[-SENSITIVITY_LOSS_IMAGES:]
@@ -56,6 +56,11 @@ def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
             max_memory_mb=rec.max_memory_mb, should_stop=run.check)
         result.notes.extend(result.sensitivity.notes)
         run.emit("sensitivity", 1.0, f"loss curves of {len(groups)} group(s) from {result.sensitivity.images} images")
+
+
+def sensitivity_depths(units: dict) -> dict[str, list[int]]:
+    """The removal depths measured per group: its chunk boundaries, thinned to ``SENSITIVITY_DEPTHS``."""
+    return {name: _thin(chunk_boundaries(u), SENSITIVITY_DEPTHS) for name, u in units.items()}
 
 
 def _thin(points: list[int], most: int) -> list[int]:
