@@ -5,6 +5,7 @@ Used in-process by ``interprune compress`` and by the service's worker processes
 
     plan.json  weights.pt  model.onnx  original.onnx  report.json  report.html  visualizations/*.png
 
+The engine's evaluations on the whole evaluation split run in ONNX Runtime (``pipeline.onnx_inference``).
 Engine errors (``pruning.errors.InterpruneError``) pass through unchanged; an export whose ONNX Runtime output
 differs from PyTorch by more than ``parity_atol`` fails the job (``ExportCheckFailed``). ``should_stop`` is polled
 between stages and inside the engine's loops (cooperative cancel).
@@ -19,6 +20,7 @@ from typing import Callable, Collection
 from pipeline.benchmark import Measurements, RemoteTargetsFactory, benchmark_targets, latency_probe
 from pipeline.export import ExportCheckFailed, export_and_verify, export_checks
 from pipeline.latency_table import LayerLatencyTable
+from pipeline.onnx_inference import OnnxRuntimeInference
 from pipeline.report import build_report, write_reports
 from pipeline.resolve import measures_latency, resolve_spec
 from pipeline.spec import JobSpec
@@ -57,12 +59,15 @@ def _run(spec: JobSpec, out: Path, progress, should_stop, remote_targets, allowe
         if measures_latency(prune) else None
     table = LayerLatencyTable(prune.latency_target, bench.threads, scratch=out / ".latency-table") \
         if prune.allocation == "latency" else None
+    inference_notes: list[str] = []
+    inference = OnnxRuntimeInference(out, inference_notes, opset=spec.export.opset, slim=spec.export.slim)
     try:
         result = compress(spec.compress, out, progress, should_stop, latency_probe=probe,
                           allowed_packages=allowed_packages, data_name=data_name, scratch_dir=scratch_dir,
-                          layer_latency=table)
+                          layer_latency=table, inference=inference)
     finally:
         shutil.rmtree(out / ".latency-table", ignore_errors=True)
+    result.notes.extend(inference_notes)
     if table is not None:
         result.notes.append(f"latency table on {prune.latency_target}: {table.measurements} shape(s) measured in "
                             f"{table.measure_seconds:.0f} s, the rest from the cache {table.path}")
@@ -71,7 +76,8 @@ def _run(spec: JobSpec, out: Path, progress, should_stop, remote_targets, allowe
     exported: dict = {}
     if spec.export.onnx:
         _check_stop(should_stop)
-        exported, timings["export"] = export_and_verify(spec.export, result, out, emit)
+        exported, timings["export"] = export_and_verify(spec.export, result, out, emit,
+                                                        inference.evaluated(result.final_accuracy))
     measured = Measurements()
     if spec.export.onnx and bench.targets:
         start = time.perf_counter()

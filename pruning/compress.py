@@ -32,10 +32,10 @@ from pruning.finetune import FinetuneSettings, check_distillation, check_setting
 from pruning.latency_model import LayerLatency
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
                           PruneSpec, ReconstructSpec, check_allocation)
-from pruning.measure import Cost, count_cost, evaluate
+from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
-from pruning.result import (CompressResult, LatencyProbe, Progress, ProgressEvent,  # noqa: F401 - re-exported
-                            StageRunner)
+from pruning.result import (CompressResult, Inference, LatencyProbe, Progress,  # noqa: F401 - re-exported
+                            ProgressEvent, StageRunner)
 from pruning.stages import allocate_stage, prune_model, reconstruct_stage, sensitivity_stage
 from pruning.surgery import analyse_groups, build_graph, remove_blocks
 
@@ -82,7 +82,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
              should_stop: Callable[[], bool] | None = None,
              latency_probe: LatencyProbe | None = None,
              allowed_packages: Collection[str] | None = None, *, data_name: str | None = None,
-             scratch_dir: str | Path | None = None, layer_latency: LayerLatency | None = None) -> CompressResult:
+             scratch_dir: str | Path | None = None, layer_latency: LayerLatency | None = None,
+             inference: Inference | None = None) -> CompressResult:
     """Run the engine end to end; write ``plan.json`` and ``weights.pt`` to ``out_dir`` when given.
 
     With ``spec.prune.latency_budget_ms`` set, ``latency_probe`` measures candidate models on the target and the
@@ -93,6 +94,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
     ``allowed_packages``: the top-level packages a ``python:`` architecture may come from (None = any).
     ``data_name``: the data file's name as its owner knows it (messages); ``scratch_dir``: where archives are
     extracted (default: the system's temporary folder). Label-coverage warnings go into ``result.notes``.
+    ``inference``: runs the evaluations on the whole evaluation split (original, pruned, re-fitted, fine-tuned) in
+    a faster form of each model, e.g. ``pipeline.onnx_inference`` (None: the modules themselves).
     """
     check_allocation(spec.prune)
     if spec.prune.latency_budget_ms is not None and latency_probe is None:
@@ -114,7 +117,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         _validate_reconstruct_spec(spec.reconstruct)
         check_distillation(spec.finetune.distillation)
         check_settings(spec.finetune.lr, spec.finetune.alpha, spec.finetune.temperature)
-        eval_batches = lambda: data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size)  # noqa: E731
+        evaluate_split = split_evaluator(splits.evaluation, preprocess, spec.data.batch_size, input_shape, inference)
         base_cost = count_cost(original, input_shape)
         result = CompressResult(spec, original, original, PruningPlan(spec.model.arch, num_classes, input_shape,
                                                                       source=dict(entry.source)),
@@ -122,7 +125,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         result.notes.extend([rounding_note] if rounding_note else [])
         result.notes.extend(coverage)
         result.cost["original"] = base_cost
-        result.accuracy["original"] = evaluate(original, eval_batches())
+        result.accuracy["original"] = evaluate_split(original)
         run.emit("load", 1.0, f"original top-1 {result.accuracy['original'].top1:.2%}")
 
     calibration = [Batch(x, y, None) for x, y in data_mod.batches(splits.calibration, preprocess,
@@ -164,19 +167,30 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
         pruned = result.model = prune_model(spec, result, original, groups, plan, measure, input_shape)
         result.layers = [{"layer": name, "kept": len(idx), "original": plan.original[name]}
                          for name, idx in plan.kept.items()]
-        result.accuracy["pruned"] = evaluate(pruned, eval_batches())
+        result.accuracy["pruned"] = evaluate_split(pruned)
         shown = "macs" if target.metric == "latency" else target.metric
         run.emit("prune", 1.0, f"{result.reduction(shown):.1%} {shown} removed, "
                                 f"top-1 {result.accuracy['pruned'].top1:.2%}")
 
-    reconstruct_stage(spec, run, result, original, pruned, groups, calibration, eval_batches)
-    _finetune_stage(spec, run, result, original, pruned, splits, preprocess)
+    reconstruct_stage(spec, run, result, original, pruned, groups, calibration, evaluate_split)
+    _finetune_stage(spec, run, result, original, pruned, splits, preprocess, evaluate_split)
 
     with run.stage("save"):
         if out_dir is not None:
             result.files.update(save_compressed(pruned, plan, out_dir))
     result.timings = run.timings
     return result
+
+
+def split_evaluator(images: data_mod.ImageSet, preprocess: data_mod.Preprocess, batch_size: int,
+                    input_shape: tuple[int, int, int], inference: Inference | None = None
+                    ) -> Callable[[nn.Module], Accuracy]:
+    """``model -> Accuracy`` on all of ``images``: through ``inference(model, input_shape, len(images))`` when it
+    gives a forward function, else the module itself."""
+    def evaluate_split(model: nn.Module) -> Accuracy:
+        forward = inference(model, input_shape, len(images)) if inference is not None else None
+        return evaluate(model, data_mod.batches(images, preprocess, batch_size), forward)
+    return evaluate_split
 
 
 def _resolve_round_to(spec: CompressSpec) -> tuple[CompressSpec, str | None]:
@@ -295,7 +309,8 @@ def _block_cost(cost_model: CostModel, block: str, metric: str) -> float:
 
 
 def _finetune_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module,
-                    pruned: nn.Module, splits: data_mod.Splits, preprocess: data_mod.Preprocess) -> None:
+                    pruned: nn.Module, splits: data_mod.Splits, preprocess: data_mod.Preprocess,
+                    evaluate_split: Callable[[nn.Module], Accuracy]) -> None:
     ft = spec.finetune
     if ft.budget().is_zero():
         return
@@ -316,8 +331,7 @@ def _finetune_stage(spec: CompressSpec, run: StageRunner, result: CompressResult
                                    settings, validate,
                                    progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop,
                                    validation_images=len(val_set) if val_set else 0)
-        result.accuracy["finetuned"] = evaluate(
-            pruned, data_mod.batches(splits.evaluation, preprocess, spec.data.batch_size))
+        result.accuracy["finetuned"] = evaluate_split(pruned)
         run.emit("finetune", 1.0, f"top-1 {result.accuracy['finetuned'].top1:.2%}")
 
 

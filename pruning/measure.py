@@ -6,7 +6,7 @@ Torch-Pruning's op counter's per-module rules (``pruning.cost_model`` models the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -102,17 +102,20 @@ def _check_finite_logits(logits: torch.Tensor, batch_index: int, images_before: 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Accuracy:
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Accuracy:
     """Top-1 and top-5 accuracy (fractions in [0, 1]) over all batches, in eval mode.
 
-    Raises ``ModelError`` when the model gives a NaN or infinite logit: such an image is neither right nor wrong.
+    ``forward``: computes the logits in place of ``model`` (the same model compiled for inference, e.g. in ONNX
+    Runtime). Raises ``ModelError`` when the model gives a NaN or infinite logit: such an image is neither right nor
+    wrong.
     """
     was_training = model.training
     model.eval()
     correct1 = correct5 = total = 0
     try:
         for index, (images, labels) in enumerate(batches):
-            logits = model(images)
+            logits = forward(images) if forward is not None else model(images)
             _check_finite_logits(logits, index, total)
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices                      # [N, k]

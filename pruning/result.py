@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from pruning import data as data_mod
@@ -19,6 +20,9 @@ from pruning.sensitivity import Sensitivity
 from pruning.spec import CompressSpec
 
 LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]   # (model, C,H,W, batch) -> p90 ms
+# (model, C,H,W, number of images to evaluate) -> a function from a batch of preprocessed images to the model's
+# logits that runs faster than the module itself (e.g. the model in ONNX Runtime), or None: run the module
+Inference = Callable[[nn.Module, tuple[int, int, int], int], Callable[[torch.Tensor], torch.Tensor] | None]
 
 
 @dataclass(frozen=True)

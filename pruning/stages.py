@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from pruning.allocate import KNAPSACK_MODES, CostModel, Target, allocate, chunk_
 from pruning.criteria import Batch, ScoreResult
 from pruning.latency_alloc import latency_allocation
 from pruning.latency_model import LayerLatency
-from pruning.measure import Cost, count_cost, evaluate
+from pruning.measure import Accuracy, Cost, count_cost
 from pruning.plan import PruningPlan
 from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
 from pruning.result import CompressResult, LatencyProbe, StageRunner
@@ -206,7 +206,7 @@ def merge_duplicates(model: nn.Module, groups: list, plan: PruningPlan, scores: 
 
 def reconstruct_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module,
                       pruned: nn.Module, groups: list, calibration: list[Batch],
-                      eval_batches: Callable[[], Iterator]) -> None:
+                      evaluate_split: Callable[[nn.Module], Accuracy]) -> None:
     """Re-fit the consumers of pruned channels (``ReconstructSpec``), re-estimate BatchNorm if asked, evaluate."""
     rec = spec.reconstruct
     images = [b.images for b in calibration]
@@ -229,7 +229,7 @@ def reconstruct_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
         if rec.batchnorm == "on" or (rec.batchnorm == "auto" and not (rec.enabled and refitted)):
             recalibrate_batchnorm(pruned, images)
             result.notes.append("BatchNorm statistics re-estimated on the calibration set")
-        result.accuracy["reconstructed"] = evaluate(pruned, eval_batches())
+        result.accuracy["reconstructed"] = evaluate_split(pruned)
         run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
 
 
