@@ -17,7 +17,7 @@ from pipeline.spec import BenchmarkSpec, ExportSpec, JobSpec
 from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec
 from pruning.errors import ModelError
 from pruning.intake.zoo import load_model
-from pruning.measure import evaluate
+from pruning.measure import Accuracy, evaluate
 
 SHAPE = (1, 8, 8)
 
@@ -69,6 +69,18 @@ def test_a_model_that_does_not_export_falls_back_to_pytorch_with_the_reason(tmp_
     assert len(notes) == 1, "one note per distinct reason"
 
 
+def test_a_batch_onnx_runtime_fails_on_finishes_in_pytorch_and_the_bytes_are_not_reused(tmp_path):
+    model, notes = small_cnn(), []
+    inference = OnnxRuntimeInference(tmp_path, notes, min_images=1)
+    forward = inference(model, SHAPE, 8)
+    wrong_size = torch.randn(2, 1, 9, 9)               # the module pools it; the exported graph expects 8x8
+    with torch.no_grad():
+        expected = model(wrong_size)
+    assert torch.allclose(forward(wrong_size), expected)
+    assert inference.last_sha256 is None and inference.evaluated(Accuracy(1.0, 1.0, 0)) is None
+    assert len(notes) == 1 and notes[0].startswith("an evaluation finished in PyTorch: ONNX Runtime failed")
+
+
 def test_nan_logits_from_onnx_runtime_still_fail_the_evaluation(tmp_path):
     model = small_cnn()
     with torch.no_grad():
@@ -80,8 +92,6 @@ def test_nan_logits_from_onnx_runtime_still_fail_the_evaluation(tmp_path):
 
 
 def test_evaluated_pairs_the_bytes_with_a_figure_only_of_the_same_image_count(tmp_path):
-    from pruning.measure import Accuracy
-
     inference = OnnxRuntimeInference(tmp_path, [], min_images=1)
     forward = inference(small_cnn(), SHAPE, 5)
     forward(torch.randn(5, *SHAPE))
