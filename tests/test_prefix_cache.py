@@ -20,8 +20,7 @@ def test_a_replayed_forward_equals_the_full_forward_after_a_change_deep_in_the_n
     assert torch.equal(cache.reference, model(images))
     layer = "layer3.1.conv1"
     skipped = cache.skippable([layer])
-    assert "conv1" in skipped and "layer2.2.conv2" in skipped and layer not in skipped
-    assert "layer3.1.conv2" not in skipped and "linear" not in skipped
+    assert skipped == ["conv1", "bn1", "layer1", "layer2", "layer3.0"]    # the outermost modules done before it
     conv = model.get_submodule(layer)
     conv.weight[:4] = 0
     computed = []
@@ -34,6 +33,7 @@ def test_a_replayed_forward_equals_the_full_forward_after_a_change_deep_in_the_n
     full = model(images)
     assert len(computed) == 19                           # every convolution when nothing is replayed
     assert torch.equal(replayed, full)                   # bit for bit the full forward with the change
+    assert cache.skippable(["layer3.1"]) == cache.skippable(["layer3.1.bn2", "layer3.1.conv1"]) == skipped
     assert not torch.equal(replayed, cache.reference)    # ... and the change shows
     assert all("forward" not in vars(model.get_submodule(n)) for n in skipped)    # forwards restored
 
@@ -43,7 +43,7 @@ def test_the_budget_and_unknown_or_shared_modules_limit_what_is_skipped():
     model, images = _resnet20()
     one_output = 16 * 16 * 32 * 32 * 4                    # the stem conv's output for 16 images, float32
     small = PrefixCache(model, images, budget_bytes=one_output)
-    assert list(small.outputs) == ["conv1"] and small.cached_bytes == one_output
+    assert list(small.outputs) == ["conv1"] and small.cached_bytes == one_output   # stem first (shallowest, first)
     assert small.skippable(["layer3.1.conv1"]) == ["conv1"]
     assert small.skippable(["not.a.module"]) == []       # never ran in the reference pass: skip nothing
     assert small.skippable(["conv1"]) == []
@@ -52,5 +52,18 @@ def test_the_budget_and_unknown_or_shared_modules_limit_what_is_skipped():
     twice = nn.Sequential(shared, nn.ReLU(), shared, nn.Conv2d(3, 2, 1))
     cache = PrefixCache(twice, torch.randn(2, 3, 4, 4), budget_bytes=2 ** 20)
     assert "0" not in cache.outputs and "3" in cache.outputs   # called twice: its second call saw other inputs
+    assert cache.skippable(["3"]) == ["1"]                     # the ReLU module's output, computed from both calls
     twice[3].weight.mul_(2)
     assert torch.equal(cache.forward(["3"]), twice(cache.images))
+
+
+@torch.no_grad()
+def test_the_budget_goes_to_the_outermost_modules_first():
+    model, images = _resnet20()
+    block = 16 * 16 * 32 * 32 * 4                          # any stage-1 output for 16 images, float32
+    cache = PrefixCache(model, images, budget_bytes=3 * block)
+    assert list(cache.outputs) == ["conv1", "bn1", "layer1"]
+    assert cache.skippable(["layer2.0.conv1"]) == ["conv1", "bn1", "layer1"]
+    assert cache.skippable(["layer1.2.conv2"]) == ["conv1", "bn1"]      # inside layer1: its blocks were not kept
+    model.get_submodule("layer2.0.conv1").weight.mul_(-1)
+    assert torch.equal(cache.forward(["layer2.0.conv1"]), model(images))
