@@ -1,9 +1,13 @@
 """Every criterion and baseline on ResNet-56 / CIFAR-10 (../shared/data) at the same MACs targets.
 
     .venv/bin/python -m benchmarks.criteria_cifar --targets 0.5,0.3 --finetune-images 0,10000
+    .venv/bin/python -m benchmarks.criteria_cifar --targets 0.5 --allocation sensitivity --round-to 1 \
+        --criterion-param dissection:refit_window=0.5 --criterion-param functionality:refit_window=0.5 \
+        --criterion-param visual_similarity:refit_window=0.5 --append          # issue 14's recipe
 
 For each (criterion, target, fine-tune budget) the real pipeline runs in this process: scores from the calibration
-split of the training shards, allocation to the target (uniform, widths rounded to 8), surgery, reconstruction
+split of the training shards, allocation to the target (--allocation, default uniform; widths rounded to
+--round-to, default automatic: 8), surgery, reconstruction
 (on for all), optional KD fine-tuning, ONNX export with parity check, ONNX accuracy on held-out test images, and
 ONNX Runtime CPU latency at batch 64. Writes ``criteria_cifar.md``, ``criteria_cifar.csv`` and
 ``criteria_cifar.png`` (accuracy vs MACs per criterion) to --out, and prints the table.
@@ -29,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CRITERIA = ("random", "l1", "fpgm", "taylor", "dissection", "functionality", "redundancy",
                     "visual_similarity", "layer_probe")
-COLUMNS = ("criterion", "target", "finetune_images", "macs_reduction", "params", "top1_pruned",
+COLUMNS = ("criterion", "allocation", "round_to", "criterion_params", "target", "finetune_images", "macs_reduction", "params", "top1_pruned",
            "top1_reconstructed", "top1_finetuned", "top1_exported", "parity_max_abs", "ort_cpu_b64_p50_ms",
            "scoring_s", "total_s")
 
@@ -44,7 +48,9 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
         CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                      data=DataSpec(str(args.data_root / "cifar10"), calibration_images=args.calibration_images,
                                    evaluation_images=args.eval_images),
-                     prune=PruneSpec(criterion, target_reduction=target),
+                     prune=PruneSpec(criterion, target_reduction=target, allocation=args.allocation,
+                                     round_to=args.round_to,
+                                     criterion_params=criterion_params(args.criterion_param, criterion)),
                      finetune=FinetuneSpec(images=finetune_images or None)),
         benchmark=BenchmarkSpec(batch_sizes=(64,), seconds_per_batch=2.0, original=False))
     start = time.perf_counter()
@@ -52,7 +58,10 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     acc = report["accuracy"]
     latency = [r for r in report["latency"] if r["model"] == "compressed"]
     return {
-        "criterion": criterion, "target": target, "finetune_images": finetune_images,
+        "criterion": criterion, "allocation": args.allocation,
+        "round_to": report["spec"]["compress"]["prune"]["round_to"],
+        "criterion_params": " ".join(f"{k}={v}" for k, v in criterion_params(args.criterion_param, criterion).items()),
+        "target": target, "finetune_images": finetune_images,
         "macs_reduction": round(report["reduction"]["macs"], 4), "params": report["cost"]["compressed"]["params"],
         "top1_pruned": acc["pruned"]["top1"], "top1_reconstructed": acc.get("reconstructed", {}).get("top1"),
         "top1_finetuned": acc.get("finetuned", {}).get("top1"), "top1_exported": acc["exported"]["top1"],
@@ -63,8 +72,20 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     }
 
 
+def criterion_params(pairs: list[str], criterion: str) -> dict[str, float]:
+    """``CRITERION:KEY=VALUE`` options that name ``criterion``, as its parameters (numbers)."""
+    params = {}
+    for pair in pairs:
+        name, _, setting = pair.partition(":")
+        key, _, value = setting.partition("=")
+        if name == criterion:
+            params[key] = float(value)
+    return params
+
+
 NOTES_MARKER = "<!-- notes -->"
-KEY = ("criterion", "target", "finetune_images")
+KEY = ("criterion", "allocation", "round_to", "criterion_params", "target", "finetune_images")
+EARLIER_RECIPE = {"allocation": "uniform", "round_to": 8, "criterion_params": ""}   # rows before these columns
 
 
 def read_rows(out: Path) -> list[dict]:
@@ -83,7 +104,10 @@ def read_rows(out: Path) -> list[dict]:
             except ValueError:
                 return value
     with open(path, newline="") as f:
-        return [{k: typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = [{**EARLIER_RECIPE, **{k: typed(v) for k, v in row.items()}} for row in csv.DictReader(f)]
+    for row in rows:
+        row["criterion_params"] = row["criterion_params"] or ""        # no parameters: "" (as a new row has it)
+    return rows
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -177,6 +201,9 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=2000)
     parser.add_argument("--eval-images", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--allocation", default="uniform", choices=("uniform", "global", "sensitivity"))
+    parser.add_argument("--round-to", type=int, default=None, help="width multiple (default: automatic, 8)")
+    parser.add_argument("--criterion-param", action="append", default=[], metavar="CRITERION:KEY=VALUE")
     parser.add_argument("--scoring-only", action="store_true")
     parser.add_argument("--append", action="store_true", help="keep the rows already in --out")
     args = parser.parse_args()

@@ -66,20 +66,21 @@ class OnnxRuntimeInference:
         self.exports += 1
         self.last_sha256 = exported.sha256
         input_name = session.get_inputs()[0].name
-
-        sha256 = exported.sha256
+        failed = False
 
         def forward(images: torch.Tensor) -> torch.Tensor:
-            if self.last_sha256 == sha256:
+            nonlocal failed
+            if not failed:
                 batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
                 try:
                     logits = torch.from_numpy(np.asarray(session.run(None, {input_name: batch})[0]))
-                    self.last_images += batch.shape[0]
-                    return logits
                 except Exception as error:  # noqa: BLE001 - the rest of this evaluation runs in PyTorch
-                    self.last_sha256 = None
+                    failed, self.last_sha256 = True, None
                     self._note(f"an evaluation finished in PyTorch: ONNX Runtime failed on a batch "
                                f"({type(error).__name__}: {clip(str(error), 200)})")
+                else:
+                    self.last_images += batch.shape[0]
+                    return logits
             return model(images)
         return forward
 
