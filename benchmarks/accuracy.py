@@ -112,6 +112,11 @@ for criterion, window in (("dissection", True), ("visual_similarity", True), ("r
     extra = ("--criterion-param", "refit_window=0.5") if window else ()
     _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-kd35k", "2,3", "resnet56", criterion,
          "--target-macs", "0.5", "--allocation", "sensitivity", *extra, "--finetune-images", "35000")
+# Goal 3, dissection after one KD pass (0.84 below L1 with window 0.5): a wider window lets the re-fit choose among
+# more of the units dissection nominates (each removed unit is still one dissection ranks low).
+for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000"))):
+    _row(f"r56-dissection-window0.75-sensitivity-round1{suffix}", "2,3", "resnet56", "dissection", "--target-macs",
+         "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *flags)
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
 _row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
 for seed in (0, 1, 2):
@@ -200,7 +205,7 @@ def _best_check(checks: list) -> str:
     return "the start" if best == 0 else f"step {checks[best][0]}"
 
 
-def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> dict:
+def run_row(name: str, data_root: Path, measured: list[dict] | None = None, keep: Path | None = None) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"interprune-acc-{name}-"))
     argv = command(name, data_root, out, measured)
     start = time.perf_counter()
@@ -215,6 +220,11 @@ def run_row(name: str, data_root: Path, measured: list[dict] | None = None) -> d
             raise SystemExit(f"{name}: compress failed ({code}):\n{err_file.read()[-3000:]}")
     peak_mb = usage.ru_maxrss / 1024
     report = json.loads((out / "report.json").read_text())
+    if keep is not None:                           # the exported models, for benchmarks.paired_latency
+        (keep / name).mkdir(parents=True, exist_ok=True)
+        for model in ("model.onnx", "original.onnx"):
+            if (out / model).exists():
+                shutil.copy2(out / model, keep / name / model)
     shutil.rmtree(out, ignore_errors=True)         # ONNX, weights, plots: the row keeps what the tables show
     acc = report["accuracy"]
     shown = " ".join(("''" if a == "" else a.replace(str(data_root), "../shared/data")) for a in argv[:-4])
@@ -326,6 +336,7 @@ def main() -> None:
     parser.add_argument("--rewrite", action="store_true", help="rewrite accuracy.md from accuracy.json")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--keep", type=Path, help="copy each row's model.onnx / original.onnx to KEEP/ROW/")
     args = parser.parse_args()
     if args.list or not (args.rows or args.rewrite):
         for name, (goal, arch, criterion, flags) in ROWS.items():
@@ -342,7 +353,7 @@ def main() -> None:
     for name in args.rows.split(","):
         if name not in ROWS:
             raise SystemExit(f"unknown row {name!r}; --list shows them")
-        row = run_row(name, args.data_root.resolve(), rows)
+        row = run_row(name, args.data_root.resolve(), rows, args.keep)
         print(json.dumps(row), flush=True)
         if path.exists():         # re-read: another runner may have written rows meanwhile
             rows = json.loads(path.read_text())
