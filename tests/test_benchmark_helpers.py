@@ -18,10 +18,12 @@ def test_greedy_elimination_drops_the_duplicate_and_the_unused_channel_first():
 
 
 def test_merge_rows_replaces_remeasured_rows_and_keeps_order():
-    old = [{"criterion": "l1", "target": 0.5, "finetune_images": 0, "top1": 0.1},
-           {"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.2}]
-    new = [{"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.3},
-           {"criterion": "l1", "target": 0.3, "finetune_images": 0, "top1": 0.4}]
+    recipe = {"allocation": "uniform", "round_to": 8, "criterion_params": ""}
+    old = [{"criterion": "l1", "target": 0.5, "finetune_images": 0, "top1": 0.1, **recipe},
+           {"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.2, **recipe}]
+    new = [{"criterion": "random", "target": 0.5, "finetune_images": 0, "top1": 0.3, **recipe},
+           {"criterion": "l1", "target": 0.3, "finetune_images": 0, "top1": 0.4, **recipe},
+           {"criterion": "l1", "target": 0.5, "finetune_images": 0, "top1": 0.5, **recipe, "round_to": 1}]
     merged = merge_rows(old, new)
-    assert [(r["criterion"], r["target"], r["top1"]) for r in merged] == [
-        ("l1", 0.5, 0.1), ("random", 0.5, 0.3), ("l1", 0.3, 0.4)]
+    assert [(r["criterion"], r["target"], r["round_to"], r["top1"]) for r in merged] == [
+        ("l1", 0.5, 8, 0.1), ("random", 0.5, 8, 0.3), ("l1", 0.3, 8, 0.4), ("l1", 0.5, 1, 0.5)]
