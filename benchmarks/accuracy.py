@@ -114,7 +114,8 @@ for criterion, window in (("dissection", True), ("visual_similarity", True), ("r
          "--target-macs", "0.5", "--allocation", "sensitivity", *extra, "--finetune-images", "35000")
 # Goal 3, dissection after one KD pass (0.84 below L1 with window 0.5): a wider window lets the re-fit choose among
 # more of the units dissection nominates (each removed unit is still one dissection ranks low).
-for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000"))):
+for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000")),
+                      ("-kd35k-seed1", ("--finetune-images", "35000", "--seed", "1"))):
     _row(f"r56-dissection-window0.75-sensitivity-round1{suffix}", "2,3", "resnet56", "dissection", "--target-macs",
          "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *flags)
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
@@ -313,7 +314,9 @@ def latency_table(rows: list[dict]) -> list[str]:
     lines = ["", "## Latency at batch 64 on local:cpu (goal 4)", "",
              "p90 / speedup from the final benchmark of the exported models (original and compressed, the jobs' "
              "protocol); speedup = original p50 / compressed p50; `predicted` = the latency table's p90 for the plan "
-             "(`--allocation latency` only). Figures move by about ±10% between measurements on this machine.", "",
+             "(`--allocation latency` only). Figures move by about ±10% between measurements on this machine, more "
+             "between jobs minutes apart; the plans compared at equal latency were also measured in turns "
+             "(`python -m benchmarks.paired_latency`, paired_latency_b64.txt), which is the comparison to read.", "",
              "| row | MACs removed | top-1 no FT | p90 ms (original → compressed) | budget met | speedup | MACs ratio | "
              "speedup / MACs ratio | predicted p90 ms | load |", "|" + "---|" * 10]
     for r in timed:

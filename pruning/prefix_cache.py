@@ -7,7 +7,7 @@ then. ``PrefixCache`` records module outputs during one reference pass, within a
 swaps the forward of the outermost recorded modules that finished before every changed module for a copy of the
 recorded output. The result is bit-for-bit the full forward's: nothing is approximated, only skipped.
 
-Which outputs are recorded: a probe pass on one image gives each module's completion order, call count and output
+Which outputs are recorded: a probe pass on one image (all of them if the model fails on one) gives each module's completion order, call count and output
 size; the budget goes to the shallowest modules first (a ResNet's stages, then its blocks, then the layers inside
 them), because one replayed block skips its convolutions, normalisations, activations and additions at once, where
 replayed convolutions alone leave the rest to run.
@@ -31,7 +31,10 @@ class PrefixCache:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, budget_bytes: int) -> None:
         self.model, self.images = model, images
-        probe = _trace(model, images[:1])
+        try:
+            probe = _trace(model, images[:1])
+        except Exception:  # noqa: BLE001 - a model that needs more than one image: probe with all of them
+            probe = _trace(model, images)
         self.order = {name: seen.order for name, seen in probe.items()}
         chosen = _within_budget(probe, len(images), budget_bytes)
         self.outputs: dict[str, torch.Tensor] = {}
@@ -95,7 +98,7 @@ class _Seen:
 
 
 def _trace(model: nn.Module, image: torch.Tensor) -> dict[str, _Seen]:
-    """Every submodule that ran on ``image`` (a batch of one): completion order, calls, output bytes per image."""
+    """Every submodule that ran on ``image`` (a batch): completion order, calls, output bytes per image."""
     seen: dict[str, _Seen] = {}
 
     def hook(name: str):

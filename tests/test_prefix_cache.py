@@ -67,3 +67,26 @@ def test_the_budget_goes_to_the_outermost_modules_first():
     assert cache.skippable(["layer1.2.conv2"]) == ["conv1", "bn1"]      # inside layer1: its blocks were not kept
     model.get_submodule("layer2.0.conv1").weight.mul_(-1)
     assert torch.equal(cache.forward(["layer2.0.conv1"]), model(images))
+
+
+class _NeedsTwoImages(nn.Module):
+    """Fails on a batch of one (as a model that squeezes its batch dimension would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if len(x) < 2:
+            raise RuntimeError("expected a batch of at least 2")
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+@torch.no_grad()
+def test_a_model_that_fails_on_one_image_is_probed_with_all_of_them():
+    torch.manual_seed(0)
+    model, images = _NeedsTwoImages().eval(), torch.randn(4, 3, 8, 8)
+    cache = PrefixCache(model, images, budget_bytes=2 ** 20)
+    assert cache.skippable(["head"]) == ["conv"]
+    model.head.weight.mul_(3)
+    assert torch.equal(cache.forward(["head"]), model(images))

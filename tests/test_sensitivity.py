@@ -80,3 +80,33 @@ def test_sensitivity_allocation_spares_the_group_that_costs_most():
     assert abs(result.achieved_reduction - 0.3) < 0.02
     plan = PruningPlan("cifar/resnet20", 10, entry.input_shape, result.kept, result.original)
     surgery.apply_plan(copy.deepcopy(model), plan)          # a valid plan
+
+
+class _ViewHead(torch.nn.Module):
+    """Flattens its feature map with ``.view``, which a channels-last tensor refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        out = self.conv2(torch.relu(self.conv1(x)))
+        return self.fc(out.view(out.size(0), -1))
+
+
+def test_a_model_that_refuses_channels_last_is_measured_in_the_default_layout():
+    torch.manual_seed(0)
+    model = _ViewHead().eval()
+    with torch.no_grad():
+        try:
+            model(torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last))
+            refuses = False
+        except RuntimeError:
+            refuses = True
+    assert refuses, "the test model must refuse channels-last input"
+    group = next(g for g in surgery.channel_groups(model, (3, 6, 6)) if g.name == "conv1")
+    images = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    sens = measure_sensitivity(model, [group], {"conv1": lambda n: list(range(n))}, {"conv1": [2, 4]}, [images],
+                               images)
+    assert sens.curves["conv1"].loss[1] > 0 and sens.curves["conv1"].loss[2] >= sens.curves["conv1"].loss[1]
