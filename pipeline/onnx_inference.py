@@ -4,7 +4,8 @@ Each evaluated model (original, pruned, re-fitted, fine-tuned) is exported to a 
 ONNX Runtime session with the engine's thread count: the model an outsider gets is an ONNX file run this way, and
 on the CPU it is the faster path (ResNet-56, 10,000 CIFAR images, 2 threads: 36.9 s in PyTorch, 25.0 s in ONNX
 Runtime of which 2.3 s export and session; ``benchmarks/evaluation_speed.py``). A model that does not export is evaluated in PyTorch, and a note says why. Small evaluation
-splits stay in PyTorch: the export would cost more than it saves.
+splits stay in PyTorch: the export would cost more than it saves. Each export is first checked against the module on a
+random batch; one that differs (a traced branch, an operator exported wrongly) is not used, and a note says so.
 
 The exports use the job's opset and onnxslim setting, so the last one is, byte for byte, the ``model.onnx`` the
 export stage writes when the model did not change since: ``last_sha256`` lets that stage reuse the engine's figure
@@ -22,6 +23,7 @@ import torch.nn as nn
 from pruning.errors import clip
 from pruning.measure import Accuracy
 
+PROBE_TOLERANCE = 1e-3  # largest |ORT - PyTorch| on the probe batch, relative to the largest |logit| (at least 1)
 MIN_IMAGES = 2000       # below this the export (2.3 s for a ResNet-56) costs about what ONNX Runtime saves
 
 
@@ -63,9 +65,14 @@ class OnnxRuntimeInference:
             return None
         finally:
             path.unlink(missing_ok=True)
+        input_name = session.get_inputs()[0].name
+        error = _probe_error(model, session, input_name, input_shape)
+        if not error <= PROBE_TOLERANCE:
+            self._note(f"evaluations ran in PyTorch: the exported model differs from the module by {error:.2e} "
+                       f"(relative, on a random batch; tolerance {PROBE_TOLERANCE:.0e})")
+            return None
         self.exports += 1
         self.last_sha256 = exported.sha256
-        input_name = session.get_inputs()[0].name
         failed = False
 
         def forward(images: torch.Tensor) -> torch.Tensor:
@@ -95,3 +102,22 @@ class OnnxRuntimeInference:
         if line not in self.notes:
             self.notes.append(line)
 
+
+@torch.no_grad()
+def _probe_error(model: nn.Module, session, input_name: str, input_shape: tuple[int, int, int]) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit on a fixed random batch of two, over the largest |logit| (at least 1):
+    an export that traced another branch than the module takes, or an operator exported wrongly, shows here."""
+    probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        expected = model(probe).float()
+    finally:
+        model.train(was_training)
+    got = torch.from_numpy(np.asarray(session.run(None, {input_name: probe.numpy()})[0])).float()
+    if got.shape != expected.shape:
+        return float("inf")
+    finite = torch.isfinite(expected)
+    if not finite.all():          # NaN/inf logits (the evaluation refuses them): the same places, or not the same
+        return 0.0 if torch.equal(torch.isfinite(got), finite) else float("inf")
+    return float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))

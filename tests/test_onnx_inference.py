@@ -52,6 +52,26 @@ def test_the_forward_gives_the_modules_logits_and_names_its_bytes(tmp_path):
     assert not list(tmp_path.glob(".evaluate*")), "the scratch export is removed"
 
 
+class TracesAnotherBranch(nn.Module):
+    """Exported with a zero example input, the trace keeps the branch for zeros; real images take the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 10, 8)
+
+    def forward(self, x):
+        out = self.conv(x).flatten(1)
+        return out * 2 if bool(x.abs().sum() > 0) else out
+
+
+def test_an_export_that_computes_something_else_is_not_used(tmp_path):
+    notes: list[str] = []
+    inference = OnnxRuntimeInference(tmp_path, notes, min_images=1)
+    assert inference(TracesAnotherBranch().eval(), SHAPE, 10) is None
+    assert inference.last_sha256 is None and inference.exports == 0
+    assert len(notes) == 1 and "differs from the module" in notes[0]
+
+
 def test_fewer_images_than_the_threshold_stay_in_pytorch(tmp_path):
     inference = OnnxRuntimeInference(tmp_path, [], min_images=100)
     assert inference(small_cnn(), SHAPE, 99) is None
