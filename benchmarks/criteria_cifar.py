@@ -44,13 +44,14 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     from pipeline.spec import BenchmarkSpec, JobSpec
 
     weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    params = criterion_params(args.criterion_param, criterion)
     spec = JobSpec(
         CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                      data=DataSpec(str(args.data_root / "cifar10"), calibration_images=args.calibration_images,
                                    evaluation_images=args.eval_images),
                      prune=PruneSpec(criterion, target_reduction=target, allocation=args.allocation,
                                      round_to=args.round_to,
-                                     criterion_params=criterion_params(args.criterion_param, criterion)),
+                                     criterion_params=params),
                      finetune=FinetuneSpec(images=finetune_images or None)),
         benchmark=BenchmarkSpec(batch_sizes=(64,), seconds_per_batch=2.0, original=False))
     start = time.perf_counter()
@@ -60,7 +61,7 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     return {
         "criterion": criterion, "allocation": args.allocation,
         "round_to": report["spec"]["compress"]["prune"]["round_to"],
-        "criterion_params": " ".join(f"{k}={v}" for k, v in criterion_params(args.criterion_param, criterion).items()),
+        "criterion_params": " ".join(f"{k}={v}" for k, v in params.items()),
         "target": target, "finetune_images": finetune_images,
         "macs_reduction": round(report["reduction"]["macs"], 4), "params": report["cost"]["compressed"]["params"],
         "top1_pruned": acc["pruned"]["top1"], "top1_reconstructed": acc.get("reconstructed", {}).get("top1"),

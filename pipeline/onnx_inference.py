@@ -59,18 +59,18 @@ class OnnxRuntimeInference:
         try:
             exported = export_onnx(model, path, torch.zeros(1, *input_shape), opset=self.opset, slim=self.slim)
             session = create_session(path, "cpu", threads=torch.get_num_threads())
+            mismatch = _probe_error(path, model, input_shape)
         except Exception as error:  # noqa: BLE001 - any failure falls back to the module itself, with the reason
             self._note(f"evaluations ran in PyTorch: the model did not export to ONNX Runtime "
                        f"({type(error).__name__}: {clip(str(error), 200)})")
             return None
         finally:
             path.unlink(missing_ok=True)
-        input_name = session.get_inputs()[0].name
-        error = _probe_error(model, session, input_name, input_shape)
-        if not error <= PROBE_TOLERANCE:
-            self._note(f"evaluations ran in PyTorch: the exported model differs from the module by {error:.2e} "
+        if not mismatch <= PROBE_TOLERANCE:
+            self._note(f"evaluations ran in PyTorch: the exported model differs from the module by {mismatch:.2e} "
                        f"(relative, on a random batch; tolerance {PROBE_TOLERANCE:.0e})")
             return None
+        input_name = session.get_inputs()[0].name
         self.exports += 1
         self.last_sha256 = exported.sha256
         failed = False
@@ -103,21 +103,15 @@ class OnnxRuntimeInference:
             self.notes.append(line)
 
 
-@torch.no_grad()
-def _probe_error(model: nn.Module, session, input_name: str, input_shape: tuple[int, int, int]) -> float:
-    """Largest |ONNX Runtime - PyTorch| logit on a fixed random batch of two, over the largest |logit| (at least 1):
-    an export that traced another branch than the module takes, or an operator exported wrongly, shows here."""
+def _probe_error(path: Path, model: nn.Module, input_shape: tuple[int, int, int]) -> float:
+    """``exporters.check_parity`` of the export on a fixed random batch of two: the largest |ONNX Runtime - PyTorch|
+    logit over the largest |logit| (at least 1). An export that traced another branch than the module takes, or an
+    operator exported wrongly, shows here; NaN/inf logits pass (the evaluation refuses them itself)."""
+    from exporters import NonFiniteError, check_parity
+
     probe = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    was_training = model.training
-    model.eval()
     try:
-        expected = model(probe).float()
-    finally:
-        model.train(was_training)
-    got = torch.from_numpy(np.asarray(session.run(None, {input_name: probe.numpy()})[0])).float()
-    if got.shape != expected.shape:
-        return float("inf")
-    finite = torch.isfinite(expected)
-    if not finite.all():          # NaN/inf logits (the evaluation refuses them): the same places, or not the same
-        return 0.0 if torch.equal(torch.isfinite(got), finite) else float("inf")
-    return float((got - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+        parity = check_parity(path, model, probe)
+    except NonFiniteError:
+        return 0.0
+    return min(parity.max_abs_error, parity.max_rel_error)
