@@ -119,6 +119,11 @@ def _criterion_section(result: CompressResult) -> dict:
                 "channels": [{"index": i, "kept": i in keep, "score": float(scores[i]), "reason": reasons[i]}
                              for i in range(len(scores))],
             })
+    for removed_block in (result.latency_allocation or {}).get("removed_blocks", []):
+        section["blocks"].append({"block": removed_block["block"], "removed": True, "score": removed_block["loss"],
+                                  "reason": {"removed_by": "latency allocation",
+                                             "loss_if_skipped": removed_block["loss"],
+                                             "instead_of_narrowing": removed_block["group"]}})
     if result.block_scores is not None:
         removed = set(result.plan.removed_blocks)
         for block, score in result.block_scores.blocks.items():
@@ -223,9 +228,11 @@ def latency_allocation_line(section: dict) -> str:
     aimed = (f"a p90 budget of {section['budget_ms']:g} ms" if section["targeted"] == "budget"
              else f"-{section['reduction']:.1%} of the predicted p90")
     final = section.get("final_p90_ms")
+    blocks = [b["block"] for b in section.get("removed_blocks") or []]
     return (f"latency allocation targeted {aimed} at batch {section['batch_size']} on {section['target']}: p90 "
             f"{section['original_ms']:.4g} ms unpruned -> predicted {section['predicted_ms']:.4g} ms, measured "
-            f"{section['measured_ms']:.4g} ms" + (f" (final benchmark {final:.4g} ms)" if final is not None else ""))
+            f"{section['measured_ms']:.4g} ms" + (f" (final benchmark {final:.4g} ms)" if final is not None else "")
+            + (f"; {len(blocks)} block(s) removed whole: {', '.join(blocks)}" if blocks else ""))
 
 
 def _ms(value) -> str:

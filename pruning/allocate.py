@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Collection
 
 import torch
 
@@ -74,18 +75,29 @@ class _Units:
     order: list[int]                     # unit indices, lowest score first
     norm: torch.Tensor                   # normalised score per unit
     step: int                            # units per chunk (rounding)
-    floor: int                           # units that always stay
+    floor: int                           # units that always stay ...
     removed: int = 0
+    whole: bool = False                  # ... unless the group may go entirely (its block is removed instead)
 
     @property
     def total(self) -> int:
         return self.group.size // self.group.interleave
 
-    def chunk(self) -> list[int]:
-        """The next units to go (empty when the floor is reached)."""
+    def chunk(self, everything: bool = False) -> list[int]:
+        """The next units to go (empty when the floor is reached); ``everything``: all that are left, for a
+        ``whole`` group (empty otherwise)."""
         kept = self.total - self.removed
+        if everything:
+            return self.order[self.removed:] if self.whole else []
         n = _next_chunk(kept, self.step)
         return [] if kept - n < self.floor else self.order[self.removed:self.removed + n]
+
+    def moves(self) -> list[bool]:
+        """The chunks this group can give up next, as ``chunk``'s ``everything``: the next one, and (a ``whole``
+        group) all that are left, at any width, so the knapsack weighs removing the block against narrowing it."""
+        out = [False] if self.chunk() else []
+        everything = self.chunk(True)
+        return out + [True] if everything and len(everything) != len(self.chunk()) else out
 
     def channels(self, units) -> list[int]:
         width = self.total
@@ -93,7 +105,7 @@ class _Units:
 
 
 def _make_units(group: ChannelGroup, scores: torch.Tensor, round_to: int, min_channels: int,
-                min_keep_fraction: float) -> _Units:
+                min_keep_fraction: float, whole: bool = False) -> _Units:
     blocks = group.interleave
     per_unit = scores.double().reshape(blocks, group.size // blocks).mean(0)         # [units]
     step = round_to // math.gcd(round_to, blocks)
@@ -101,7 +113,7 @@ def _make_units(group: ChannelGroup, scores: torch.Tensor, round_to: int, min_ch
         step = 1                         # coarser rounding would leave a grouped layer almost nothing to choose
     floor = math.ceil(_floor(group.size, round_to, min_channels, min_keep_fraction) / blocks)
     return _Units(group, torch.argsort(per_unit, stable=True).tolist(), normalise_scores(per_unit), step,
-                  max(1, floor))
+                  max(1, floor), whole=whole)
 
 
 def removal_units(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], round_to: int = 8,
@@ -124,8 +136,13 @@ def chunk_boundaries(units: _Units) -> list[int]:
 
 def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_model: CostModel, target: Target,
              base_cost: float, *, mode: str = "uniform", round_to: int = 8, min_channels: int = 1,
-             min_keep_fraction: float = 0.1, tolerance: float = 0.01, curves: dict | None = None) -> Allocation:
+             min_keep_fraction: float = 0.1, tolerance: float = 0.01, curves: dict | None = None,
+             whole: Collection[str] = ()) -> Allocation:
     """Choose the channels to remove so that cost <= (1 - target.reduction) x ``base_cost`` (closest state wins).
+
+    ``whole``: groups that may lose every channel in one last chunk after their floor (a removable block's inner
+    channels: the caller removes the block); their curves must give the loss at ``group.size`` units (mode
+    "sensitivity" / "latency"). Such a group keeps ``[]`` in the allocation.
 
     Near the goal, a chunk that would overshoot it by more than ``tolerance`` x ``base_cost`` gives way to the
     next-ranked chunk that does not (coarse groups — a residual stream shared by many layers — otherwise land
@@ -135,21 +152,23 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
     """
     _check_inputs(groups, scores, mode, curves, target.metric)
     goal, slack = (1.0 - target.reduction) * base_cost, tolerance * base_cost
-    units = [_make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction) for g in groups]
+    units = [_make_units(g, scores[g.name], round_to, min_channels, min_keep_fraction, g.name in whole)
+             for g in groups]
     cost = cost_model.cost(target.metric, {})
     history = [(cost, {u.group.name: u.removed for u in units})]
     while cost > goal:
-        ranked = sorted(((_key(u, mode, units, i, cost, cost_model, target.metric, curves), i)
-                         for i, u in enumerate(units) if u.chunk()))
+        ranked = sorted(((_key(u, mode, units, (i, move), cost, cost_model, target.metric, curves), (i, move))
+                         for i, u in enumerate(units) for move in u.moves()))
         if not ranked:
             most = reachable_reduction(groups, cost_model, target.metric, base_cost, round_to=round_to,
-                                       min_channels=min_channels, min_keep_fraction=min_keep_fraction)
+                                       min_channels=min_channels, min_keep_fraction=min_keep_fraction, whole=whole)
             raise TargetUnreachable(
                 f"target {target.metric} reduction {target.reduction:.0%} is unreachable: at most {most:.1%} with "
                 f"widths rounded to {round_to} and at least {min_channels} channel(s) per layer; lower the target "
                 "(or allow a shortfall), the rounding or the protected layers", most, target.metric)
-        pick, cost = _landing(units, [i for _, i in ranked], cost_model, target.metric, goal - slack)
-        units[pick].removed += len(units[pick].chunk())
+        (pick, everything), cost = _landing(units, [m for _, m in ranked], cost_model, target.metric,
+                                            goal - slack)
+        units[pick].removed += len(units[pick].chunk(everything))
         history.append((cost, {u.group.name: u.removed for u in units}))
     if len(history) > 1 and abs(history[-2][0] - goal) < abs(history[-1][0] - goal):
         cost = history[-2][0]
@@ -180,30 +199,34 @@ def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], m
             raise SpecError(f"criterion scored {scores[g.name].numel()} channels of {g.name}, which has {g.size}")
 
 
-def _key(u: _Units, mode: str, units: list[_Units], index: int, cost: float, cost_model: CostModel, metric: str,
+Move = tuple[int, bool]                 # (index of a group's units, ``_Units.chunk``'s ``everything``)
+
+
+def _key(u: _Units, mode: str, units: list[_Units], move: Move, cost: float, cost_model: CostModel, metric: str,
          curves: dict | None) -> tuple:
-    chunk_score = float(u.norm[u.chunk()].mean())
+    chunk = u.chunk(move[1])
+    chunk_score = float(u.norm[chunk].mean())
     if mode in KNAPSACK_MODES:                               # the knapsack: least loss per unit of cost saved
-        curve, after = curves[u.group.name], u.removed + len(u.chunk())
-        saved = cost - _cost_after(units, index, cost_model, metric)
+        curve, after = curves[u.group.name], u.removed + len(chunk)
+        saved = cost - _cost_after(units, move, cost_model, metric)
         lost = max(curve.at(after) - curve.at(u.removed), 0.0)
         return (lost / saved if saved > 0 else math.inf, chunk_score)
     kept = u.total - u.removed
     return (round(-kept / u.total, 6), chunk_score) if mode == "uniform" else (chunk_score,)
 
 
-def _cost_after(units: list[_Units], i: int, cost_model: CostModel, metric: str) -> float:
-    counts = {u.group.name: (u.removed + (len(u.chunk()) if j == i else 0)) * u.group.interleave
+def _cost_after(units: list[_Units], move: Move, cost_model: CostModel, metric: str) -> float:
+    counts = {u.group.name: (u.removed + (len(u.chunk(move[1])) if j == move[0] else 0)) * u.group.interleave
               for j, u in enumerate(units)}
     return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
 
 
-def _landing(units: list[_Units], ranked: list[int], cost_model: CostModel, metric: str,
-             lowest: float) -> tuple[int, float]:
-    """(unit set to cut, cost after): the best-ranked chunk, unless it takes the cost below ``lowest`` and a
+def _landing(units: list[_Units], ranked: list[Move], cost_model: CostModel, metric: str,
+             lowest: float) -> tuple[Move, float]:
+    """(move to make, cost after): the best-ranked chunk, unless it takes the cost below ``lowest`` and a
     lower-ranked one does not."""
-    def cost_after(i: int) -> float:
-        return _cost_after(units, i, cost_model, metric)
+    def cost_after(move: Move) -> float:
+        return _cost_after(units, move, cost_model, metric)
 
     first = cost_after(ranked[0])
     if first >= lowest:
@@ -216,11 +239,14 @@ def _landing(units: list[_Units], ranked: list[int], cost_model: CostModel, metr
 
 
 def reachable_reduction(groups: list[ChannelGroup], cost_model: CostModel, metric: str, base_cost: float, *,
-                        round_to: int = 8, min_channels: int = 1, min_keep_fraction: float = 0.1) -> float:
-    """The largest reduction ``allocate`` can reach: every group at its floor width (same rules as ``allocate``)."""
+                        round_to: int = 8, min_channels: int = 1, min_keep_fraction: float = 0.1,
+                        whole: Collection[str] = ()) -> float:
+    """The largest reduction ``allocate`` can reach: every group at its floor width, ``whole`` ones at none (same
+    rules as ``allocate``)."""
     counts = {}
     for g in groups:
-        u = _make_units(g, torch.zeros(g.size), round_to, min_channels, min_keep_fraction)
+        u = _make_units(g, torch.zeros(g.size), round_to, min_channels, min_keep_fraction, g.name in whole)
+        u.removed += len(u.chunk(True))
         while u.chunk():
             u.removed += len(u.chunk())
         counts[g.name] = u.removed * g.interleave

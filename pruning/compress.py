@@ -36,7 +36,7 @@ from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.result import (CompressResult, Inference, LatencyProbe, Progress,  # noqa: F401 - re-exported
                             ProgressEvent, StageRunner)
-from pruning.stages import allocate_stage, prune_model, reconstruct_stage, sensitivity_stage
+from pruning.stages import allocate_stage, block_groups, prune_model, reconstruct_stage, sensitivity_stage
 from pruning.surgery import analyse_groups, build_graph, remove_blocks
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,12 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
             if scorer.refit_window > 0:
                 guide_by_refit(ctx, result.scores, scorer.refit_window)
 
-    sensitivity_stage(spec, run, result, model, groups, calibration)
+    bypass = block_groups(groups, [b for b in entry.removable_blocks(model) if b not in removed_blocks]) \
+        if spec.prune.allocation == "latency" else {}
+    sensitivity_stage(spec, run, result, model, groups, calibration, bypass)
     with run.stage("allocate"):
         plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,
-                                               input_shape, base_cost, target, latency_probe, layer_latency)
+                                               input_shape, base_cost, target, latency_probe, layer_latency, bypass)
         result.plan = plan
 
     with run.stage("prune"):

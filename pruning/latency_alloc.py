@@ -22,7 +22,7 @@ as for "sensitivity". What is aimed at:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import torch.nn as nn
 
@@ -80,15 +80,17 @@ def pick(candidates: list[Candidate], goal_ms: float) -> Candidate | None:
 
 def latency_allocation(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
                        input_shape: tuple[int, int, int], current: Cost, probe: LatencyProbe,
-                       layer_latency: LayerLatency, build: Build) -> tuple[Allocation, Target]:
-    """The plan of the "latency" allocation (see the module docstring) and the target it reached."""
+                       layer_latency: LayerLatency, build: Build, whole: Collection[str] = ()
+                       ) -> tuple[Allocation, Target]:
+    """The plan of the "latency" allocation (see the module docstring) and the target it reached. ``whole``:
+    groups that may go entirely (their block removed: ``pruning.allocate``'s ``whole``)."""
     prune, batch = spec.prune, spec.prune.latency_batch
     anchor = float(probe(model.eval(), input_shape, batch))
     run.emit("allocate", 0.05, f"unpruned p90 {anchor:.4g} ms at batch {batch} on {prune.latency_target}")
     table = latency_model(model, input_shape, batch, anchor, current, groups, prune.round_to,
                           _reporting(layer_latency, run))
     options = dict(mode="latency", round_to=prune.round_to, min_channels=prune.min_channels,
-                   curves=result.sensitivity.curves)
+                   curves=result.sensitivity.curves, whole=whole)
     scores = result.scores.channels
 
     def measured(allocation: Allocation) -> float:
@@ -146,7 +148,7 @@ def _meet_budget(prune, run: StageRunner, result: CompressResult, groups: list, 
         record(unpruned)
         return Allocation({}, {}, 0.0, 0), unpruned
     most = reachable_reduction(groups, table, "latency", anchor, round_to=options["round_to"],
-                               min_channels=options["min_channels"])
+                               min_channels=options["min_channels"], whole=options["whole"])
     aim, points, bisected = goal, [(anchor, anchor)], False
     for _ in range(2 * BUDGET_TRIES):                   # allocations; measured candidates: BUDGET_TRIES at most
         reduction = min(max(0.0, 1.0 - aim / anchor), max(0.0, min(most, 0.99) - 1e-6))

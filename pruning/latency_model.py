@@ -163,9 +163,13 @@ class LatencyModel:
         layer = row.layer
         if row.depthwise:                    # one width: the input's (the output is a multiple of it)
             cut = removed.get((layer.name, "in"), removed.get((layer.name, "out"), 0) * layer.inp / layer.out)
+            if layer.inp - cut < 0.5:
+                return 0.0
             return max(0.0, _interp1(row.ins, layer.inp - cut, lambda w: self._at(row, w, w)))
         inp = layer.inp - removed.get((layer.name, "in"), 0)
         out = layer.out - removed.get((layer.name, "out"), 0)
+        if inp < 0.5 or out < 0.5:           # no channels left on a side: the layer is gone (a removed block)
+            return 0.0
         return max(0.0, _interp1(row.ins, inp, lambda i: _interp1(row.outs, out, lambda o: self._at(row, i, o))))
 
     def _at(self, row: _Row, inp: float, out: float) -> float:

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from pruning.block_bypass import bypass_loss
 from pruning.criteria.base import ChannelGroup
 from pruning.gram_stats import ConsumerStats, collect_stats, conv_groups, input_columns
 from pruning.prefix_cache import PrefixCache
@@ -169,9 +170,12 @@ def measure_sensitivity(model: nn.Module, groups: list[ChannelGroup], removal: d
                         depths: dict[str, list[int]], fit_images: list[torch.Tensor],
                         loss_images: torch.Tensor, *, positions_per_image: int = 8, ridge: float = 1e-3,
                         refit: bool = True, seed: int = 0, max_memory_mb: float = 1024,
-                        should_stop: Callable[[], None] | None = None) -> Sensitivity:
+                        should_stop: Callable[[], None] | None = None,
+                        bypass: dict[str, str] | None = None) -> Sensitivity:
     """Curves for ``groups``: ``removal[g](n)`` gives the group channels the first n units are, ``depths[g]`` the
-    unit counts to measure. ``model`` is modified during the call and restored before it returns."""
+    unit counts to measure. ``bypass[g]``: the shape-preserving block that group ``g`` lives in; its curve gets one
+    more point, at every unit removed: the loss with the block skipped and the layers after it re-fitted
+    (``pruning.block_bypass``). ``model`` is modified during the call and restored before it returns."""
     was_training = model.training
     model.eval()
     consumers = sorted({c for g in groups for c in g.consumers})
@@ -199,6 +203,14 @@ def measure_sensitivity(model: nn.Module, groups: list[ChannelGroup], removal: d
                 finally:
                     sim.restore()
                 points.append(n)
+                losses.append(max(losses[-1], loss if loss == loss else float("inf")))
+            if bypass and group.name in bypass:
+                if should_stop is not None:
+                    should_stop()
+                loss = bypass_loss(model, bypass[group.name], fit_images, replay.images, reference, refit=refit,
+                                   positions_per_image=positions_per_image, ridge=ridge, seed=seed,
+                                   max_memory_mb=max_memory_mb)
+                points.append(group.size // group.interleave)
                 losses.append(max(losses[-1], loss if loss == loss else float("inf")))
             curves[group.name] = SensitivityCurve(group.name, tuple(points), tuple(losses))
     finally:

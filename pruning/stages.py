@@ -25,7 +25,7 @@ from pruning.reconstruct import LayerFit, reconstruct, recalibrate_batchnorm
 from pruning.result import CompressResult, LatencyProbe, StageRunner
 from pruning.sensitivity import Sensitivity, measure_sensitivity
 from pruning.spec import CompressSpec
-from pruning.surgery import apply_plan, kept_outputs
+from pruning.surgery import apply_plan, kept_outputs, layers_after
 from pruning.targeting import allocate_to_target
 
 
@@ -34,10 +34,27 @@ SENSITIVITY_LOSS_IMAGES = 256 # ... and other ones the loss is measured on (a fo
 SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator's chunk boundaries, thinned)
 
 
+def block_groups(groups: list, blocks: list[str]) -> dict[str, str]:
+    """group name -> the removable block it is the only group inside of (every member within the block): removing
+    all its channels is removing the block (allocation "latency" weighs both)."""
+    inside: dict[str, list[str]] = {block: [] for block in blocks}
+    for group in groups:
+        owners = {next((b for b in blocks if name.startswith(b + ".")), None) for name, _side in group.members}
+        if len(owners) == 1 and None not in owners:
+            inside[owners.pop()].append(group.name)
+    return {names[0]: block for block, names in inside.items() if len(names) == 1}
+
+
+def split_removed_blocks(kept: dict[str, list[int]], bypass: dict[str, str]) -> tuple[dict, list[str]]:
+    """An allocation's ``kept`` without the groups it emptied, and the blocks those groups stand for."""
+    gone = [name for name, idx in kept.items() if not idx and name in bypass]
+    return {n: idx for n, idx in kept.items() if n not in gone}, [bypass[n] for n in gone]
+
+
 def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
-                      calibration: list[Batch]) -> None:
+                      calibration: list[Batch], bypass: dict[str, str] | None = None) -> None:
     """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocations "sensitivity"
-    and "latency")."""
+    and "latency"); ``bypass`` (``block_groups``): those groups' curves end at the loss of skipping the block."""
     if spec.prune.allocation not in KNAPSACK_MODES or result.scores is None or not groups:
         return
     with run.stage("sensitivity"):
@@ -53,7 +70,7 @@ def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
         result.sensitivity = measure_sensitivity(
             model, groups, removal, depths, list(fit.split(spec.data.batch_size)), loss,
             positions_per_image=rec.positions_per_image, ridge=rec.ridge, refit=rec.enabled, seed=spec.seed,
-            max_memory_mb=rec.max_memory_mb, should_stop=run.check)
+            max_memory_mb=rec.max_memory_mb, should_stop=run.check, bypass=bypass)
         result.notes.extend(result.sensitivity.notes)
         run.emit("sensitivity", 1.0, f"loss curves of {len(groups)} group(s) from {result.sensitivity.images} images")
 
@@ -73,16 +90,26 @@ def _thin(points: list[int], most: int) -> list[int]:
 
 def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, original: nn.Module, model: nn.Module,
                    groups: list, removed_blocks: list[str], input_shape: tuple[int, int, int], base_cost: Cost,
-                   target: Target, latency_probe, layer_latency: LayerLatency | None = None
-                   ) -> tuple[PruningPlan, Target, "Candidates | None"]:
-    """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate."""
+                   target: Target, latency_probe, layer_latency: LayerLatency | None = None,
+                   bypass: dict[str, str] | None = None) -> tuple[PruningPlan, Target, "Candidates | None"]:
+    """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate.
+    ``bypass`` (allocation "latency"): groups whose block the plan may remove instead of narrowing."""
     kept, original_widths, measure = {}, {}, None
     current = count_cost(model, input_shape)
     if spec.prune.allocation == "latency" and result.scores is not None and result.sensitivity is not None:
+        bypass = bypass or {}
         measure = Candidates(original, removed_blocks, input_shape, base_cost, "macs")
         allocation, target = latency_allocation(spec, run, result, model, groups, input_shape, current, latency_probe,
-                                                layer_latency, lambda a: measure.model_for(a.kept, a.original))
-        kept, original_widths = allocation.kept, allocation.original
+                                                layer_latency, lambda a: measure.model_for(
+                                                    *split_removed_blocks(a.kept, bypass), a.original), set(bypass))
+        kept, dropped = split_removed_blocks(allocation.kept, bypass)
+        original_widths = {n: w for n, w in allocation.original.items() if n in kept}
+        removed_blocks = removed_blocks + dropped
+        result.latency_allocation["removed_blocks"] = [
+            {"block": bypass[name], "group": name, "loss": result.sensitivity.curves[name].loss[-1]}
+            for name in allocation.kept if name not in kept]
+        if dropped:
+            run.emit("allocate", 0.9, f"the latency plan removes {len(dropped)} block(s): {', '.join(dropped)}")
     elif result.scores is not None and spec.prune.latency_budget_ms is not None:
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
     if target.metric != "latency" and result.scores is not None \
@@ -106,7 +133,7 @@ def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module,
     compressed cost."""
     merge = result.scores is not None and spec.prune.criterion == "redundancy" \
         and bool(spec.prune.criterion_params.get("merge"))
-    measured = measure.take(plan.kept) if measure is not None and not merge else None
+    measured = measure.take(plan) if measure is not None and not merge else None
     if measured is not None:
         pruned, result.cost["compressed"] = measured
         return pruned
@@ -144,22 +171,27 @@ class Candidates:
         self.base, self.metric = base_cost, metric
         self.last: tuple[dict, nn.Module, Cost] | None = None
 
-    def __call__(self, kept: dict, widths: dict) -> float:
+    def __call__(self, kept: dict, widths: dict, blocks: list[str] = ()) -> float:
+        """The reduction of the copy pruned to ``kept`` with ``blocks`` removed too (beyond the stage's)."""
         self.last = None
-        plan = PruningPlan("", 1, self.input_shape, kept, widths, list(self.blocks))
+        blocks = [*self.blocks, *blocks]
+        plan = PruningPlan("", 1, self.input_shape, kept, {n: widths[n] for n in kept}, blocks)
         model = apply_plan(copy.deepcopy(self.original), plan)
         cost = count_cost(model, self.input_shape)
-        self.last = (kept, model, cost)
+        self.last = (kept, blocks, model, cost)
         return 1.0 - getattr(cost, self.metric) / getattr(self.base, self.metric)
 
-    def model_for(self, kept: dict, widths: dict) -> nn.Module:
+    def model_for(self, kept: dict, blocks: list[str], widths: dict) -> nn.Module:
         """The pruned copy for this allocation (kept as the last candidate)."""
-        self(kept, widths)
-        return self.last[1]
+        self(kept, widths, blocks)
+        return self.last[2]
 
-    def take(self, kept: dict) -> tuple[nn.Module, Cost] | None:
+    def take(self, plan: PruningPlan) -> tuple[nn.Module, Cost] | None:
+        """The last candidate's copy and cost when it is ``plan`` (None otherwise); forgets it."""
         last, self.last = self.last, None
-        return (last[1], last[2]) if last is not None and last[0] is kept else None
+        if last is None or last[0] != plan.kept or last[1] != list(plan.removed_blocks):
+            return None
+        return last[2], last[3]
 
 
 def search_latency(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
@@ -215,9 +247,10 @@ def reconstruct_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
     if not changed:
         return
     with run.stage("reconstruct"):
-        if rec.enabled and result.plan.kept:
+        if rec.enabled and (result.plan.kept or result.plan.removed_blocks):
             consumers = sorted({c for g in groups if g.name in result.plan.kept
-                                and len(result.plan.kept[g.name]) < g.size for c in g.consumers})
+                                and len(result.plan.kept[g.name]) < g.size for c in g.consumers}
+                               | set(first_layers_after(pruned, result.plan.removed_blocks)))
             if rec.scope == "downstream":
                 consumers = downstream_layers(pruned, consumers)
             out_channels = kept_outputs(original, groups, result.plan, consumers)
@@ -231,6 +264,12 @@ def reconstruct_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
             result.notes.append("BatchNorm statistics re-estimated on the calibration set")
         result.accuracy["reconstructed"] = evaluate_split(pruned)
         run.emit("reconstruct", 1.0, f"top-1 {result.accuracy['reconstructed'].top1:.2%}")
+
+
+def first_layers_after(model: nn.Module, blocks: list[str]) -> list[str]:
+    """The first conv / linear layer after each removed block of ``model``: it reads what the block's input now
+    is, so it is re-fitted like a consumer of removed channels."""
+    return [name for block in blocks for name in layers_after(model, block)]
 
 
 def downstream_layers(model: nn.Module, consumers: list[str]) -> list[str]:

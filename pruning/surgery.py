@@ -145,6 +145,16 @@ def kept_outputs(model: nn.Module, groups: list[ChannelGroup], plan: PruningPlan
     return out
 
 
+def layers_after(model: nn.Module, block: str, count: int = 1) -> list[str]:
+    """The first ``count`` conv / linear layers (module order) after ``block`` of ``model`` (not inside it)."""
+    names = [n for n, _ in model.named_modules()]
+    if block not in names:
+        return []
+    layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    after = names[names.index(block) + 1:]
+    return [n for n in after if n in layers and not n.startswith(block + ".")][:count]
+
+
 def remove_blocks(model: nn.Module, names: list[str]) -> None:
     """Replace each named block by ``nn.Identity`` (the caller checks they preserve shape)."""
     for name in names:
