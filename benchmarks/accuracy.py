@@ -149,6 +149,9 @@ for arch in ("resnet56", "resnet20"):
     # p90 at batch 64): insensitive to the machine being uniformly slower or faster than when ROW ran, but predicted
     _row(f"{short}-l1-latency-fraction-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency",
          f"{{cut:{short}-l1-sensitivity-b64}}", "--latency-batch", "64", *LAT64, *NO_FT)
+    # half of the predicted p90
+    _row(f"{short}-l1-latency-half-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency", "0.5",
+         "--latency-batch", "64", *LAT64, *NO_FT)
     # the same with widths in multiples of 16: a 16-wide block is then kept whole or removed, never narrowed
     _row(f"{short}-l1-latency-fraction-round16-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency",
          f"{{cut:{short}-l1-sensitivity-b64}}", "--latency-batch", "64", "--round-to", "16", *LAT64, *NO_FT)
