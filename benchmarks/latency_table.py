@@ -9,7 +9,7 @@ Runtime CPU.
    interpolates between every other width; once per layer timing ``--methods``: "alone" (each layer as a one-layer
    model) and "marginal" (the difference between four summed copies and one: ``LayerLatencyTable(method=...)``);
 2. prunes the model several ways (uniform -25/-50/-70% MACs, global L1 -50%, stage 1 or stage 3 only, random
-   widths), predicts each variant's latency from the table, and measures each exported variant with the jobs'
+   widths, five stage-1 blocks removed alone and with stage 2 at 16; a removed block's layers count 0 ms), predicts each variant's latency from the table, and measures each exported variant with the jobs'
    protocol (``exporters.benchmark_onnxruntime`` with ``pipeline.benchmark.protocol_settings``), in interleaved
    rounds (the median over rounds of each p50 / p90), so that load from other processes affects them alike;
 3. prints predicted vs measured p50 and p90 and the mean absolute relative error, beside the naive prediction
@@ -38,6 +38,7 @@ from pipeline.latency_table import LayerLatencyTable, measure_layer_table
 from pruning import allocate, measure, surgery, zoo
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.plan import PruningPlan
+from pruning.stages import block_groups, split_removed_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH, BATCH, ROUND_TO = "cifar/resnet56", 64, 8
@@ -59,6 +60,11 @@ def variants(model, entry, groups, base) -> dict[str, dict[str, list[int]]]:
                                                 if g.name.startswith("layer3")}}
     rng = random.Random(0)
     out["random widths"] = {g.name: list(range(rng.randrange(ROUND_TO, g.size + 1, ROUND_TO))) for g in groups}
+    stage1_blocks = {f"layer1.{i}.conv1" for i in (0, 2, 4, 5, 8)}       # as the latency plan chose on ResNet-56
+    out["5 stage-1 blocks removed"] = {**full, **{n: [] for n in stage1_blocks}}
+    out["5 stage-1 blocks removed, stage 2 at 16"] = {
+        **full, **{g.name: list(range(16)) for g in groups if g.name.startswith("layer2")},
+        **{n: [] for n in stage1_blocks}}
     return out
 
 
@@ -105,10 +111,12 @@ def main() -> None:
                 assert again.measurements == 0
 
     plans = variants(model, entry, groups, base)
+    bypass = block_groups(groups, entry.removable_blocks(model))
     tmp = Path(tempfile.mkdtemp(prefix="interprune-latency-bench-"))
     models = {"original": model}
     for name, kept in plans.items():
-        plan = PruningPlan(ARCH, 10, shape, kept, {g.name: g.size for g in groups})
+        channels, blocks = split_removed_blocks(kept, bypass)     # an emptied inner group: its block removed
+        plan = PruningPlan(ARCH, 10, shape, channels, {g.name: g.size for g in groups if g.name in channels}, blocks)
         models[name] = surgery.apply_plan(copy.deepcopy(model), plan).eval()
     paths = {name: export_onnx(m, tmp / f"v{i}.onnx", torch.zeros(1, *shape)).path
              for i, (name, m) in enumerate(models.items())}

@@ -119,11 +119,6 @@ def _criterion_section(result: CompressResult) -> dict:
                 "channels": [{"index": i, "kept": i in keep, "score": float(scores[i]), "reason": reasons[i]}
                              for i in range(len(scores))],
             })
-    for removed_block in (result.latency_allocation or {}).get("removed_blocks", []):
-        section["blocks"].append({"block": removed_block["block"], "removed": True, "score": removed_block["loss"],
-                                  "reason": {"removed_by": "latency allocation",
-                                             "loss_if_skipped": removed_block["loss"],
-                                             "instead_of_narrowing": removed_block["group"]}})
     if result.block_scores is not None:
         removed = set(result.plan.removed_blocks)
         for block, score in result.block_scores.blocks.items():

@@ -30,8 +30,9 @@ def bypass_loss(model: nn.Module, block: str, fit_batches: list[torch.Tensor], l
                 positions_per_image: int = 8, ridge: float = 1e-3, seed: int = 0,
                 max_memory_mb: float = 1024) -> float:
     """Mean over ``loss_images`` of ||f'(x) - reference||^2, f' = ``model`` without ``block`` (its output = its
-    input) and, with ``refit``, its next ``refit_layers`` layers re-fitted on the first ``FIT_IMAGES`` of ``fit_batches``. ``model`` is not
-    modified; the re-fit keeps a layer's weights when they do better on held-out images (``reconstruct``)."""
+    input) and, with ``refit``, its next ``refit_layers`` layers re-fitted on the first ``FIT_IMAGES`` of
+    ``fit_batches``. ``model`` is not modified; the re-fit keeps a layer's weights when they do better on held-out
+    images (``reconstruct``)."""
     skipped = copy.deepcopy(model).eval()
     remove_blocks(skipped, [block])
     following = layers_after(skipped, block, refit_layers) if refit else []

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -106,10 +107,16 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
         original_widths = {n: w for n, w in allocation.original.items() if n in kept}
         removed_blocks = removed_blocks + dropped
         result.latency_allocation["removed_blocks"] = [
-            {"block": bypass[name], "group": name, "loss": result.sensitivity.curves[name].loss[-1]}
+            {"block": bypass[name], "group": name, "loss": _finite_or_none(result.sensitivity.curves[name].loss[-1])}
             for name in allocation.kept if name not in kept]
         if dropped:
             run.emit("allocate", 0.9, f"the latency plan removes {len(dropped)} block(s): {', '.join(dropped)}")
+            result.notes.append(
+                f"latency allocation: {len(dropped)} block(s) removed whole instead of narrowed ("
+                + ", ".join(f"{b['block']}: loss {b['loss']:.3g} when skipped" if b["loss"] is not None else b["block"]
+                            for b in result.latency_allocation["removed_blocks"])
+                + "; the loss is the logits' squared error on held-apart calibration images with the next two "
+                  "layers re-fitted)")
     elif result.scores is not None and spec.prune.latency_budget_ms is not None:
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
     if target.metric != "latency" and result.scores is not None \
@@ -125,6 +132,10 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
                               "target": {"metric": target.metric, "reduction": target.reduction}},
                        source=dict(result.plan.source))
     return plan, target, measure
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module, groups: list, plan: PruningPlan,

@@ -145,3 +145,49 @@ def test_the_report_names_the_blocks_the_latency_plan_removed():
     line = latency_allocation_line(section)
     assert line.endswith("; 2 block(s) removed whole: layer1.0, layer1.2")
     assert "removed whole" not in latency_allocation_line({**section, "removed_blocks": []})
+
+
+def test_a_latency_job_that_removes_blocks_says_so_everywhere(monkeypatch, tmp_path):
+    """ResNet-20 (random init, random 32x32 images) through ``run_pipeline`` with allocation "latency": the skip
+    loss is faked to 0 (the curve then ends at its last narrowing's loss) so that the plan removes blocks; the plan, the model, report.json (schema), the summary and
+    the HTML page name them. Layer ms: ``macs_ms``; the probe 'measures' 1 ms per million MACs."""
+    import pipeline.run as pipeline_run
+    import pruning.sensitivity as sensitivity
+    from pipeline.report import summary_table
+    from pipeline.report_schema import validate_report
+    from pipeline.spec import BenchmarkSpec, ExportSpec, JobSpec
+    from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec
+    from tests.conftest import make_npz
+
+    class FakeTable:
+        def __init__(self, target, threads, scratch=None):
+            self.target, self.measurements, self.measure_seconds, self.path = target, 0, 0.0, "(fake)"
+
+        def __call__(self, shape):
+            return macs_ms(shape)
+
+    def fake_probe(target, threads, out, seconds_per_batch):
+        return lambda model, input_shape, batch: count_cost(model, input_shape).macs / 1e6
+
+    monkeypatch.setattr(pipeline_run, "latency_probe", fake_probe)
+    monkeypatch.setattr(pipeline_run, "LayerLatencyTable", FakeTable)
+    monkeypatch.setattr(sensitivity, "bypass_loss", lambda *args, **kwargs: 0.0)
+    data = make_npz(tmp_path / "cifar-like.npz", n=100, size=32, channels=3)
+    spec = JobSpec(CompressSpec(ModelSpec("cifar/resnet20"), DataSpec(str(data), calibration_images=64),
+                                prune=PruneSpec(allocation="latency", target_metric="latency", target_reduction=0.3,
+                                                latency_batch=4)),
+                   export=ExportSpec(onnx=False), benchmark=BenchmarkSpec(targets=()))
+    out = tmp_path / "job"
+    report = pipeline_run.run_pipeline(spec, out)
+    gone = report["latency_allocation"]["removed_blocks"]
+    assert gone and all(b["loss"] >= 0 and b["group"] == b["block"] + ".conv1" for b in gone)
+    assert report["removed_blocks"] == [b["block"] for b in gone]
+    assert not any(g["layer"] == b["group"] for g in report["criterion"]["groups"] for b in gone)
+    assert any(n.startswith(f"latency allocation: {len(gone)} block(s) removed whole") for n in report["notes"])
+    assert f"{len(gone)} block(s) removed whole: {gone[0]['block']}" in summary_table(report)
+    validate_report(report)
+    assert f"{len(gone)} block(s) removed whole" in (out / "report.html").read_text()
+    refitted = {fit["name"] for fit in report["reconstruction"]}
+    model = zoo.create_model("cifar/resnet20")
+    surgery.remove_blocks(model, report["removed_blocks"])
+    assert set(first_layers_after(model, report["removed_blocks"])) <= refitted
