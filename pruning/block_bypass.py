@@ -21,7 +21,7 @@ from pruning.reconstruct import reconstruct
 from pruning.surgery import layers_after, remove_blocks
 
 REFIT_LAYERS = 2        # layers re-fitted after a skipped block: its successor block's two convs in a ResNet
-FIT_IMAGES = 256        # of the fit images, for each skipped block's re-fit (a re-fit runs both models over them)
+FIT_IMAGES = 128        # of the fit images, for each skipped block's re-fit (a re-fit runs both models over them)
 
 
 @torch.no_grad()
