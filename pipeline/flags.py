@@ -157,7 +157,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--allocation", "compress.prune.allocation", "pruning", "how widths are shared out: uniform (same ratio "
          "everywhere), global (by normalised score), sensitivity (least measured loss after the re-fit per MAC "
          "saved), latency (least loss per millisecond saved, from a per-layer latency table measured on "
-         "--latency-target at --latency-batch and cached; needs --target-latency or --latency-budget)",
+         "--latency-target at --latency-batch and cached; a residual block may go whole; needs --target-latency or "
+         "--latency-budget)",
          choices=("uniform", "global", "sensitivity", "latency")),
     Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
