@@ -142,6 +142,9 @@ for arch in ("resnet56", "resnet20"):
     ref = f"{{p90:{short}-l1-sensitivity-b64}}"
     _row(f"{short}-l1-sensitivity-b64", "4", arch, "l1", "--target-macs", "0.5", "--allocation", "sensitivity",
          *LAT64, *NO_FT)
+    # the same MACs knapsack, offered to remove a residual block whole instead of narrowing it
+    _row(f"{short}-l1-sensitivity-blocks-b64", "4", arch, "l1", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--block-removal", "on", *LAT64, *NO_FT)
     for alloc in ("latency", "sensitivity"):
         _row(f"{short}-l1-{alloc}-budget-b64", "4", arch, "l1", "--allocation", alloc, "--latency-budget", ref,
              "--latency-batch", "64", "--latency-margin", "0", *LAT64, *NO_FT)

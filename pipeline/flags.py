@@ -160,6 +160,10 @@ FLAGS: tuple[Flag, ...] = (
          "--latency-target at --latency-batch and cached; a residual block may go whole; needs --target-latency or "
          "--latency-budget)",
          choices=("uniform", "global", "sensitivity", "latency")),
+    Flag("--block-removal", "compress.prune.block_removal", "pruning", "may the sensitivity or latency knapsack "
+         "remove a residual block whole instead of narrowing it (priced by skipping it with the next two layers "
+         "re-fitted, one measurement per removable block): auto (latency only), on, off",
+         choices=("auto", "on", "off")),
     Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
          "(the reason is in the report)", type=int),

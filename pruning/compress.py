@@ -31,7 +31,7 @@ from pruning.errors import SpecError
 from pruning.finetune import FinetuneSettings, check_distillation, check_settings, evaluation_callback, finetune
 from pruning.latency_model import LayerLatency
 from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
-                          PruneSpec, ReconstructSpec, check_allocation)
+                          PruneSpec, ReconstructSpec, check_allocation, offers_block_moves)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.result import (CompressResult, Inference, LatencyProbe, Progress,  # noqa: F401 - re-exported
@@ -158,7 +158,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                 guide_by_refit(ctx, result.scores, scorer.refit_window)
 
     bypass = block_groups(groups, [b for b in entry.removable_blocks(model) if b not in removed_blocks]) \
-        if spec.prune.allocation == "latency" else {}
+        if offers_block_moves(spec.prune) else {}
     sensitivity_stage(spec, run, result, model, groups, calibration, bypass)
     with run.stage("allocate"):
         plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,

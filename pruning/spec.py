@@ -71,6 +71,18 @@ class PruneSpec:
     latency_margin: float = 0.05            # the search aims at budget x (1 - margin): measurements move by a few %
     allow_shortfall: bool = False           # a target the model cannot reach: prune to the largest reachable
                                             # reduction and record a warning, instead of failing (TargetUnreachable)
+    block_removal: str = "auto"             # may the knapsack remove a residual block whole instead of narrowing
+                                            # it: "auto" (allocation latency: yes; others: no), "on" (sensitivity
+                                            # or latency), "off"; each removable block's skip is then measured
+
+
+BLOCK_REMOVAL = ("auto", "on", "off")
+
+
+def offers_block_moves(prune: PruneSpec) -> bool:
+    """Whether the allocation may remove a residual block whole (``PruneSpec.block_removal``)."""
+    return prune.allocation in ("sensitivity", "latency") and (
+        prune.block_removal == "on" or (prune.block_removal == "auto" and prune.allocation == "latency"))
 
 
 def check_allocation(prune: PruneSpec) -> None:
@@ -78,6 +90,11 @@ def check_allocation(prune: PruneSpec) -> None:
     engine and at submit time): allocation "latency" removes predicted latency, so it needs a latency target or a
     budget; a latency target needs the "latency" allocation (the only one with a latency model)."""
     latency_target = prune.target_metric == "latency"
+    if prune.block_removal not in BLOCK_REMOVAL:
+        raise SpecError(f"block_removal must be one of {', '.join(BLOCK_REMOVAL)}, got {prune.block_removal!r}")
+    if prune.block_removal == "on" and prune.allocation not in ("sensitivity", "latency"):
+        raise SpecError(f"--block-removal on needs a knapsack that weighs a block's skip against narrowing it: "
+                        f"--allocation sensitivity or latency, not {prune.allocation!r}")
     if prune.allocation == "latency":
         if prune.latency_budget_ms is None and not latency_target:
             raise SpecError(f"allocation 'latency' removes predicted latency, but the target is a {prune.target_metric}"

@@ -94,7 +94,8 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
                    target: Target, latency_probe, layer_latency: LayerLatency | None = None,
                    bypass: dict[str, str] | None = None) -> tuple[PruningPlan, Target, "Candidates | None"]:
     """The plan for ``target`` (or for the latency budget), with the allocation's last measured candidate.
-    ``bypass`` (allocation "latency"): groups whose block the plan may remove instead of narrowing."""
+    ``bypass`` (``block_groups``, when ``PruneSpec.block_removal`` offers block moves): groups whose block the
+    plan may remove instead of narrowing."""
     kept, original_widths, measure = {}, {}, None
     current = count_cost(model, input_shape)
     if spec.prune.allocation == "latency" and result.scores is not None and result.sensitivity is not None:
@@ -103,28 +104,19 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
         allocation, target = latency_allocation(spec, run, result, model, groups, input_shape, current, latency_probe,
                                                 layer_latency, lambda a: measure.model_for(
                                                     *split_removed_blocks(a.kept, bypass), a.original), set(bypass))
-        kept, dropped = split_removed_blocks(allocation.kept, bypass)
-        original_widths = {n: w for n, w in allocation.original.items() if n in kept}
+        kept, original_widths, dropped = _blocks_out(run, result, allocation, bypass, "latency")
         removed_blocks = removed_blocks + dropped
-        result.latency_allocation["removed_blocks"] = [
-            {"block": bypass[name], "group": name, "loss": _finite_or_none(result.sensitivity.curves[name].loss[-1])}
-            for name in allocation.kept if name not in kept]
-        if dropped:
-            run.emit("allocate", 0.9, f"the latency plan removes {len(dropped)} block(s): {', '.join(dropped)}")
-            result.notes.append(
-                f"latency allocation: {len(dropped)} block(s) removed whole instead of narrowed ("
-                + ", ".join(f"{b['block']}: loss {b['loss']:.3g} when skipped" if b["loss"] is not None else b["block"]
-                            for b in result.latency_allocation["removed_blocks"])
-                + "; the loss is the logits' squared error on held-apart calibration images with the next two "
-                  "layers re-fitted)")
+        result.latency_allocation["removed_blocks"] = _skipped(result, allocation, bypass)
     elif result.scores is not None and spec.prune.latency_budget_ms is not None:
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
     if target.metric != "latency" and result.scores is not None \
             and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) < target.reduction - 0.005:
-        measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric)
+        whole = (bypass or {}) if spec.prune.allocation == "sensitivity" else {}
+        measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric, whole)
         allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
-                                  result.warnings, measure, result.sensitivity)
-        kept, original_widths = allocation.kept, allocation.original
+                                  result.warnings, measure, result.sensitivity, whole)
+        kept, original_widths, dropped = _blocks_out(run, result, allocation, whole, "sensitivity")
+        removed_blocks = removed_blocks + dropped
     plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, kept, original_widths, removed_blocks,
                        criterion=spec.prune.criterion,
                        notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
@@ -134,8 +126,30 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
     return plan, target, measure
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _skipped(result: CompressResult, allocation, bypass: dict[str, str]) -> list[dict]:
+    """The blocks an allocation removed whole, with their group and measured skip loss (None: not finite)."""
+    out = []
+    for name, kept in allocation.kept.items():
+        if not kept and name in bypass:
+            loss = result.sensitivity.curves[name].loss[-1]
+            out.append({"block": bypass[name], "group": name, "loss": loss if math.isfinite(loss) else None})
+    return out
+
+
+def _blocks_out(run: StageRunner, result: CompressResult, allocation, bypass: dict[str, str], mode: str
+                ) -> tuple[dict, dict, list[str]]:
+    """(kept, original widths, removed blocks) of an allocation whose emptied ``bypass`` groups remove their
+    blocks; says so in a note and a progress event."""
+    kept, dropped = split_removed_blocks(allocation.kept, bypass)
+    if dropped:
+        run.emit("allocate", 0.9, f"the {mode} plan removes {len(dropped)} block(s): {', '.join(dropped)}")
+        result.notes.append(
+            f"{mode} allocation: {len(dropped)} block(s) removed whole instead of narrowed ("
+            + ", ".join(f"{b['block']}: loss {b['loss']:.3g} when skipped" if b["loss"] is not None else b["block"]
+                        for b in _skipped(result, allocation, bypass))
+            + "; the loss is the logits' squared error on held-apart calibration images with the next two layers "
+              "re-fitted)")
+    return kept, {n: w for n, w in allocation.original.items() if n in kept}, dropped
 
 
 def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module, groups: list, plan: PruningPlan,
@@ -160,12 +174,13 @@ def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module,
 def allocate_for(spec: CompressSpec, groups: list, scores: ScoreResult, model: nn.Module,
                  input_shape: tuple[int, int, int], current: Cost, base_cost: Cost, target: Target,
                  warnings: list[str] | None = None, measure: "Candidates | None" = None,
-                 sensitivity: Sensitivity | None = None):
+                 sensitivity: Sensitivity | None = None, whole: dict[str, str] | None = None):
     """The allocation for ``target``; with ``measure`` (the final plan, not a latency probe) the measured
-    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``)."""
+    reduction is checked and a shortfall is handled by ``spec.prune.allow_shortfall`` (into ``warnings``).
+    ``whole``: groups whose block the plan may remove instead (``block_groups``)."""
     cost_model = CostModel(model, input_shape, current.macs, current.params)
     options = dict(mode=spec.prune.allocation, round_to=spec.prune.round_to, min_channels=spec.prune.min_channels,
-                   curves=sensitivity.curves if sensitivity is not None else None)
+                   curves=sensitivity.curves if sensitivity is not None else None, whole=set(whole or ()))
     if measure is None:
         return allocate(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric), **options)
     return allocate_to_target(groups, scores.channels, cost_model, target, getattr(base_cost, target.metric),
@@ -177,15 +192,17 @@ class Candidates:
     stage reuses it when it is the plan (one pruned copy alive at a time)."""
 
     def __init__(self, original: nn.Module, removed_blocks: list[str], input_shape: tuple[int, int, int],
-                 base_cost: Cost, metric: str) -> None:
+                 base_cost: Cost, metric: str, bypass: dict[str, str] | None = None) -> None:
+        """``bypass`` (``block_groups``): an allocation that empties one of these groups removes its block."""
         self.original, self.blocks, self.input_shape = original, removed_blocks, input_shape
-        self.base, self.metric = base_cost, metric
-        self.last: tuple[dict, nn.Module, Cost] | None = None
+        self.base, self.metric, self.bypass = base_cost, metric, bypass or {}
+        self.last: tuple[dict, list, nn.Module, Cost] | None = None
 
     def __call__(self, kept: dict, widths: dict, blocks: list[str] = ()) -> float:
         """The reduction of the copy pruned to ``kept`` with ``blocks`` removed too (beyond the stage's)."""
         self.last = None
-        blocks = [*self.blocks, *blocks]
+        kept, emptied = split_removed_blocks(kept, self.bypass)
+        blocks = [*self.blocks, *blocks, *emptied]
         plan = PruningPlan("", 1, self.input_shape, kept, {n: widths[n] for n in kept}, blocks)
         model = apply_plan(copy.deepcopy(self.original), plan)
         cost = count_cost(model, self.input_shape)

@@ -147,14 +147,12 @@ def test_the_report_names_the_blocks_the_latency_plan_removed():
     assert "removed whole" not in latency_allocation_line({**section, "removed_blocks": []})
 
 
-def test_a_latency_job_that_removes_blocks_says_so_everywhere(monkeypatch, tmp_path):
-    """ResNet-20 (random init, random 32x32 images) through ``run_pipeline`` with allocation "latency": the skip
-    loss is faked to 0 (the curve then ends at its last narrowing's loss) so that the plan removes blocks; the plan, the model, report.json (schema), the summary and
-    the HTML page name them. Layer ms: ``macs_ms``; the probe 'measures' 1 ms per million MACs."""
+def run_job(monkeypatch, tmp_path, **prune) -> dict:
+    """ResNet-20 (random init, random 32x32 images) through ``run_pipeline``; the skip loss is faked to 0 (the
+    curve then ends at its last narrowing's loss) so that a plan offered block moves takes some. Layer ms:
+    ``macs_ms``; the probe 'measures' 1 ms per million MACs; no export, no benchmark."""
     import pipeline.run as pipeline_run
     import pruning.sensitivity as sensitivity
-    from pipeline.report import summary_table
-    from pipeline.report_schema import validate_report
     from pipeline.spec import BenchmarkSpec, ExportSpec, JobSpec
     from pruning.compress import CompressSpec, DataSpec, ModelSpec, PruneSpec
     from tests.conftest import make_npz
@@ -174,11 +172,19 @@ def test_a_latency_job_that_removes_blocks_says_so_everywhere(monkeypatch, tmp_p
     monkeypatch.setattr(sensitivity, "bypass_loss", lambda *args, **kwargs: 0.0)
     data = make_npz(tmp_path / "cifar-like.npz", n=100, size=32, channels=3)
     spec = JobSpec(CompressSpec(ModelSpec("cifar/resnet20"), DataSpec(str(data), calibration_images=64),
-                                prune=PruneSpec(allocation="latency", target_metric="latency", target_reduction=0.3,
-                                                latency_batch=4)),
+                                prune=PruneSpec(**prune)),
                    export=ExportSpec(onnx=False), benchmark=BenchmarkSpec(targets=()))
+    return pipeline_run.run_pipeline(spec, tmp_path / "job")
+
+
+def test_a_latency_job_that_removes_blocks_says_so_everywhere(monkeypatch, tmp_path):
+    """The plan, the model, report.json (schema), the summary and the HTML page name the removed blocks."""
+    from pipeline.report import summary_table
+    from pipeline.report_schema import validate_report
+
+    report = run_job(monkeypatch, tmp_path, allocation="latency", target_metric="latency", target_reduction=0.3,
+                     latency_batch=4)
     out = tmp_path / "job"
-    report = pipeline_run.run_pipeline(spec, out)
     gone = report["latency_allocation"]["removed_blocks"]
     assert gone and all(b["loss"] >= 0 and b["group"] == b["block"] + ".conv1" for b in gone)
     assert report["removed_blocks"] == [b["block"] for b in gone]
@@ -191,3 +197,52 @@ def test_a_latency_job_that_removes_blocks_says_so_everywhere(monkeypatch, tmp_p
     model = zoo.create_model("cifar/resnet20")
     surgery.remove_blocks(model, report["removed_blocks"])
     assert set(first_layers_after(model, report["removed_blocks"])) <= refitted
+
+
+@pytest.mark.parametrize("setting, removes", [("on", True), ("auto", False), ("off", False)])
+def test_the_macs_knapsack_removes_blocks_only_when_asked(monkeypatch, tmp_path, setting, removes):
+    report = run_job(monkeypatch, tmp_path, allocation="sensitivity", target_reduction=0.4, block_removal=setting)
+    assert bool(report["removed_blocks"]) is removes
+    assert report["spec"]["compress"]["prune"]["block_removal"] == setting
+    assert 0.37 <= report["reduction"]["macs"] <= 0.43                          # the target, measured
+    notes = [n for n in report["notes"] if n.startswith("sensitivity allocation:")]
+    assert bool(notes) is removes and all("block(s) removed whole" in n for n in notes)
+    assert "latency_allocation" not in report
+
+
+def test_block_removal_needs_a_knapsack_and_a_known_setting():
+    from pruning.errors import SpecError
+    from pruning.spec import PruneSpec, check_allocation, offers_block_moves
+
+    with pytest.raises(SpecError, match="--allocation sensitivity or latency"):
+        check_allocation(PruneSpec(allocation="uniform", block_removal="on"))
+    with pytest.raises(SpecError, match="auto, on, off"):
+        check_allocation(PruneSpec(block_removal="sometimes"))
+    assert offers_block_moves(PruneSpec(allocation="latency", target_metric="latency"))
+    assert not offers_block_moves(PruneSpec(allocation="latency", target_metric="latency", block_removal="off"))
+    assert not offers_block_moves(PruneSpec(allocation="sensitivity"))
+    assert offers_block_moves(PruneSpec(allocation="sensitivity", block_removal="on"))
+
+
+def test_the_flag_and_the_wire_carry_the_setting():
+    import argparse
+
+    from pipeline.flags import add_spec_arguments, argv_from_spec, spec_from_args
+    from pipeline.spec import JobSpec
+    from service.api.validate import validate_spec
+    from service.core.errors import InvalidArgument
+    from service.core.wire import spec_to_dict, spec_to_proto
+
+    parser = argparse.ArgumentParser()
+    add_spec_arguments(parser)
+    spec = spec_from_args(parser.parse_args(["--arch", "cifar/resnet20", "--allocation", "sensitivity",
+                                             "--block-removal", "on"]))
+    assert spec.compress.prune.block_removal == "on"
+    argv = argv_from_spec(spec.to_dict())
+    assert argv[argv.index("--block-removal") + 1] == "on"
+    message = spec_to_proto(spec)
+    assert message.prune.block_removal == "on"
+    assert JobSpec.from_dict(spec_to_dict(message)[0]).to_dict() == spec.to_dict()
+    message.prune.block_removal = "always"
+    with pytest.raises(InvalidArgument, match="auto, on or off"):
+        validate_spec(message, lambda _: True)
