@@ -15,6 +15,9 @@ Modes:
 - ``latency``: the same knapsack with predicted latency as the cost (HALP's latency-saliency knapsack: Shen et al.
   2022, arXiv:2210.06659): ``cost_model`` is a ``pruning.latency_model.LatencyModel`` and the target's metric is
   "latency", so the chunk with the least loss per predicted millisecond saved goes first.
+
+In either knapsack a ``whole`` group (a removable block's inner channels) may also give up everything it has left
+in one move, at any width: the caller then removes the block (``pruning.stages.split_removed_blocks``).
 """
 from __future__ import annotations
 

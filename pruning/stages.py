@@ -37,7 +37,7 @@ SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator
 
 def block_groups(groups: list, blocks: list[str]) -> dict[str, str]:
     """group name -> the removable block it is the only group inside of (every member within the block): removing
-    all its channels is removing the block (allocation "latency" weighs both)."""
+    all its channels is removing the block (a knapsack weighs both when ``PruneSpec.block_removal`` offers it)."""
     inside: dict[str, list[str]] = {block: [] for block in blocks}
     for group in groups:
         owners = {next((b for b in blocks if name.startswith(b + ".")), None) for name, _side in group.members}
