@@ -92,6 +92,10 @@ for arch in ("resnet32", "resnet20"):
          "sensitivity", "--round-to", "1", *NO_FT)
 _row("r56-l1-uniform-round1", "1,6", "resnet56", "l1", "--target-macs", "0.5", "--allocation", "uniform",
      "--round-to", "1", *NO_FT)
+# Goal 1's recipe with the knapsack offered whole-block removal
+for arch in ("resnet56", "resnet20"):
+    _row(f"r{arch[6:]}-l1-sensitivity-round1-blocks", "1,6", arch, "l1", "--target-macs", "0.5", "--allocation",
+         "sensitivity", "--round-to", "1", "--block-removal", "on", *NO_FT)
 # Goals 2 and 3 at round 1: one KD pass from each criterion's round-1 start (and from the larger re-fit sample).
 for criterion, window in (("functionality", True), ("dissection", True), ("visual_similarity", True),
                           ("redundancy", False)):
