@@ -30,6 +30,7 @@ import torch
 from pruning.cost_model import CostModel
 from pruning.criteria.base import ChannelGroup, normalise_scores
 from pruning.errors import SpecError, TargetUnreachable
+from pruning.spec import KNAPSACK_ALLOCATIONS
 
 
 METRICS = ("macs", "params", "latency")
@@ -182,7 +183,7 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
 
 
 MODES = ("uniform", "global", "sensitivity", "latency")
-KNAPSACK_MODES = ("sensitivity", "latency")      # ranked by measured loss per unit of cost: need loss curves
+KNAPSACK_MODES = KNAPSACK_ALLOCATIONS             # ranked by measured loss per unit of cost: need loss curves
 
 
 def _check_inputs(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], mode: str, curves,

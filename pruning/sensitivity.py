@@ -154,6 +154,11 @@ class _Simulation:
 
 # -- curves ---------------------------------------------------------------------------------------------------------
 
+def _append_loss(losses: list[float], loss: float) -> None:
+    """The next point of a curve: never below the last one (a NaN counts as infinite)."""
+    losses.append(max(losses[-1], loss if loss == loss else float("inf")))
+
+
 def _prefix_cache(model: nn.Module, images: torch.Tensor, budget_bytes: int) -> PrefixCache:
     """The replay for ``images``, channels-last when the model takes it (the CPU convolutions run ~25% faster, the
     weights stay as they are); a model that does not (``x.view`` on a feature map) gets the default layout."""
@@ -203,7 +208,7 @@ def measure_sensitivity(model: nn.Module, groups: list[ChannelGroup], removal: d
                 finally:
                     sim.restore()
                 points.append(n)
-                losses.append(max(losses[-1], loss if loss == loss else float("inf")))
+                _append_loss(losses, loss)
             if bypass and group.name in bypass:
                 if should_stop is not None:
                     should_stop()
@@ -211,7 +216,7 @@ def measure_sensitivity(model: nn.Module, groups: list[ChannelGroup], removal: d
                                    positions_per_image=positions_per_image, ridge=ridge, seed=seed,
                                    max_memory_mb=max_memory_mb)
                 points.append(group.size // group.interleave)
-                losses.append(max(losses[-1], loss if loss == loss else float("inf")))
+                _append_loss(losses, loss)
             curves[group.name] = SensitivityCurve(group.name, tuple(points), tuple(losses))
     finally:
         model.train(was_training)

@@ -77,11 +77,12 @@ class PruneSpec:
 
 
 BLOCK_REMOVAL = ("auto", "on", "off")
+KNAPSACK_ALLOCATIONS = ("sensitivity", "latency")    # the allocations that weigh measured loss against cost
 
 
 def offers_block_moves(prune: PruneSpec) -> bool:
     """Whether the allocation may remove a residual block whole (``PruneSpec.block_removal``)."""
-    return prune.allocation in ("sensitivity", "latency") and (
+    return prune.allocation in KNAPSACK_ALLOCATIONS and (
         prune.block_removal == "on" or (prune.block_removal == "auto" and prune.allocation == "latency"))
 
 
@@ -92,7 +93,7 @@ def check_allocation(prune: PruneSpec) -> None:
     latency_target = prune.target_metric == "latency"
     if prune.block_removal not in BLOCK_REMOVAL:
         raise SpecError(f"block_removal must be one of {', '.join(BLOCK_REMOVAL)}, got {prune.block_removal!r}")
-    if prune.block_removal == "on" and prune.allocation not in ("sensitivity", "latency"):
+    if prune.block_removal == "on" and prune.allocation not in KNAPSACK_ALLOCATIONS:
         raise SpecError(f"--block-removal on needs a knapsack that weighs a block's skip against narrowing it: "
                         f"--allocation sensitivity or latency, not {prune.allocation!r}")
     if prune.allocation == "latency":

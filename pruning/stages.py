@@ -104,9 +104,9 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
         allocation, target = latency_allocation(spec, run, result, model, groups, input_shape, current, latency_probe,
                                                 layer_latency, lambda a: measure.model_for(
                                                     *split_removed_blocks(a.kept, bypass), a.original), set(bypass))
-        kept, original_widths, dropped = _blocks_out(run, result, allocation, bypass, "latency")
-        removed_blocks = removed_blocks + dropped
-        result.latency_allocation["removed_blocks"] = _skipped(result, allocation, bypass)
+        kept, original_widths, skipped = _blocks_out(run, result, allocation, bypass, "latency")
+        removed_blocks = removed_blocks + [b["block"] for b in skipped]
+        result.latency_allocation["removed_blocks"] = skipped
     elif result.scores is not None and spec.prune.latency_budget_ms is not None:
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
     if target.metric != "latency" and result.scores is not None \
@@ -115,8 +115,8 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
         measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric, whole)
         allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
                                   result.warnings, measure, result.sensitivity, whole)
-        kept, original_widths, dropped = _blocks_out(run, result, allocation, whole, "sensitivity")
-        removed_blocks = removed_blocks + dropped
+        kept, original_widths, skipped = _blocks_out(run, result, allocation, whole, "sensitivity")
+        removed_blocks = removed_blocks + [b["block"] for b in skipped]
     plan = PruningPlan(spec.model.arch, result.plan.num_classes, input_shape, kept, original_widths, removed_blocks,
                        criterion=spec.prune.criterion,
                        notes={"allocation": spec.prune.allocation, "round_to": spec.prune.round_to,
@@ -137,19 +137,21 @@ def _skipped(result: CompressResult, allocation, bypass: dict[str, str]) -> list
 
 
 def _blocks_out(run: StageRunner, result: CompressResult, allocation, bypass: dict[str, str], mode: str
-                ) -> tuple[dict, dict, list[str]]:
-    """(kept, original widths, removed blocks) of an allocation whose emptied ``bypass`` groups remove their
-    blocks; says so in a note and a progress event."""
-    kept, dropped = split_removed_blocks(allocation.kept, bypass)
-    if dropped:
-        run.emit("allocate", 0.9, f"the {mode} plan removes {len(dropped)} block(s): {', '.join(dropped)}")
+                ) -> tuple[dict, dict, list[dict]]:
+    """(kept, original widths, the removed blocks as ``_skipped`` gives them) of an allocation whose emptied
+    ``bypass`` groups remove their blocks; says so in a note and a progress event."""
+    kept, _ = split_removed_blocks(allocation.kept, bypass)
+    skipped = _skipped(result, allocation, bypass)
+    if skipped:
+        names = [b["block"] for b in skipped]
+        run.emit("allocate", 0.9, f"the {mode} plan removes {len(names)} block(s): {', '.join(names)}")
         result.notes.append(
-            f"{mode} allocation: {len(dropped)} block(s) removed whole instead of narrowed ("
+            f"{mode} allocation: {len(names)} block(s) removed whole instead of narrowed ("
             + ", ".join(f"{b['block']}: loss {b['loss']:.3g} when skipped" if b["loss"] is not None else b["block"]
-                        for b in _skipped(result, allocation, bypass))
+                        for b in skipped)
             + "; the loss is the logits' squared error on held-apart calibration images with the next two layers "
               "re-fitted)")
-    return kept, {n: w for n, w in allocation.original.items() if n in kept}, dropped
+    return kept, {n: w for n, w in allocation.original.items() if n in kept}, skipped
 
 
 def prune_model(spec: CompressSpec, result: CompressResult, original: nn.Module, groups: list, plan: PruningPlan,
