@@ -121,6 +121,52 @@ def test_bad_requests_get_precise_codes(make_agent, onnx_model, tmp_path):
     assert error.value.status == "INVALID_ARGUMENT" and "expected float32 [N, 1, 8, 8]" in error.value.message
 
 
+def _stalled_benchmark(release, model: bytes):
+    """A Benchmark stream that sends its settings and half the model, then nothing until ``release``."""
+    info = apb.BlobInfo(size_bytes=len(model), sha256=hashlib.sha256(model).hexdigest())
+    yield apb.BenchmarkRequest(settings=apb.BenchmarkSettings(input_shape=[1, 8, 8], batch_sizes=[1], model=info,
+                                                              seconds_per_batch=0.1, warmup_seconds=0.05))
+    yield apb.BenchmarkRequest(model_chunk=model[: len(model) // 2])
+    release.wait(60)
+
+
+def test_a_silent_benchmark_stream_is_ended_and_frees_its_place(make_agent, onnx_model, tmp_path):
+    import threading
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    agent = make_agent(upload_idle_timeout_s=1, max_benchmarks=1, work_dir=str(work))
+    model = onnx_model.read_bytes()
+    release = threading.Event()
+    with grpc.insecure_channel(agent.address) as channel:
+        stub = apb_grpc.DeviceAgentStub(channel)
+        silent = stub.Benchmark.future(_stalled_benchmark(release, model), timeout=30)
+        time.sleep(0.3)                                   # the silent stream holds the one place
+        code, message = _status(lambda: _raw(stub, model))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-benchmarks" in message
+        assert stub.Describe(apb.DescribeRequest(), timeout=5).name == "edge0"
+        with pytest.raises(grpc.RpcError) as ended:
+            silent.result(timeout=30)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "sent nothing for 1 s" in ended.value.details() and "--upload-idle-timeout" in ended.value.details()
+        release.set()
+        result = _raw(stub, model)                        # the place is free again
+        assert result.latency[0].p50_ms > 0
+    assert not list(work.iterdir())                       # the half-received model was not kept
+
+
+def test_agent_limits_are_checked():
+    from service.agent.server import AgentSettings
+    from service.cli.main import main
+
+    with pytest.raises(ValueError, match="rpc_threads - 2"):
+        AgentSettings(max_benchmarks=7)
+    with pytest.raises(ValueError, match="upload_idle_timeout_s"):
+        AgentSettings(upload_idle_timeout_s=0)
+    assert main(["agent", "--name", "edge0", "--max-benchmarks", "9"]) == 2
+
+
 def test_the_agent_takes_the_servers_bearer_tokens(make_agent, onnx_model, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# agent tokens\n{TOKEN}\n")

@@ -34,6 +34,33 @@ def test_option_a_shortcut_pads_channels_on_both_sides():
     assert torch.equal(y[0, 8:24, 0, 0], torch.arange(16, dtype=torch.float32))
 
 
+def test_option_a_shortcut_exports_as_one_convolution_with_the_same_values(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from exporters.onnx import export_onnx
+    from pruning.models.cifar_resnet import OptionAShortcut, channel_embedding_kernel
+
+    x = torch.randn(2, 16, 8, 8)
+    shortcut = OptionAShortcut(16, 32, 2)
+    as_conv = torch.nn.functional.conv2d(x, channel_embedding_kernel(16, 8), stride=2)
+    assert torch.equal(as_conv, shortcut(x))
+    assert "export_kernel" not in shortcut.state_dict()
+
+    model = zoo.create_model("cifar/resnet20").eval()
+    path = tmp_path / "r20.onnx"
+    export_onnx(model, path, torch.randn(1, 3, 32, 32))
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Slice" not in ops and "Pad" not in ops
+    images = torch.randn(4, 3, 32, 32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+
+
 def test_dataparallel_checkpoint_without_bn_counters_loads(tmp_path):
     source = zoo.create_model("cifar/resnet20")
     sd = {f"module.{k}": v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -10,6 +10,10 @@
 announced in the settings, runs ``service.agent.bench.run_benchmark`` (one benchmark at a time: timings must not
 share the device) and returns the result. Bearer tokens as for the server (``service.core.auth``); health checking
 and reflection stay open.
+
+A client cannot hold the agent's threads: a Benchmark stream that sends nothing for ``upload_idle_timeout_s`` ends
+with DEADLINE_EXCEEDED, and at most ``max_benchmarks`` calls (receiving or waiting for the device) are open at once;
+one more is refused with RESOURCE_EXHAUSTED, so Describe and health checks always find a thread.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from service.agent.device_info import describe_device
 from service.core.lifecycle import run_until_signalled
 from service.core.wire import precision_from_proto
 from service.core.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, rpc
+from service.core.streams import IdleReader
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,22 @@ class AgentSettings:
     tokens: frozenset[str] = field(default_factory=frozenset)      # empty = no authentication
     rpc_threads: int = 8
     work_dir: str | None = None                  # temporary files; default: the system's temp folder
+    upload_idle_timeout_s: float = 30.0          # a Benchmark stream silent this long is ended (DEADLINE_EXCEEDED)
+    max_benchmarks: int = 4                      # Benchmark calls open at once (receiving or queued for the device)
+
+    def __post_init__(self) -> None:
+        if not self.upload_idle_timeout_s > 0:
+            raise ValueError(f"upload_idle_timeout_s must be > 0, got {self.upload_idle_timeout_s}")
+        if not 1 <= self.max_benchmarks <= self.rpc_threads - 2:
+            raise ValueError(f"max_benchmarks must be between 1 and rpc_threads - 2 = {self.rpc_threads - 2} (two "
+                             f"threads stay free for Describe and health checks), got {self.max_benchmarks}")
 
 
 class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
     def __init__(self, name: str, settings: AgentSettings) -> None:
         self.name, self.settings = name, settings
         self._one_at_a_time = threading.Lock()
+        self._open_benchmarks = threading.BoundedSemaphore(settings.max_benchmarks)
 
     @rpc
     def Describe(self, request, context):
@@ -63,14 +78,26 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
 
     @rpc
     def Benchmark(self, request_iterator, context):
-        first = next(request_iterator, None)
+        if not self._open_benchmarks.acquire(blocking=False):
+            raise ResourceExhausted(f"this agent already has {self.settings.max_benchmarks} benchmarks receiving or "
+                                    "waiting for the device (its --max-benchmarks); retry when one has finished")
+        reader = IdleReader(request_iterator, self.settings.upload_idle_timeout_s, what="the Benchmark stream",
+                            context=context, limit_name="the agent's --upload-idle-timeout")
+        try:
+            return self._benchmark(reader, context)
+        finally:
+            reader.close()
+            self._open_benchmarks.release()
+
+    def _benchmark(self, reader: IdleReader, context) -> apb.BenchmarkResult:
+        first = reader.next_message()
         if first is None or first.WhichOneof("content") != "settings":
             raise InvalidArgument("the first Benchmark message must carry the settings; the model follows in "
                                   "model_chunk messages")
         settings = _settings(first.settings)
         self._check_sizes(first.settings)
         with tempfile.TemporaryDirectory(prefix="interprune-agent-", dir=self.settings.work_dir) as tmp:
-            paths = _receive(request_iterator, first.settings, Path(tmp))
+            paths = _receive(reader.messages(), first.settings, Path(tmp))
             self.on_received(settings, context)
             with self._one_at_a_time:
                 if not context.is_active():

@@ -12,7 +12,7 @@ from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto, node_to_proto
 from service.api.settings import ServerSettings
-from service.api.uploads import IdleReader, UploadCancelled, UploadSlots, client_key
+from service.core.streams import IdleReader, UploadCancelled, UploadSlots, client_key
 from service.api.validate import check_artifact_kinds, validate_spec
 from service.core.names import artifact_name, parse_artifact_name, parse_job_name
 from service.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable, rpc

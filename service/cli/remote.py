@@ -101,6 +101,11 @@ def _add_agent(subparsers) -> None:
     agent.add_argument("--max-data-mb", type=positive_float, default=64,
                        help="largest evaluation / calibration data (MiB)")
     agent.add_argument("--work-dir", help="temporary files (default: the system's temp folder)")
+    agent.add_argument("--upload-idle-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                       help="end a benchmark upload that sends nothing for this long (default %(default)s)")
+    agent.add_argument("--max-benchmarks", type=int, default=4, metavar="N",
+                       help="benchmark calls open at once, receiving or waiting for the device; more are refused "
+                            "with RESOURCE_EXHAUSTED (default %(default)s, at most 6)")
     agent.set_defaults(func=cmd_agent)
 
 
@@ -265,8 +270,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         raise CliError(f"--name {args.name!r}: use 1-64 letters, digits, '_', '.', '-' (jobs name it agent:NAME)",
                        EXIT_USAGE)
-    settings = AgentSettings(max_model_bytes=int(args.max_model_mb * (1 << 20)),
-                             max_data_bytes=int(args.max_data_mb * (1 << 20)), work_dir=args.work_dir)
+    try:
+        settings = AgentSettings(max_model_bytes=int(args.max_model_mb * (1 << 20)),
+                                 max_data_bytes=int(args.max_data_mb * (1 << 20)), work_dir=args.work_dir,
+                                 upload_idle_timeout_s=args.upload_idle_timeout, max_benchmarks=args.max_benchmarks)
+    except ValueError as exc:
+        raise CliError(f"--max-benchmarks: {exc}", EXIT_USAGE) from None
 
     def ready(server) -> None:
         from service.agent.device_info import describe_device

@@ -1,4 +1,4 @@
-"""Upload streams without trusting the client to send, finish or go away politely.
+"""Upload streams without trusting the client to send, finish or go away politely (the server's and the agent's).
 
 - ``UploadSlots``: how many upload streams may be open at once, per client and in all; one over is refused at
   once with RESOURCE_EXHAUSTED naming the limit (a refused stream holds no thread).
@@ -78,8 +78,9 @@ class IdleReader:
     None at the end of the stream; raises ``DeadlineExceeded`` after ``idle_s`` seconds without one and
     ``UploadCancelled`` when the client went away."""
 
-    def __init__(self, request_iterator, idle_s: float, what: str = "the upload", context=None) -> None:
-        self.idle_s, self.what = idle_s, what
+    def __init__(self, request_iterator, idle_s: float, what: str = "the upload", context=None,
+                 limit_name: str = "the server's upload_idle_timeout_s") -> None:
+        self.idle_s, self.what, self.limit_name = idle_s, what, limit_name
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._ended = threading.Event()        # the call ended while the handler still runs: the client left
@@ -114,8 +115,8 @@ class IdleReader:
             item = self._queue.get(timeout=self.idle_s)
         except queue.Empty:
             self.close()
-            raise DeadlineExceeded(f"{self.what} sent nothing for {self.idle_s:g} s (the server's "
-                                   "upload_idle_timeout_s); nothing was kept, upload the file again") from None
+            raise DeadlineExceeded(f"{self.what} sent nothing for {self.idle_s:g} s ({self.limit_name}); nothing "
+                                   "was kept, upload the file again") from None
         if item is _END:
             return None
         if item is _CANCELLED:
