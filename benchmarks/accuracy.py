@@ -122,6 +122,9 @@ for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000")),
                       ("-kd35k-seed1", ("--finetune-images", "35000", "--seed", "1"))):
     _row(f"r56-dissection-window0.75-sensitivity-round1{suffix}", "2,3", "resnet56", "dissection", "--target-macs",
          "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *flags)
+# ... and 0.9: dissection then only guards the tenth of the alive units it ranks highest at each removal.
+_row("r56-dissection-window0.9-sensitivity-round1", "3", "resnet56", "dissection", "--target-macs", "0.5",
+     "--allocation", "sensitivity", "--criterion-param", "refit_window=0.9", "--round-to", "1", *NO_FT)
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
 _row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
 for seed in (0, 1, 2):
