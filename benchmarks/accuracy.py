@@ -127,6 +127,10 @@ _row("r56-dissection-window0.9-sensitivity-round1", "3", "resnet56", "dissection
      "--allocation", "sensitivity", "--criterion-param", "refit_window=0.9", "--round-to", "1", *NO_FT)
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
 _row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
+_row("r56-layer_probe-kd35k", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", "--finetune-images", "35000")
+# functionality with the wider window dissection took (0.75), widths to the channel
+_row("r56-functionality-window0.75-sensitivity-round1", "3", "resnet56", "functionality", "--target-macs", "0.5",
+     "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *NO_FT)
 for seed in (0, 1, 2):
     _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
          str(seed), *NO_FT)
