@@ -132,26 +132,28 @@ def _stalled_benchmark(release, model: bytes):
 
 def test_a_silent_benchmark_stream_is_ended_and_frees_its_place(make_agent, onnx_model, tmp_path):
     import threading
-    import time
+
+    from tests.service_helpers import wait_for
 
     work = tmp_path / "work"
     work.mkdir()
-    agent = make_agent(upload_idle_timeout_s=1, max_benchmarks=1, work_dir=str(work))
+    agent = make_agent(upload_idle_timeout_s=2, max_benchmarks=1, work_dir=str(work))
     model = onnx_model.read_bytes()
     release = threading.Event()
     with grpc.insecure_channel(agent.address) as channel:
         stub = apb_grpc.DeviceAgentStub(channel)
         silent = stub.Benchmark.future(_stalled_benchmark(release, model), timeout=30)
-        time.sleep(0.3)                                   # the silent stream holds the one place
+        wait_for(lambda: agent.servicer.open_benchmarks == 1, timeout_s=10, what="the silent stream to hold the place")
         code, message = _status(lambda: _raw(stub, model))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-benchmarks" in message
         assert stub.Describe(apb.DescribeRequest(), timeout=5).name == "edge0"
         with pytest.raises(grpc.RpcError) as ended:
             silent.result(timeout=30)
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "sent nothing for 1 s" in ended.value.details() and "--upload-idle-timeout" in ended.value.details()
+        assert "sent nothing for 2 s" in ended.value.details() and "--upload-idle-timeout" in ended.value.details()
         release.set()
-        result = _raw(stub, model)                        # the place is free again
+        wait_for(lambda: agent.servicer.open_benchmarks == 0, timeout_s=10, what="the place to free")
+        result = _raw(stub, model)
         assert result.latency[0].p50_ms > 0
     assert not list(work.iterdir())                       # the half-received model was not kept
 

@@ -72,6 +72,11 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
         self._one_at_a_time = threading.Lock()
         self._open_benchmarks = threading.BoundedSemaphore(settings.max_benchmarks)
 
+    @property
+    def open_benchmarks(self) -> int:
+        """Benchmark calls open now (receiving, queued for the device or running)."""
+        return self.settings.max_benchmarks - self._open_benchmarks._value
+
     @rpc
     def Describe(self, request, context):
         return info_to_proto(describe_device(self.name))
