@@ -24,20 +24,16 @@ from pruning.result import StageRunner
 from pruning.sensitivity import SensitivityCurve
 from pruning.spec import check_allocation
 from service.core.wire import spec_to_dict, spec_to_proto
+from tests.resnet20_parts import resnet20_parts
 
 BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def resnet20():
-    entry = zoo.get_entry("cifar/resnet20")
-    torch.manual_seed(0)
-    model = zoo.create_model("cifar/resnet20").eval()
-    groups = surgery.channel_groups(model, entry.input_shape, entry.protected(model))
-    base = count_cost(model, entry.input_shape)
-    costs = allocate.CostModel(model, entry.input_shape, base.macs, base.params)
-    return SimpleNamespace(entry=entry, model=model, groups=groups, base=base, costs=costs,
-                           scores={g.name: torch.arange(g.size, dtype=torch.float32) for g in groups})
+    parts = resnet20_parts()
+    parts.scores = {g.name: torch.arange(g.size, dtype=torch.float32) for g in parts.groups}
+    return parts
 
 
 def macs_ms(shape: LayerShape) -> float:

@@ -16,6 +16,7 @@ from pruning.plan import PruningPlan
 from pruning.reconstruct import reconstruct
 from pruning.sensitivity import SensitivityCurve, measure_sensitivity
 from pruning.stages import Candidates, block_groups, first_layers_after, split_removed_blocks
+from tests.resnet20_parts import resnet20_parts
 
 BATCH = 8
 
@@ -30,12 +31,8 @@ def macs_ms(shape: LayerShape) -> float:
 
 @pytest.fixture(scope="module")
 def net():
-    entry = zoo.get_entry("cifar/resnet20")
-    torch.manual_seed(0)
-    model = zoo.create_model("cifar/resnet20").eval()
-    groups = surgery.channel_groups(model, entry.input_shape, entry.protected(model))
-    base = count_cost(model, entry.input_shape)
-    costs = allocate.CostModel(model, entry.input_shape, base.macs, base.params)
+    parts = resnet20_parts()
+    entry, model, groups, costs = parts.entry, parts.model, parts.groups, parts.costs
     prunable = {m for g in groups for m in g.members}
     latency = LatencyModel(model, entry.input_shape, BATCH, macs_ms, 1.0, grid_step=8, cost_model=costs,
                            prunable=prunable)
