@@ -10,8 +10,9 @@ Runtime CPU.
    model) and "marginal" (the difference between four summed copies and one: ``LayerLatencyTable(method=...)``);
 2. prunes the model several ways (uniform -25/-50/-70% MACs, global L1 -50%, stage 1 or stage 3 only, random
    widths, five stage-1 blocks removed alone and with stage 2 at 16; a removed block's layers count 0 ms),
-   predicts each variant's latency from the table, and measures each exported variant with the jobs' protocol (``exporters.benchmark_onnxruntime`` with ``pipeline.benchmark.protocol_settings``), in interleaved
-   rounds (the median over rounds of each p50 / p90), so that load from other processes affects them alike;
+   predicts each variant's latency from the table, and measures each exported variant with the jobs' protocol
+   (``exporters.benchmark_onnxruntime`` with ``pipeline.benchmark.protocol_settings``), in interleaved rounds
+   (the median over rounds of each p50 / p90), so that load from other processes affects them alike;
 3. prints predicted vs measured p50 and p90 and the mean absolute relative error, beside the naive prediction
    "original latency x MACs ratio", for tables of per-layer p50 and of per-layer minimum (both are in the cache;
    on a shared CPU the minimum is the less disturbed figure). ``--write`` writes ``benchmarks/results/latency_table.md``.

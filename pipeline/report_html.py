@@ -95,8 +95,8 @@ def _header(report: dict, title: str) -> str:
                       + (f", final benchmark {final:.3g} ms" if final is not None else "")
                       + f"; unpruned {allocated['original_ms']:.3g} ms, batch {allocated['batch_size']}, "
                         f"{allocated['target']}"
-                      + "".join(f"; {len(gone)} block(s) removed whole" for gone in
-                                [allocated.get("removed_blocks")] if gone)))
+                      + (f"; {len(allocated['removed_blocks'])} block(s) removed whole"
+                         if allocated.get("removed_blocks") else "")))
     speed = next((s for s in report.get("speedup", []) if s.get("measured_speedup")), None)
     if speed:
         cards.append(("measured speedup", f"{speed['measured_speedup']:.2f}×",

@@ -111,7 +111,7 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
         target = search_latency(spec, run, result, model, groups, input_shape, base_cost, current, latency_probe)
     if target.metric != "latency" and result.scores is not None \
             and 1.0 - getattr(current, target.metric) / getattr(base_cost, target.metric) < target.reduction - 0.005:
-        whole = (bypass or {}) if spec.prune.allocation == "sensitivity" else {}
+        whole = bypass or {}                 # empty unless PruneSpec.block_removal offers block moves
         measure = Candidates(original, removed_blocks, input_shape, base_cost, target.metric, whole)
         allocation = allocate_for(spec, groups, result.scores, model, input_shape, current, base_cost, target,
                                   result.warnings, measure, result.sensitivity, whole)
@@ -126,22 +126,15 @@ def allocate_stage(spec: CompressSpec, run: StageRunner, result: CompressResult,
     return plan, target, measure
 
 
-def _skipped(result: CompressResult, allocation, bypass: dict[str, str]) -> list[dict]:
-    """The blocks an allocation removed whole, with their group and measured skip loss (None: not finite)."""
-    out = []
-    for name, kept in allocation.kept.items():
-        if not kept and name in bypass:
-            loss = result.sensitivity.curves[name].loss[-1]
-            out.append({"block": bypass[name], "group": name, "loss": loss if math.isfinite(loss) else None})
-    return out
-
-
 def _blocks_out(run: StageRunner, result: CompressResult, allocation, bypass: dict[str, str], mode: str
                 ) -> tuple[dict, dict, list[dict]]:
-    """(kept, original widths, the removed blocks as ``_skipped`` gives them) of an allocation whose emptied
-    ``bypass`` groups remove their blocks; says so in a note and a progress event."""
+    """(kept, original widths, the removed blocks) of an allocation whose emptied ``bypass`` groups remove their
+    blocks, each removed block with its group and measured skip loss (None: not finite); says so in a note and a
+    progress event."""
     kept, _ = split_removed_blocks(allocation.kept, bypass)
-    skipped = _skipped(result, allocation, bypass)
+    losses = {name: result.sensitivity.curves[name].loss[-1] for name in allocation.kept if name not in kept}
+    skipped = [{"block": bypass[name], "group": name, "loss": loss if math.isfinite(loss) else None}
+               for name, loss in losses.items()]
     if skipped:
         names = [b["block"] for b in skipped]
         run.emit("allocate", 0.9, f"the {mode} plan removes {len(names)} block(s): {', '.join(names)}")

@@ -38,7 +38,7 @@ class OptionAShortcut(nn.Module):
             # The same values as the slice + pad below, as one strided 1x1 convolution: ONNX Runtime's CPU provider
             # keeps a convolution in its blocked (NCHWc) layout and fuses the block's Add + ReLU into the next one,
             # while Slice and Pad force layout conversions around them and leave the Adds unfused (ResNet-56,
-            # batch 64: ~9% of the whole model's time; see README, "Exported shortcuts").
+            # batch 64, per-node profile: 140.4 -> 131.0 ms, 7% of the time; see README, "Exported shortcuts").
             return F.conv2d(x, self.export_kernel, stride=self.stride)
         x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))

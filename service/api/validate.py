@@ -6,6 +6,7 @@ import re
 from typing import Callable, Collection
 
 from pruning.errors import clip
+from pruning.spec import BLOCK_REMOVAL
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
 from service.core.names import parse_artifact_name
@@ -116,8 +117,9 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (p.HasField("round_to") and p.round_to < 1, "spec.prune.round_to must be >= 1 (1 = no rounding)"),
         (p.HasField("min_channels") and p.min_channels < 1, "spec.prune.min_channels must be >= 1"),
         (p.HasField("layer_share") and not 0.0 <= p.layer_share <= 1.0, "spec.prune.layer_share must be in [0, 1]"),
-        (p.HasField("block_removal") and p.block_removal not in ("auto", "on", "off"),
-         f"spec.prune.block_removal {p.block_removal!r} must be auto, on or off"),
+        (p.HasField("block_removal") and p.block_removal not in BLOCK_REMOVAL,
+         f"spec.prune.block_removal {p.block_removal!r} must be {', '.join(BLOCK_REMOVAL[:-1])} or "
+         f"{BLOCK_REMOVAL[-1]}"),
         (p.HasField("latency_budget_ms") and not p.latency_budget_ms > 0,
          "spec.prune.latency_budget_ms must be a positive number of milliseconds"),
         (p.HasField("latency_batch") and p.latency_batch < 1, "spec.prune.latency_batch must be >= 1"),
