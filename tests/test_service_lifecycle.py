@@ -144,3 +144,23 @@ def _file(tmp_path, data: bytes):
     path = tmp_path / "other.bin"
     path.write_bytes(data)
     return path
+
+
+def test_a_corrupt_blob_quarantined_by_a_concurrent_check_is_not_found_not_an_internal_error(tmp_path, monkeypatch):
+    from service.core.errors import NotFound
+    from service.jobs import integrity
+
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    info = put(artifacts, b"the original bytes", "x.npz", "dataset")
+    integrity.mark_unverified(artifacts)
+    blob = artifacts.path(info.id)
+    blob.write_bytes(b"corrupted after an unclean stop")
+
+    def hash_while_the_other_check_quarantines(path):
+        os.replace(path, artifacts.root / "quarantine" / info.id)      # the other reader got there first
+        return "0" * 64
+    monkeypatch.setattr(integrity, "sha256_file", hash_while_the_other_check_quarantines)
+    with pytest.raises(NotFound, match="quarantined"):
+        integrity.ensure_verified(artifacts, info.id)
+    assert (artifacts.root / "quarantine" / info.id).read_bytes() == b"corrupted after an unclean stop"
+    assert not (artifacts.unverified / info.id).exists()

@@ -53,8 +53,11 @@ def ensure_verified(store, artifact_id: str, report: VerifyReport | None = None)
     if report is not None:
         report.checked += 1
     if sha256_file(blob) != artifact_id:
-        log.error("artifact %s does not match its digest; moved to quarantine", artifact_id)
-        shutil.move(str(blob), str(store.root / "quarantine" / artifact_id))
+        try:
+            shutil.move(str(blob), str(store.root / "quarantine" / artifact_id))
+            log.error("artifact %s does not match its digest; moved to quarantine", artifact_id)
+        except FileNotFoundError:           # a concurrent check (a reader or the background pass) moved it first
+            pass
         blob.with_suffix(".json").unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
         if report is not None:
