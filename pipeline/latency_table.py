@@ -125,7 +125,9 @@ class LayerLatencyTable:
             digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
             slug = re.sub(r"[^A-Za-z0-9]+", "-", target).strip("-")
             self.path = Path(cache_dir).expanduser() / f"{slug}-{digest}.json"
-        self._scratch = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="interprune-latency-"))
+        # without a scratch folder: a temporary one, removed when the table is garbage-collected (or at exit)
+        self._own_scratch = None if scratch else tempfile.TemporaryDirectory(prefix="interprune-latency-")
+        self._scratch = Path(scratch) if scratch else Path(self._own_scratch.name)
         self.entries: dict[str, Any] = self._load()
         self.measurements = 0
         self.measure_seconds = 0.0

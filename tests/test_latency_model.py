@@ -237,3 +237,15 @@ def test_one_real_conv_is_timed_in_onnx_runtime(tmp_path, monkeypatch):
                                method="marginal", copies=2)
     ms = summed(LayerShape("conv", 8, 8, (3, 3), (1, 1), (1, 1), 1, 16, 16, 2))
     assert math.isfinite(ms) and 0 < ms < 1000 and summed.measurements == 2
+
+
+def test_a_table_without_a_scratch_folder_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    table = LayerLatencyTable("local:cpu", threads=1, cache_dir=None)
+    assert [p.name.startswith("interprune-latency-") for p in tmp_path.iterdir()] == [True]
+    del table
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
