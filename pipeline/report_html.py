@@ -92,6 +92,7 @@ def _header(report: dict, title: str) -> str:
         final = allocated.get("final_p90_ms")
         cards.append(("latency (table)", f"p90 {allocated['predicted_ms']:.3g} ms predicted",
                       f"measured {allocated['measured_ms']:.3g} ms"
+                      + (f" (-{allocated['measured_reduction']:.1%})" if "measured_reduction" in allocated else "")
                       + (f", final benchmark {final:.3g} ms" if final is not None else "")
                       + f"; unpruned {allocated['original_ms']:.3g} ms, batch {allocated['batch_size']}, "
                         f"{allocated['target']}"

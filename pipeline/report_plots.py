@@ -20,7 +20,9 @@ def plots(report: dict) -> list[str]:
         figures.append(_figure(_plot_latency(report["latency"]), "Latency before and after, per target and batch"))
     if report.get("latency_search"):
         budget = report["spec"]["compress"]["prune"].get("latency_budget_ms")
-        figures.append(_figure(_plot_search(report["latency_search"], budget), "Latency-budget search: the probes"))
+        goal = None if budget is not None else (report.get("latency_allocation") or {}).get("goal_ms")
+        title = "Latency-budget search: the probes" if budget is not None else "Latency target search: the probes"
+        figures.append(_figure(_plot_search(report["latency_search"], budget, goal), title))
     if report["criterion"].get("blocks"):
         figures.append(_figure(_plot_blocks(report["criterion"]["blocks"]), "Probe gain per block"))
     return figures
@@ -84,7 +86,7 @@ def _plot_latency(latency: list[dict]):
     return fig
 
 
-def _plot_search(probes: list[dict], budget: float | None):
+def _plot_search(probes: list[dict], budget: float | None, goal: float | None = None):
     fig, ax = _new_figure(7.0)
     points = [(p["reduction"], p.get("latency_ms", p.get("p90_ms")), p.get("meets_goal", p.get("meets_budget")))
               for p in probes]
@@ -95,6 +97,9 @@ def _plot_search(probes: list[dict], budget: float | None):
         ax.annotate(str(i + 1), (r, ms), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if budget is not None:
         ax.axhline(budget, color=FAIL_COLOUR, ls="--", lw=1, label=f"budget {budget:g} ms")
+        ax.legend(frameon=False)
+    elif goal is not None:
+        ax.axhline(goal, color=MUTED_COLOUR, ls="--", lw=1, label=f"goal {goal:.4g} ms")
         ax.legend(frameon=False)
     by_latency = any(p.get("metric") == "latency" for p in probes)
     if by_latency:                        # allocation "latency": the table's prediction of each candidate, too

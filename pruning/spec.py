@@ -52,7 +52,7 @@ class PruneSpec:
     criterion: str = "l1"
     criterion_params: Mapping[str, Any] = field(default_factory=dict)
     target_metric: str = "macs"             # "macs" | "params" | "latency" (the p90 at latency_batch on
-                                            # latency_target as the layer table predicts it; allocation "latency")
+                                            # latency_target, measured; allocation "latency")
     target_reduction: float = 0.5           # fraction of the original model's cost to remove
     allocation: str = "uniform"             # "uniform" | "global" | "sensitivity" | "latency" (pruning.allocate)
     round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
@@ -99,7 +99,7 @@ def check_allocation(prune: PruneSpec) -> None:
     if prune.allocation == "latency":
         if prune.latency_budget_ms is None and not latency_target:
             raise SpecError(f"allocation 'latency' removes predicted latency, but the target is a {prune.target_metric}"
-                            " reduction: give --target-latency FRACTION (of the predicted p90 latency to remove) or "
+                            " reduction: give --target-latency FRACTION (of the measured p90 latency to remove) or "
                             "--latency-budget MS; for a MACs or parameter target use --allocation sensitivity")
         if prune.layer_criterion:
             raise SpecError("allocation 'latency' plans channel widths only; block removal (--layer-criterion) is "

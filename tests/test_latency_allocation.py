@@ -16,7 +16,7 @@ from pipeline.spec import JobSpec
 from pruning import allocate, surgery, zoo
 from pruning.compress import CompressSpec, ModelSpec, PruneSpec, compress
 from pruning.errors import SpecError
-from pruning.latency_alloc import CLOSE, Candidate, bisect_aim, latency_allocation, next_aim, pick
+from pruning.latency_alloc import CLOSE, Candidate, bisect_aim, closest, latency_allocation, next_aim, pick
 from pruning.latency_model import LatencyModel, LayerShape, grid_step_for
 from pruning.measure import count_cost
 from pruning.plan import PruningPlan
@@ -233,21 +233,45 @@ def test_an_unreachable_budget_names_the_fastest_candidate(resnet20):
                            net.base, probe_by_macs(1.0, 5.0), macs_ms, build)
 
 
-def test_a_latency_fraction_is_of_the_predicted_p90_and_the_measurement_is_reported(resnet20):
+def test_a_latency_fraction_is_of_the_measured_p90_the_aim_corrected_when_the_table_is_off(resnet20):
     net = resnet20
     spec, result, build = _job(net, target_metric="latency", target_reduction=0.3)
-    probe = probe_by_macs(1.0, 5.0)
+    probe = probe_by_macs(1.0, 5.0)                       # unpruned: 5 + 40.6 ms
+    half_table = lambda s: 0.5 * macs_ms(s)               # noqa: E731 - the table sees half of what pruning saves
     allocation, target = latency_allocation(spec, StageRunner(None, None), result, net.model, net.groups,
-                                            net.entry.input_shape, net.base, probe, macs_ms, build)
-    chosen = result.latency_allocation
+                                            net.entry.input_shape, net.base, probe, half_table, build)
+    chosen, steps = result.latency_allocation, result.latency_search
     assert (target.metric, target.reduction, chosen["targeted"]) == ("latency", 0.3, "reduction")
-    assert chosen["predicted_ms"] == pytest.approx(chosen["original_ms"] * 0.7, rel=0.03)
-    assert chosen["measured_ms"] < chosen["original_ms"] and result.latency_search == []
+    goal = chosen["original_ms"] * 0.7
+    assert chosen["goal_ms"] == pytest.approx(goal)
+    # aimed by the table alone, the first plan removes far more than 30% of what the probe measures; the corrected
+    # one lands within CLOSE of the goal, and is what the job keeps
+    assert steps[0]["latency_ms"] < goal * (1 - CLOSE) and not steps[0]["meets_goal"]
+    assert abs(chosen["measured_ms"] - goal) <= CLOSE * goal and steps[-1]["meets_goal"]
+    assert chosen["measured_ms"] == pytest.approx(probe(build(allocation), net.entry.input_shape, BATCH))
+    assert chosen["measured_reduction"] == pytest.approx(1 - chosen["measured_ms"] / chosen["original_ms"])
+    assert chosen["candidates"] == len(steps) == len(probe.calls) - 2 and result.warnings == []
     section = latency_allocation_section(chosen, [{"target": "local:cpu", "model": "compressed",
                                                    "batch_size": BATCH, "p90_ms": 33.0}])
     assert section["final_p90_ms"] == 33.0
     line = latency_allocation_line(section)
-    assert "-30.0% of the predicted p90" in line and "measured" in line and "final benchmark 33 ms" in line
+    assert "-30.0% of the measured p90" in line and f"{len(steps)} measured candidate(s)" in line
+    assert "final benchmark 33 ms" in line
+
+
+def test_a_latency_fraction_the_widths_cannot_reach_is_refused_or_warned(resnet20):
+    net = resnet20
+    spec, result, build = _job(net, target_metric="latency", target_reduction=0.98)
+    with pytest.raises(SpecError, match="target latency reduction 98.0% is unreachable.*allow_shortfall"):
+        latency_allocation(spec, StageRunner(None, None), result, net.model, net.groups, net.entry.input_shape,
+                           net.base, probe_by_macs(1.0, 5.0), macs_ms, build)
+    spec, result, build = _job(net, target_metric="latency", target_reduction=0.98, allow_shortfall=True)
+    latency_allocation(spec, StageRunner(None, None), result, net.model, net.groups, net.entry.input_shape,
+                       net.base, probe_by_macs(1.0, 5.0), macs_ms, build)
+    assert len(result.warnings) == 1 and "unreachable" in result.warnings[0] and "pruned to it" in result.warnings[0]
+    chosen = result.latency_allocation
+    assert chosen["measured_reduction"] < 0.98 - CLOSE
+    assert chosen["measured_ms"] == min(s["latency_ms"] for s in result.latency_search)
 
 
 # --- spec, CLI, wire ----------------------------------------------------------------------------------------
@@ -347,8 +371,10 @@ def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(mon
     assert section["predicted_ms"] < section["original_ms"] and section["final_p90_ms"] is None
     assert report["criterion"]["target"] == {"metric": "latency", "reduction": 0.3}
     assert report["spec"]["compress"]["prune"]["allocation"] == "latency"
-    assert probes == [16, 16]                    # the anchor, then the plan
-    assert "latency allocation targeted -30.0% of the predicted p90 at batch 16" in summary_table(report)
+    # the anchor, then each candidate, all at the latency batch; the kept plan lands within CLOSE of the goal
+    assert set(probes) == {16} and len(probes) == 1 + section["candidates"] == 1 + len(report["latency_search"])
+    assert abs(section["measured_ms"] - 0.7 * section["original_ms"]) <= CLOSE * 0.7 * section["original_ms"]
+    assert "latency allocation targeted -30.0% of the measured p90 at batch 16" in summary_table(report)
     assert any("latency table on local:cpu" in n for n in report["notes"])
     assert not (tmp_path / "job" / ".latency-table").exists()
 
