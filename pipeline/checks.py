@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.spec import JobSpec
+from pipeline.spec import OPSETS, JobSpec
 from pruning.errors import SpecError
 from pruning.limits import DEFAULT_SPEC_LIMITS, SpecLimits, check_compress_spec, check_spec_limits
 
@@ -51,3 +51,22 @@ def check_job_limits(spec: JobSpec, channels: int | None = None, limits: SpecLim
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
             raise SpecError(f"{name} {value!r}: must be a finite number")
+    check_job_ranges(spec)
+
+
+def check_job_ranges(spec: JobSpec) -> None:
+    """Export, benchmark and gate values that are finite but impossible (the server checks the same at submit)."""
+    bench, export, drop = spec.benchmark, spec.export, spec.gate.max_accuracy_drop
+    checks = (
+        (not bench.seconds_per_batch > 0, f"benchmark.seconds_per_batch (--bench-seconds) {bench.seconds_per_batch!r}: "
+                                          "must be > 0 seconds of timed runs per batch size"),
+        (export.opset not in OPSETS, f"export.opset (--opset) {export.opset!r}: must be in {OPSETS.start}.."
+                                     f"{OPSETS.stop - 1} (17 is the default)"),
+        (not export.parity_atol > 0, f"export.parity_atol {export.parity_atol!r}: must be > 0"),
+        (drop is not None and not 0.0 <= drop <= 1.0,
+         f"gate.max_accuracy_drop (--max-accuracy-drop) {drop!r}: the largest accepted top-1 drop must be between 0 "
+         "and 1 (a fraction: 0.01 = one point; the CLI flag takes points)"),
+    )
+    for failed, message in checks:
+        if failed:
+            raise SpecError(message)

@@ -8,10 +8,13 @@ from pruning.spec import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneS
 from pruning.errors import SpecError
 
 
+OPSETS = range(7, 31)       # ONNX opsets a job may ask for (torch.onnx exports these)
+
+
 @dataclass(frozen=True)
 class ExportSpec:
     onnx: bool = True
-    opset: int = 17
+    opset: int = 17             # one of OPSETS
     slim: bool = False
     parity_atol: float = 1e-4
     parity_images: int = 256

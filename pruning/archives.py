@@ -27,6 +27,7 @@ from pruning.errors import DataError, clip
 from pruning.limits import DataLimits, size_text
 
 CHUNK = 1 << 20
+RATIO_FLOOR = 64 << 20      # below this many declared bytes the compression ratio is not judged
 
 
 @dataclass
@@ -95,6 +96,17 @@ class _Declared:
                             f"{_limit_text('max_expanded_bytes', self.limits.max_expanded_bytes)}")
 
 
+def check_ratio(declared: int, on_disk: int, limits: DataLimits, name: str, what: str) -> None:
+    """Refuse ``declared`` expanded bytes from ``on_disk`` bytes above ``max_compression_ratio`` (once
+    ``declared`` passes ``RATIO_FLOOR``): a compression bomb, refused before it is expanded."""
+    if declared <= RATIO_FLOOR or declared <= limits.max_compression_ratio * max(on_disk, 1):
+        return
+    raise DataError(f"refusing {clip(name)}: {what} declare {size_text(declared)} ({declared} bytes) from "
+                    f"{size_text(on_disk)} on disk, {declared / max(on_disk, 1):.0f}:1, above "
+                    f"{_limit_text('max_compression_ratio', limits.max_compression_ratio)} (image data compresses "
+                    "a few times at most; this looks like a compression bomb)")
+
+
 def extract_archive(archive: Path, target: Path, limits: DataLimits, name: str | None = None) -> None:
     """Extract a .zip or .tar(.gz/.bz2/.xz) into ``target`` within ``limits``; raise ``DataError`` on refusal."""
     name = name or archive.name
@@ -114,6 +126,7 @@ def _extract_zip(archive: Path, target: Path, limits: DataLimits, name: str) -> 
                 _destination(target, info.filename, name)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise _refuse(name, info.filename, "is a symbolic link")
+            check_ratio(declared.size, archive.stat().st_size, limits, name, "its headers")
             budget = Budget(limits.max_expanded_bytes, limits.max_expanded_bytes)
             for info in infos:
                 _write_member(target, info.filename, info.is_dir(), lambda i=info: zf.open(i), budget, name)
@@ -136,6 +149,7 @@ def _extract_tar(archive: Path, target: Path, limits: DataLimits, name: str) -> 
                 if not (member.isfile() or member.isdir()):
                     raise _refuse(name, member.name, "is not a regular file")
                 members.append(member)
+            check_ratio(declared.size, archive.stat().st_size, limits, name, "its headers")
             budget = Budget(limits.max_expanded_bytes, limits.max_expanded_bytes)
             for member in members:
                 _write_member(target, member.name, member.isdir(), lambda m=member: tf.extractfile(m), budget, name)
@@ -199,6 +213,7 @@ def read_npz_headers(path: Path, keys: Iterable[str], limits: DataLimits, name: 
                                     f"{dtype} = {size_text(nbytes)}; the arrays together would take {size_text(total)}"
                                     f" ({total} bytes), above {_limit_text('max_array_bytes', limits.max_array_bytes)}")
                 headers[key] = ArrayHeader(shape, dtype, nbytes)
+            check_ratio(total, path.stat().st_size, limits, name, "its arrays")
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
         raise DataError(f"cannot read {clip(name)}: it is truncated or not an .npz archive ({clip(exc)})") from None
     except ValueError as exc:

@@ -124,6 +124,8 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
                                 splits, preprocess, input_shape)
         result.notes.extend([rounding_note] if rounding_note else [])
         result.notes.extend(coverage)
+        result.notes.extend(data_mod.split_notes(splits, spec.data.calibration_images, spec.data.evaluation_images,
+                                                 not spec.finetune.budget().is_zero()))
         result.cost["original"] = base_cost
         result.accuracy["original"] = evaluate_split(original)
         run.emit("load", 1.0, f"original top-1 {result.accuracy['original'].top1:.2%}")
@@ -242,6 +244,9 @@ def _validate_prune_spec(prune: PruneSpec) -> None:
         raise SpecError("the latency budget must be a positive number of milliseconds")
     if not 0.0 <= prune.latency_margin < 0.5:
         raise SpecError(f"latency_margin must be in [0, 0.5), got {prune.latency_margin}")
+    if prune.min_channels < 1:
+        raise SpecError(f"min_channels (--min-channels) must be >= 1 (the fewest channels a layer keeps), got "
+                        f"{prune.min_channels}")
     if prune.round_to is not None and prune.round_to < 1:
         raise SpecError("round_to must be >= 1 (1 = no rounding; None = automatic)")
     main = create_criterion(prune.criterion, **dict(prune.criterion_params))  # unknown name / bad params: SpecError

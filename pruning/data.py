@@ -76,6 +76,7 @@ class Splits:
     calibration: ImageSet
     finetune: ImageSet
     evaluation: ImageSet
+    finetune_is_calibration: bool = False   # a set too small for both: fine-tuning reuses the calibration images
 
     def sizes(self) -> dict[str, int]:
         return {"calibration": len(self.calibration), "finetune": len(self.finetune),
@@ -356,10 +357,24 @@ def make_splits(source: DataSource, calibration: int, evaluation: int | None, fi
     if n_cal == 0:
         raise DataError("no images left for calibration")
     cal_set = pool.subset(order[:n_cal])
-    rest = order[n_cal:] if len(order) > n_cal else order[:n_cal]   # tiny sets: fine-tune on calibration
+    reused = len(order) <= n_cal
+    rest = order[:n_cal] if reused else order[n_cal:]            # tiny sets: fine-tune on calibration
     if finetune is not None:
         rest = rest[:finetune]
-    return Splits(cal_set, pool.subset(rest), eval_set)
+    return Splits(cal_set, pool.subset(rest), eval_set, finetune_is_calibration=reused)
+
+
+def split_notes(splits: Splits, calibration: int, evaluation: int | None, finetuning: bool) -> list[str]:
+    """What the data set could not give: fewer calibration or evaluation images than asked for, or (when
+    ``finetuning``) fine-tuning on the calibration images of a set too small to keep them apart."""
+    notes = [f"{name} uses {got} images, not the {asked} asked for: the data set has no more to spare"
+             for name, got, asked in (("calibration", len(splits.calibration), calibration),
+                                      ("evaluation", len(splits.evaluation), evaluation))
+             if asked is not None and got < asked]
+    if finetuning and splits.finetune_is_calibration:
+        notes.append("the data set is too small to keep fine-tuning images apart: fine-tuning reuses the "
+                     f"{len(splits.calibration)} calibration images")
+    return notes
 
 
 def batches(data: ImageSet, preprocess: Preprocess, batch_size: int, *, shuffle: bool = False, seed: int = 0,

@@ -69,11 +69,20 @@ def summarize(found: list[NonFinite]) -> str:
 
 
 def check_finite_state_dict(state_dict: Mapping[str, torch.Tensor], label: str) -> None:
-    """Raise ``ModelError`` if any tensor of the checkpoint ``label`` holds NaN/inf, naming tensors and counts."""
+    """Raise ``ModelError`` if any tensor of the checkpoint ``label`` holds NaN/inf, or a BatchNorm running
+    variance (``*.running_var``) a negative value (its square root is NaN at the first forward), naming tensors
+    and counts."""
     found = find_nonfinite(state_dict)
     if found:
         raise ModelError(f"{clip(label)}: {summarize(found)} non-finite (NaN or infinite); the weights are corrupt "
                          "or come from a diverged training run — export them again from a healthy checkpoint")
+    negative = [NonFinite(name, int((value < 0).sum()), value.numel()) for name, value in state_dict.items()
+                if name.endswith("running_var") and torch.is_tensor(value) and value.is_floating_point()
+                and bool((value < 0).any())]
+    if negative:
+        listed = ", ".join(f"tensor {f.describe()}" for f in negative[:LISTED])
+        raise ModelError(f"{clip(label)}: {listed} negative; a BatchNorm running variance cannot be: the weights "
+                         "are corrupt — export them again from a healthy checkpoint")
 
 
 def check_finite_array(values: torch.Tensor | np.ndarray, name: str, label: str) -> None:

@@ -46,9 +46,13 @@ class DataLimits:
                                             # decoded pixels of an image folder (e.g. 14,000 images at 224x224 RGB)
     max_image_pixels: int = 4096 * 4096     # one image's width x height, from its header (PIL warns at 89 M)
     max_images: int = 100_000               # images in one image folder or archive
+    # declared expanded bytes / bytes on disk, judged once an archive (or a .npz's arrays) declares more than
+    # RATIO_FLOOR: photos and uint8 arrays deflate 1-3x, a zip bomb ~1000x
+    max_compression_ratio: int = 200
 
     def __post_init__(self) -> None:
-        for f in ("max_expanded_bytes", "max_members", "max_array_bytes", "max_image_pixels", "max_images"):
+        for f in ("max_expanded_bytes", "max_members", "max_array_bytes", "max_image_pixels", "max_images",
+                  "max_compression_ratio"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"DataLimits.{f} must be a positive integer, got {value!r}")

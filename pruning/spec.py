@@ -98,8 +98,9 @@ def check_allocation(prune: PruneSpec) -> None:
                         f"--allocation sensitivity or latency, not {prune.allocation!r}")
     if prune.allocation == "latency":
         if prune.latency_budget_ms is None and not latency_target:
-            raise SpecError(f"allocation 'latency' removes predicted latency, but the target is a {prune.target_metric}"
-                            " reduction: give --target-latency FRACTION (of the measured p90 latency to remove) or "
+            raise SpecError(f"allocation 'latency' removes latency, but the target is a {prune.target_metric} "
+                            "reduction (--target-macs 0.5 unless another target is given): give --target-latency "
+                            "FRACTION (of the measured p90 latency to remove) or "
                             "--latency-budget MS; for a MACs or parameter target use --allocation sensitivity")
         if prune.layer_criterion:
             raise SpecError("allocation 'latency' plans channel widths only; block removal (--layer-criterion) is "

@@ -58,7 +58,8 @@ def allocate_or_reachable(groups, scores, cost_model, target, base_cost, allow_s
     except TargetUnreachable as exc:
         if not allow_shortfall:
             raise TargetUnreachable(f"{exc}. The largest reachable {exc.metric} reduction is {exc.reachable:.1%}; "
-                                    "set allow_shortfall to prune to it instead", exc.reachable, exc.metric) from None
+                                    "set allow_shortfall (--allow-shortfall) to prune to it instead", exc.reachable,
+                                    exc.metric) from None
         if exc.reachable <= 0.0:
             warnings.append(f"target {target.metric} reduction {target.reduction:.1%} is unreachable and nothing "
                             "can be pruned (allow_shortfall): the model is unchanged")
@@ -79,6 +80,7 @@ def check_reached(target: Target, measured: float, allow_shortfall: bool, warnin
     message = (f"target {target.metric} reduction {target.reduction:.1%} not reached: the pruned model measures "
                f"{measured:.1%}")
     if not allow_shortfall:
-        raise TargetUnreachable(message + "; set allow_shortfall to accept it", measured, target.metric)
+        raise TargetUnreachable(message + "; lower the rounding (--round-to; 1 keeps any width) or the target, or "
+                                "set allow_shortfall (--allow-shortfall) to accept it", measured, target.metric)
     if not any("unreachable" in w or "not reached" in w for w in warnings):
         warnings.append(message + " (allow_shortfall)")

@@ -117,6 +117,29 @@ def test_unknown_criterion_and_architecture(tmp_path, capsys):
     assert "unknown architecture" in _bad_input(tmp_path, capsys, arch="resnet9000")
 
 
+@pytest.mark.parametrize("extra,says", [
+    (["--bench-seconds", "-1"], "--bench-seconds"), (["--opset", "3"], "must be in 7..30"),
+    (["--opset", "99"], "--opset"), (["--max-accuracy-drop", "-1"], "between 0 and 1"),
+    (["--min-channels", "0"], "--min-channels")])
+def test_impossible_export_benchmark_and_gate_values_are_refused_before_any_work(tmp_path, capsys, extra, says):
+    # before: --bench-seconds -1 ran the whole job and ended in a traceback, --opset 3 failed at export (exit 3),
+    # --max-accuracy-drop -1 failed the gate after the run
+    assert says in _bad_input(tmp_path, capsys, *extra)
+
+
+def test_an_agent_target_is_refused_by_a_local_run_before_any_work(tmp_path, capsys):
+    # before: the whole job ran and exited 0 with the target "not measured"
+    assert "interprune serve --agent nosuch=HOST:PORT" in _bad_input(tmp_path, capsys, "--targets", "agent:nosuch")
+
+
+def test_a_standard_library_or_loader_callable_is_never_called_as_a_model_factory(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    for arch in ("python:os:system", "python:subprocess:run", "python:torch:load", "python:torch.hub:load"):
+        err = _bad_input(tmp_path, capsys, "--arch-kwargs", json.dumps({"command": f"touch {marker}"}), arch=arch)
+        assert "not a model factory" in err or "other than a model definition" in err
+    assert not marker.exists()
+
+
 def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()

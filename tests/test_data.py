@@ -120,6 +120,17 @@ def test_preprocess_normalises_and_resizes():
     assert torch.allclose(x, torch.ones_like(x), atol=1e-5)
 
 
+def test_a_set_smaller_than_asked_for_says_so_in_notes():
+    source = data.DataSource(data.ImageSet(np.zeros((48, 2, 2, 1), np.uint8), np.arange(48) % 4), None, "48 images")
+    splits = data.make_splits(source, calibration=1000, evaluation=None, seed=0)
+    assert len(splits.calibration) == 38 and splits.finetune_is_calibration
+    assert data.split_notes(splits, 1000, None, finetuning=False) == [
+        "calibration uses 38 images, not the 1000 asked for: the data set has no more to spare"]
+    assert "fine-tuning reuses the 38 calibration images" in data.split_notes(splits, 1000, None, finetuning=True)[1]
+    roomy = data.make_splits(source, calibration=20, evaluation=None, seed=0)
+    assert not roomy.finetune_is_calibration and data.split_notes(roomy, 20, None, finetuning=True) == []
+
+
 def _split(labels):
     labels = np.asarray(labels, np.int64)
     return data.ImageSet(np.zeros((len(labels), 2, 2, 1), np.uint8), labels)

@@ -219,3 +219,25 @@ def test_refusing_every_bomb_keeps_memory_and_disk_bounded(tmp_path):
     assert report["written"] == [0, 0]
     peak_mib = int(rss_line) / 1024                   # ru_maxrss is in KiB on Linux
     assert peak_mib < 1024, f"peak RSS {peak_mib:.0f} MiB while refusing the bombs"
+
+
+def test_a_compression_bomb_under_the_size_limits_is_refused_by_its_ratio(tmp_path, watch_extraction):
+    # 100 MiB of zeros deflate to ~100 KB (~1000:1): under max_expanded_bytes (2 GiB), so before the ratio limit it
+    # was expanded to disk; real image data compresses a few times at most
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cls/a.png", bytes(100 * MiB))
+    with pytest.raises(DataError, match=r"bomb\.zip: its headers declare 100\.0 MiB .* above the limit "
+                                        r"max_compression_ratio=200"):
+        data.load_images(bomb, LIMITS)
+    assert watch_extraction == [0]
+    arrays = tmp_path / "bomb.npz"                       # np.load would allocate the 100 MiB
+    np.savez_compressed(arrays, images=np.zeros((100 * MiB // 3072, 32, 32, 3), np.uint8),
+                        labels=np.zeros(100 * MiB // 3072, np.int64))
+    with pytest.raises(DataError, match=r"bomb\.npz: its arrays declare .* max_compression_ratio=200"):
+        archives.read_npz_headers(arrays, ["images", "labels"], LIMITS)
+    # the same ratio below the 64 MiB floor is not judged (small synthetic sets compress well)
+    small = tmp_path / "small.npz"
+    np.savez_compressed(small, images=np.zeros((1000, 32, 32, 3), np.uint8), labels=np.zeros(1000, np.int64))
+    assert archives.read_npz_headers(small, ["images", "labels"], LIMITS)["images"].shape == (1000, 32, 32, 3)
+    assert archives.read_npz_headers(arrays, ["images"], DataLimits(max_compression_ratio=10_000))

@@ -44,6 +44,16 @@ def test_state_dict_check_names_tensors_and_counts():
     assert "'ok'" not in message
 
 
+def test_a_negative_batchnorm_variance_is_named():
+    # finite, so it passed; at the first forward its square root made every logit NaN, and the error blamed NaN
+    # weights or the normalisation std
+    sd = {"bn1.running_var": torch.tensor([1.0, -0.5, 2.0, -1.0]), "bn1.running_mean": torch.tensor([-3.0])}
+    with pytest.raises(ModelError, match=r"r20\.pt: tensor 'bn1\.running_var' \(2 of 4 values\) negative; a "
+                                         r"BatchNorm running variance cannot be"):
+        check_finite_state_dict(sd, "r20.pt")
+    check_finite_state_dict({"bn1.running_var": torch.ones(4), "bn1.running_mean": torch.tensor([-3.0])}, "ok.pt")
+
+
 def test_array_and_number_checks():
     check_finite_array(np.arange(4), "labels", "d.npz")
     with pytest.raises(DataError, match=r"^d.npz: images hold 2 non-finite value\(s\) \(NaN or infinite\) of 6$"):

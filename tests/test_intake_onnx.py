@@ -87,6 +87,23 @@ def test_conversion_is_checked_against_onnx_runtime(tmp_path):
         verify(resolved, images)
 
 
+def test_a_conv_whose_weight_is_a_constant_node_converts(tmp_path):
+    # torch.onnx.export (TorchScript) writes a fixed buffer as a Constant node: our CIFAR ResNets' option-A shortcut
+    # kernel does; onnx2torch failed on it with a bare KeyError
+    from pruning.models.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    model = CifarResNet(blocks_per_stage=1, num_classes=10, widths=(4, 8, 8)).eval()
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), opset_version=17, dynamo=False,
+                      do_constant_folding=False)
+    assert any(n.op_type == "Constant" and n.attribute[0].t.dims[:2] == [8, 4] for n in onnx.load(path).graph.node)
+    resolved = resolve(ModelSpec("onnx", model_file=str(path)))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(resolved.module(images), model(images), atol=1e-5)
+
+
 class _Upsampling(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -28,6 +28,19 @@ def test_safetensors_weights_load_into_the_model(tmp_path):
     assert torch.equal(model(x), source.eval()(x))
 
 
+def test_a_folder_given_as_the_weights_or_model_file_is_named_a_folder(tmp_path):
+    from pruning.intake import resolve
+    from pruning.intake.spec import ModelSpec
+    from pruning.intake.weights import read_state_dict
+
+    with pytest.raises(ModelError, match="weights file .* is a folder, not a file"):
+        read_state_dict(tmp_path)
+    with pytest.raises(ModelError, match="model file .* is a folder, not a file"):
+        resolve(ModelSpec("onnx", model_file=str(tmp_path)))
+    with pytest.raises(ModelError, match="weights file .*nothing.pt does not exist"):
+        read_state_dict(tmp_path / "nothing.pt")
+
+
 def test_truncated_safetensors_is_named(tmp_path):
     from safetensors.torch import save_file
 

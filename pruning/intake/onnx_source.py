@@ -1,7 +1,8 @@
 """ONNX models: ``arch="onnx"`` with ``model_file``, converted to PyTorch with onnx2torch.
 
 Steps: read the file (its sha256 goes into the plan), ``onnx.checker``, inline constant ``Identity`` nodes (the
-TorchScript exporter shares equal initializers through them; onnx2torch wants initializers), refuse operators
+TorchScript exporter shares equal initializers through them) and tensor ``Constant`` nodes (onnx2torch wants
+initializers), refuse operators
 that cannot be pruned (``onnx_ops``), convert. ``pruning.intake.verify`` then compares the converted module with
 ONNX Runtime on calibration images (``onnx_check``). Weights come from the file; the class count from the
 output, the input shape from the graph input (the spec fills symbolic sizes; default 3x224x224).
@@ -23,7 +24,7 @@ from pruning.errors import ModelError, SpecError
 from pruning.intake.catalog import DEFAULT_INPUT_SHAPE
 from pruning.intake.describe import describe
 from pruning.intake.onnx_ops import describe_problems, pruning_problems
-from pruning.intake.sniff import identify
+from pruning.intake.sniff import identify, not_a_file
 from pruning.intake.sources import register_source
 from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
 
@@ -32,8 +33,8 @@ def read_onnx(path: Path):
     """(ModelProto, sha256 hex) of the file; ``ModelError`` when it is not a valid, self-contained ONNX model."""
     import onnx
 
-    if not path.is_file():
-        raise ModelError(f"model file {path} does not exist")
+    if problem := not_a_file(path, "model file"):
+        raise ModelError(problem)
     kind = identify(path)
     if kind != "onnx":
         raise ModelError(f"{path.name} is not an ONNX model (it looks like: {kind}); a PyTorch checkpoint is passed "
@@ -51,7 +52,9 @@ def read_onnx(path: Path):
 
 
 def inline_constant_identities(proto):
-    """A copy of ``proto`` where ``Identity(initializer)`` nodes became initializers of their own."""
+    """A copy of ``proto`` where ``Identity(initializer)`` nodes and tensor ``Constant`` nodes became initializers
+    of their own (onnx2torch reads a Conv's weight from an initializer only; the TorchScript exporter writes a
+    fixed buffer, e.g. our CIFAR ResNets' shortcut kernel, as a Constant)."""
     import onnx
 
     out = onnx.ModelProto()
@@ -59,7 +62,13 @@ def inline_constant_identities(proto):
     initializers = {t.name: t for t in out.graph.initializer}
     kept = []
     for node in out.graph.node:
-        if node.op_type == "Identity" and node.input[0] in initializers:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            out.graph.initializer.append(tensor)
+            initializers[tensor.name] = tensor
+        elif node.op_type == "Identity" and node.input[0] in initializers:
             tensor = onnx.TensorProto()
             tensor.CopyFrom(initializers[node.input[0]])
             tensor.name = node.output[0]
@@ -139,8 +148,8 @@ class OnnxSource:
                             "with the weights you want)")
         if spec.arch_kwargs:
             raise SpecError("arch_kwargs are for python: and timm/ factories, not ONNX models")
-        if not Path(spec.model_file).is_file():
-            raise ModelError(f"model file {spec.model_file} does not exist")
+        if problem := not_a_file(Path(spec.model_file), "model file"):
+            raise ModelError(problem)
 
     def resolve(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> ResolvedModel:
         self.check(spec, allowed_packages)

@@ -16,6 +16,8 @@ import inspect
 import json
 import logging
 import re
+import sys
+import types
 from typing import Any, Callable, Collection, Mapping
 
 import torch.nn as nn
@@ -41,9 +43,22 @@ def parse_entry_point(arch: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def check_allowed(module: str, allowed_packages: Collection[str] | None) -> None:
-    """Refuse a module whose top-level package the operator did not allow (None = all allowed)."""
+# Callables that read or run something other than a model definition (a pickle, a URL): never a factory, even in
+# the user's own process, where a spec from elsewhere (a reproduce script, CI) should not be able to run them.
+LOADERS = frozenset({"load", "loads", "load_state_dict_from_url", "load_url", "urlopen", "system", "exec", "eval"})
+
+
+def check_allowed(module: str, allowed_packages: Collection[str] | None, factory: str | None = None) -> None:
+    """Refuse a module whose top-level package the operator did not allow (None = all allowed), any module of
+    Python's standard library, and a factory named like a loader (``LOADERS``): checked before anything is
+    imported."""
     top = module.split(".")[0]
+    if top in sys.stdlib_module_names:
+        raise ModelError(f"python:{module}:... names Python's standard library, not a model factory; give the "
+                         "function or class in your own package that builds the nn.Module")
+    if factory in LOADERS:
+        raise ModelError(f"python:{module}:{factory} reads or runs something other than a model definition; give "
+                         "the function or class that builds the nn.Module (weights go in --weights)")
     if allowed_packages is not None and top not in allowed_packages:
         allowed = ", ".join(sorted(allowed_packages)) or "none"
         raise ModelError(f"model package {top!r} is not allowed on this server (allowed: {allowed}); the operator "
@@ -80,7 +95,7 @@ def call_kwargs(factory: Callable, arch: str, kwargs: Mapping[str, Any], num_cla
 
 def import_factory(arch: str, allowed_packages: Collection[str] | None) -> Callable:
     module_name, factory_name = parse_entry_point(arch)
-    check_allowed(module_name, allowed_packages)
+    check_allowed(module_name, allowed_packages, factory_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -89,6 +104,9 @@ def import_factory(arch: str, allowed_packages: Collection[str] | None) -> Calla
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {factory_name!r}")
+    if isinstance(factory, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        raise ModelError(f"{arch} is a built-in function, not a model factory; give the Python function or "
+                         "nn.Module class that builds the model")
     return factory
 
 
@@ -115,8 +133,8 @@ class PythonSource:
     prefix = PREFIX
 
     def check(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> None:
-        module, _ = parse_entry_point(spec.arch)
-        check_allowed(module, allowed_packages)
+        module, factory = parse_entry_point(spec.arch)
+        check_allowed(module, allowed_packages, factory)
         check_kwargs(spec.arch_kwargs)
         if spec.model_file:
             raise SpecError("model_file is only read for arch 'onnx'")

@@ -70,6 +70,17 @@ def _is_onnx(head: bytes) -> bool:
     return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 30 and head[2] in _ONNX_NEXT_FIELDS
 
 
+def not_a_file(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be read as ``what`` ("weights file", "model file"), or None when it is a regular file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{what} {path} is a folder, not a file; give the file inside it"
+    if path.exists():
+        return f"{what} {path} is not a regular file"
+    return f"{what} {path} does not exist"
+
+
 def identify(path: str | Path) -> str:
     """``classify`` applied to the file at ``path``."""
     path = Path(path)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from pruning.errors import ModelError
 from pruning.finite import check_finite_state_dict
-from pruning.intake.sniff import identify, weights_advice
+from pruning.intake.sniff import identify, not_a_file, weights_advice
 
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
@@ -32,8 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     meaningless "successful" job.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
+    if problem := not_a_file(path, "weights file"):
+        raise ModelError(problem)
     kind = identify(path)
     if kind == "safetensors":
         state_dict = _unwrap_state_dict(_read_safetensors(path), path.name)

@@ -1,10 +1,10 @@
 """Submit-time checks of a job spec: cheap ones (names, ranges, artifacts present), before anything is queued."""
 from __future__ import annotations
 
-import math
 import re
 from typing import Callable, Collection
 
+from pipeline.spec import OPSETS
 from pruning.errors import clip
 from pruning.spec import BLOCK_REMOVAL
 from service._proto.interprune.v1 import compression_pb2 as pb
@@ -150,12 +150,13 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "spec.benchmark.targets: an agent name is 1-64 letters, digits, _ . or -, as ListDevices shows it"),
         (p.HasField("latency_margin") and not 0.0 <= p.latency_margin < 1.0,
          "spec.prune.latency_margin must be in [0, 1) (0.05 aims 5% under the budget)"),
-        (spec.gate.HasField("max_accuracy_drop") and not math.isfinite(spec.gate.max_accuracy_drop),
-         "spec.gate.max_accuracy_drop must be a finite number (a fraction: 0.01 = one point)"),
+        (spec.gate.HasField("max_accuracy_drop") and not 0.0 <= spec.gate.max_accuracy_drop <= 1.0,
+         "spec.gate.max_accuracy_drop must be a finite number between 0 and 1 (a fraction: 0.01 = one point)"),
         (x.HasField("timeout_seconds") and not x.timeout_seconds > 0,
          "spec.execution.timeout_seconds must be > 0 (leave it unset for the server's default)"),
         (x.HasField("threads") and x.threads < 1, "spec.execution.threads must be >= 1"),
-        (spec.export.HasField("opset") and not 7 <= spec.export.opset <= 30, "spec.export.opset must be in 7..30"),
+        (spec.export.HasField("opset") and spec.export.opset not in OPSETS,
+         f"spec.export.opset must be in {OPSETS.start}..{OPSETS.stop - 1}"),
         (spec.export.HasField("parity_atol") and not spec.export.parity_atol > 0,
          "spec.export.parity_atol must be > 0"),
     ]

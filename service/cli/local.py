@@ -30,6 +30,11 @@ def add_local_commands(sub) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     spec = checked_spec(args)
+    unknown = [t for t in spec.benchmark.targets if t.startswith("agent:") and t[6:] not in spec.benchmark.agents]
+    if unknown:
+        raise CliError(f"--targets {unknown[0]}: a device agent is measured through a server that knows it "
+                       f"(interprune serve --agent {unknown[0][6:]}=HOST:PORT, then interprune submit); a local "
+                       "run measures local:cpu or local:cuda", EXIT_USAGE)
     report = run_into_folder(spec, Path(args.out), force=args.force, quiet=args.json)
     return finish(report, Path(args.out), as_json=args.json)
 
