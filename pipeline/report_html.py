@@ -254,9 +254,13 @@ def _blocks(blocks: list[dict]) -> str:
                      pct(probe) if probe is not None else "", pct(prev) if prev is not None else "",
                      number(b["score"]), _reason_text(reason)])
     removed = sum(b["removed"] for b in blocks)
+    window = next((b["reason"]["window"] for b in blocks if "window" in b.get("reason", {})), None)
+    order = ("blocks that add little go first." if window is None else
+             f"at each removal, among the {window:.0%} of the remaining blocks with the lowest gain, the one whose "
+             "skip costs least once the next two layers are re-fitted (skip_loss: the logits' squared error) "
+             "went first; the score is that order.")
     return (f"<p>{removed} of {len(blocks)} candidate blocks removed. The gain is the accuracy of a linear probe on "
-            "the block's output minus that on its input (held-out calibration images); blocks that add little "
-            "go first.</p>"
+            "the block's output minus that on its input (held-out calibration images); " + order + "</p>"
             + html_table(["block", "", "probe gain", "probe accuracy", "previous", "score", "details"], rows,
                      row_class=lambda row: "removed" if row[1] == "removed" else ""))
 

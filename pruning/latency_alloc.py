@@ -213,7 +213,7 @@ def _meet_fraction(search: _Search, prune, result: CompressResult) -> tuple[Allo
                    f"{anchor:.4g} ms p90 at batch {batch}")
         if not prune.allow_shortfall:
             raise TargetUnreachable(message + "; ask for less, lower the rounding or the protected layers, or set "
-                                    "allow_shortfall to prune to it instead", 1.0 - fastest.measured_ms / anchor,
+                                    "allow_shortfall (--allow-shortfall) to prune to it instead", 1.0 - fastest.measured_ms / anchor,
                                     "latency")
         result.warnings.append(message + "; pruned to it (allow_shortfall)")
         return search.allocation_of(fastest), fastest

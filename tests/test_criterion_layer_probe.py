@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
 from pruning import surgery
 from pruning.allocate import allocate_blocks
 from pruning.criteria import Batch, ScoringContext, create_criterion
-from pruning.criteria.layer_probe import probe_gains, stratified_split, train_linear_probe
+from pruning.criteria.layer_probe import probe_gains, stratified_split, train_linear_probe, windowed_order
 from pruning.models.cifar_resnet import BasicBlock, CifarResNet
 
 WIDTH, SIZE = 4, 8
@@ -115,6 +116,45 @@ def test_cifar_resnet_probe_points_and_zeroed_block() -> None:
     assert result.block_reasons["layer1.1"]["gain"] == 0.0
     assert result.remove_blocks == []                          # no threshold, nothing forced
     assert [result.block_reasons[b]["features"] for b in blocks] == [4, 4, 8, 8]
+
+
+def test_windowed_order_lets_the_gain_nominate_and_the_skip_loss_pick() -> None:
+    gains = {"a": 0.0, "b": 0.1, "c": 0.2, "d": 0.3}
+    losses = {"a": 5.0, "b": 1.0, "c": 0.5, "d": 0.1}
+    assert windowed_order(gains, losses, 0.0) == ["a", "b", "c", "d"]          # the gain alone
+    assert windowed_order(gains, losses, 1.0) == ["d", "c", "b", "a"]          # the loss alone
+    # half the remaining blocks nominated: {a, b} -> b; {a, c} (2 of 3, rounded up) -> c; {a} -> a; then d
+    assert windowed_order(gains, losses, 0.5) == ["b", "c", "a", "d"]
+
+
+def test_a_refit_window_orders_blocks_by_skip_loss_among_the_lowest_gains() -> None:
+    model = CifarResNet(blocks_per_stage=2, num_classes=3, widths=(4, 8, 8)).eval()
+    with torch.no_grad():                                      # layer2.1 adds nothing: skipping it costs nothing
+        model.layer2[1].bn2.weight.zero_()
+        model.layer2[1].bn2.bias.zero_()
+    before = copy.deepcopy(model.state_dict())
+    images = torch.randn(400, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = (images[:, 0].mean((1, 2)) > 0).long() + (images[:, 1].mean((1, 2)) > 0).long()
+    blocks = ["layer1.1", "layer2.1", "layer3.1"]
+    ctx = probe_context(model, blocks, images, labels, (3, 16, 16), 3)
+    plain = create_criterion("layer_probe", probe_steps=50).score(ctx)
+    guided = create_criterion("layer_probe", probe_steps=50, refit_window=1.0).score(ctx)
+    reasons = guided.block_reasons
+    assert reasons["layer2.1"]["skip_loss"] < 1e-9 < min(reasons[b]["skip_loss"] for b in ("layer1.1", "layer3.1"))
+    by_loss = sorted(blocks, key=lambda b: reasons[b]["skip_loss"])
+    assert sorted(guided.blocks, key=guided.blocks.get) == by_loss and guided.blocks[by_loss[0]] == 0.0
+    assert [reasons[b]["step"] for b in by_loss] == [0, 1, 2]
+    assert {b: reasons[b]["gain"] for b in blocks} == {b: plain.block_reasons[b]["gain"] for b in blocks}
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_a_refit_window_needs_images_beyond_the_refit_ones() -> None:
+    model = CifarResNet(blocks_per_stage=2, num_classes=3, widths=(4, 8, 8)).eval()
+    images = torch.randn(100, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ctx = probe_context(model, ["layer1.1"], images, torch.arange(100) % 3, (3, 16, 16), 3)
+    with pytest.raises(ValueError, match="more than 128 calibration images"):
+        create_criterion("layer_probe", probe_steps=5, refit_window=0.5).score(ctx)
 
 
 def test_train_linear_probe_separable_and_shuffled() -> None:

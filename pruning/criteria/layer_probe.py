@@ -19,6 +19,13 @@ For every candidate block l in ``ctx.blocks`` (shape-preserving residual blocks,
    second term only breaking ties between equal accuracies. With ``threshold`` δ set, ``remove_blocks`` lists the
    blocks with Δ_l < δ (lowest first); otherwise the allocator removes the lowest until the target is met.
 
+With ``refit_window`` w > 0 (a criterion parameter, as the channel criteria's), the probe gains nominate and the
+re-fit picks: each block's skip is priced as ``pruning.block_bypass`` prices it (the rise of the logits' squared
+error, on ``SKIP_LOSS_IMAGES`` calibration images, once the next two layers are re-fitted on the first
+``block_bypass.FIT_IMAGES``), and the removal order becomes, at every step, the cheapest skip among the fraction w
+of the remaining blocks with the lowest gain (``windowed_order``). The score is then the removal order (0 goes
+first); each block's reason keeps its gain and adds its skip loss and step.
+
 Memory: N x C floats per probe point (ResNet-56, 1,000 images: 28 points x 1,000 x <= 64).
 Assumes each candidate block runs once per forward (a block called twice is recorded at its first call).
 
@@ -32,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +53,7 @@ from pruning.criteria.base import ScoreResult, Scorer, ScoringContext, register_
 log = logging.getLogger(__name__)
 
 _TIE_BREAK = 1e-6
+SKIP_LOSS_IMAGES = 256      # calibration images (after the re-fit's) the skip losses of ``refit_window`` are measured on
 
 
 # --- pure functions ----------------------------------------------------------------------------------
@@ -127,6 +136,19 @@ def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes
                      steps, weight_decay).accuracy
 
 
+def windowed_order(gains: dict[str, float], losses: dict[str, float], window: float) -> list[str]:
+    """Removal order of the blocks: at every step, among the ``ceil(window x remaining)`` (at least one) with the
+    lowest gain, the one with the lowest loss goes. ``window`` near 0: by gain alone; 1: by loss alone."""
+    remaining = sorted(gains, key=lambda b: (gains[b], b))
+    order = []
+    while remaining:
+        nominees = remaining[:max(1, math.ceil(window * len(remaining)))]
+        chosen = min(nominees, key=lambda b: (losses[b], gains[b]))
+        order.append(chosen)
+        remaining.remove(chosen)
+    return order
+
+
 def probe_gains(accuracies: dict[str, float], previous: dict[str, str]) -> dict[str, float]:
     """Δ_l = a_l - a_(l-1): ``accuracies`` per probe point, ``previous[block]`` = the point feeding ``block``
     (the block's own output point has the block's name)."""
@@ -204,13 +226,17 @@ class LayerProbeScorer(Scorer):
              "(TPAMI)")
 
     def __init__(self, threshold: float | None = None, probe_steps: int = 100, weight_decay: float = 1e-3,
-                 train_fraction: float = 0.7, seed: int | None = None, max_batches: int | None = None) -> None:
+                 train_fraction: float = 0.7, seed: int | None = None, max_batches: int | None = None,
+                 refit_window: float = 0.0) -> None:
         super().__init__(threshold=threshold, probe_steps=probe_steps, weight_decay=weight_decay,
                          train_fraction=train_fraction, seed=seed, max_batches=max_batches)
         if probe_steps < 1 or weight_decay < 0 or not 0.0 < train_fraction < 1.0:
             raise TypeError("need probe_steps >= 1, weight_decay >= 0 and 0 < train_fraction < 1")
         self.threshold, self.probe_steps, self.weight_decay = threshold, probe_steps, weight_decay
         self.train_fraction, self.seed, self.max_batches = train_fraction, seed, max_batches
+        if not 0.0 <= refit_window <= 1.0:
+            raise ValueError(f"refit_window must be between 0 and 1, got {refit_window!r}")
+        self.refit_window = refit_window        # ``create_criterion`` sets it after construction, as for any criterion
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         if not ctx.blocks:
@@ -259,9 +285,34 @@ class LayerProbeScorer(Scorer):
                 "features": dims[block],
                 "held_out": int(held.numel()),
             }
+        if self.refit_window > 0:
+            self._guide_by_skip_losses(ctx, result, seed)
         if self.threshold is not None:
             result.remove_blocks = sorted((b for b in tap.order if gains[b] < self.threshold),
                                           key=lambda b: result.blocks[b])
         log.info("layer_probe: %d blocks, %d probes on %d images (%d held out)", len(tap.order), len(fits),
                  y.numel(), held.numel())
         return result
+
+    def _guide_by_skip_losses(self, ctx: ScoringContext, result: ScoreResult, seed: int) -> None:
+        """Scores become the ``windowed_order`` of the gains and the measured skip losses (module docstring)."""
+        from pruning.block_bypass import FIT_IMAGES, bypass_loss
+
+        batches = [batch.images for batch in ctx.batches()]
+        images = torch.cat(batches)
+        fit = list(images[:FIT_IMAGES].split(len(batches[0])))
+        loss_images = images[FIT_IMAGES:FIT_IMAGES + SKIP_LOSS_IMAGES]
+        if len(loss_images) == 0:
+            raise ValueError(f"layer_probe refit_window needs more than {FIT_IMAGES} calibration images (the skip's "
+                             f"re-fit takes the first {FIT_IMAGES}, its loss is measured on the next ones)")
+        ctx.model.eval()
+        with torch.no_grad():
+            reference = ctx.model(loss_images)
+        losses = {block: bypass_loss(ctx.model, block, fit, loss_images, reference, seed=seed)
+                  for block in result.blocks}
+        gains = {block: result.block_reasons[block]["gain"] for block in result.blocks}
+        for step, block in enumerate(windowed_order(gains, losses, self.refit_window)):
+            result.blocks[block] = float(step)
+            result.block_reasons[block].update(skip_loss=losses[block], step=step, window=self.refit_window)
+        log.info("layer_probe: skip losses of %d blocks measured (%d fit, %d loss images), window %.2f",
+                 len(losses), sum(len(f) for f in fit), len(loss_images), self.refit_window)
