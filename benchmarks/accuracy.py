@@ -128,6 +128,11 @@ _row("r56-dissection-window0.9-sensitivity-round1", "3", "resnet56", "dissection
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
 _row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
 _row("r56-layer_probe-kd35k", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", "--finetune-images", "35000")
+# ... with the probe gains nominating and the measured skip loss (next two layers re-fitted) picking
+for window in ("0.5", "1"):
+    for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000"))):
+        _row(f"r56-layer_probe-window{window}{suffix}", "2,3" if suffix else "3", "resnet56", "layer_probe",
+             "--target-macs", "0.5", "--criterion-param", f"refit_window={window}", *flags)
 # functionality with the wider window dissection took (0.75), widths to the channel
 _row("r56-functionality-window0.75-sensitivity-round1", "3", "resnet56", "functionality", "--target-macs", "0.5",
      "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *NO_FT)
