@@ -222,13 +222,16 @@ def latency_allocation_line(section: dict) -> str:
     """One line: what allocation "latency" targeted, and its predicted vs measured p90."""
     aimed = (f"a p90 budget of {section['budget_ms']:g} ms" if section["targeted"] == "budget"
              else f"-{section['reduction']:.1%} of the measured p90")
-    tries = section.get("candidates")
+    measured = f"measured {section['measured_ms']:.4g} ms"
+    if section.get("unpruned_beside_ms"):
+        measured += f" beside the unpruned model's {section['unpruned_beside_ms']:.4g} ms"
+    if section.get("candidates"):
+        measured += f" (-{section['measured_reduction']:.1%}; {section['candidates']} measured candidate(s))"
     final = section.get("final_p90_ms")
     blocks = [b["block"] for b in section.get("removed_blocks") or []]
     return (f"latency allocation targeted {aimed} at batch {section['batch_size']} on {section['target']}: p90 "
-            f"{section['original_ms']:.4g} ms unpruned -> predicted {section['predicted_ms']:.4g} ms, measured "
-            f"{section['measured_ms']:.4g} ms" + (f" (-{section['measured_reduction']:.1%}, {tries} measured "
-                                                  "candidate(s))" if tries else "") + (f" (final benchmark {final:.4g} ms)" if final is not None else "")
+            f"{section['original_ms']:.4g} ms unpruned -> predicted {section['predicted_ms']:.4g} ms, {measured}"
+            + (f" (final benchmark {final:.4g} ms)" if final is not None else "")
             + (f"; {len(blocks)} block(s) removed whole: {', '.join(blocks)}" if blocks else ""))
 
 

@@ -250,13 +250,35 @@ def test_a_latency_fraction_is_of_the_measured_p90_the_aim_corrected_when_the_ta
     assert abs(chosen["measured_ms"] - goal) <= CLOSE * goal and steps[-1]["meets_goal"]
     assert chosen["measured_ms"] == pytest.approx(probe(build(allocation), net.entry.input_shape, BATCH))
     assert chosen["measured_reduction"] == pytest.approx(1 - chosen["measured_ms"] / chosen["original_ms"])
-    assert chosen["candidates"] == len(steps) == len(probe.calls) - 2 and result.warnings == []
+    # the anchor, each candidate and the unpruned model measured right after it, and this test's own probe
+    assert chosen["candidates"] == len(steps) == (len(probe.calls) - 2) // 2 and result.warnings == []
+    assert chosen["unpruned_beside_ms"] == pytest.approx(chosen["original_ms"])
     section = latency_allocation_section(chosen, [{"target": "local:cpu", "model": "compressed",
                                                    "batch_size": BATCH, "p90_ms": 33.0}])
     assert section["final_p90_ms"] == 33.0
     line = latency_allocation_line(section)
     assert "-30.0% of the measured p90" in line and f"{len(steps)} measured candidate(s)" in line
     assert "final benchmark 33 ms" in line
+
+
+def test_a_latency_fraction_is_measured_beside_the_unpruned_model_so_a_slow_first_probe_does_not_move_it(resnet20):
+    net = resnet20
+    spec, result, build = _job(net, target_metric="latency", target_reduction=0.3)
+    steady = probe_by_macs(1.0, 5.0)
+    first = []
+
+    def drifting(model, input_shape, batch):      # the job's first probe (the anchor) is 20% slow, as seen here
+        ms = steady(model, input_shape, batch)
+        first.append(ms)
+        return ms * 1.2 if len(first) == 1 else ms
+    allocation, _ = latency_allocation(spec, StageRunner(None, None), result, net.model, net.groups,
+                                       net.entry.input_shape, net.base, drifting, macs_ms, build)
+    chosen = result.latency_allocation
+    true_cut = 1 - steady(build(allocation), net.entry.input_shape, BATCH) / steady(net.model, net.entry.input_shape,
+                                                                                  BATCH)
+    assert abs(true_cut - 0.3) <= CLOSE and chosen["measured_reduction"] == pytest.approx(true_cut)
+    # against the slow first probe alone, the plan would have been cut 20% less deep: 1 - 0.7 x 1.2 = 0.16
+    assert chosen["original_ms"] == pytest.approx(1.2 * chosen["unpruned_beside_ms"])
 
 
 def test_a_latency_fraction_the_widths_cannot_reach_is_refused_or_warned(resnet20):
@@ -372,7 +394,8 @@ def test_a_job_reports_the_targeted_metric_and_predicted_vs_measured_latency(mon
     assert report["criterion"]["target"] == {"metric": "latency", "reduction": 0.3}
     assert report["spec"]["compress"]["prune"]["allocation"] == "latency"
     # the anchor, then each candidate, all at the latency batch; the kept plan lands within CLOSE of the goal
-    assert set(probes) == {16} and len(probes) == 1 + section["candidates"] == 1 + len(report["latency_search"])
+    assert set(probes) == {16} and len(probes) == 1 + 2 * section["candidates"]
+    assert section["candidates"] == len(report["latency_search"])
     assert abs(section["measured_ms"] - 0.7 * section["original_ms"]) <= CLOSE * 0.7 * section["original_ms"]
     assert "latency allocation targeted -30.0% of the measured p90 at batch 16" in summary_table(report)
     assert any("latency table on local:cpu" in n for n in report["notes"])
