@@ -322,6 +322,36 @@ def benchmark_onnxruntime(
     return results
 
 
+def p90_in_turns(onnx_paths: Sequence[str | Path], input_shape: tuple[int, int, int], batch_size: int, *,
+                 provider: str = "cpu", threads: int | None = None, warmup_seconds: float = 0.5,
+                 seconds: float = 2.0, min_runs: int = 10, turn_runs: int = 5, seed: int = 0
+                 ) -> list[tuple[float, float]]:
+    """(p50, p90) in ms of each model, measured in turns (``turn_runs`` runs of A, then of B, ...; the first run of each
+    turn not counted, so caches are the model's own) for ``seconds`` per model and at least ``min_runs`` each,
+    after ``warmup_seconds`` of each: a burst of load on a shared machine slows every model alike, so their ratio
+    holds where back-to-back measurements seconds apart can differ by 20%."""
+    if not onnx_paths or seconds <= 0 or min_runs < 1:
+        raise ValueError(f"need models, seconds > 0 and min_runs >= 1, got {len(onnx_paths)}, {seconds}, {min_runs}")
+    x = random_batch(batch_size, input_shape, seed)
+    runners = [_ort_runner(create_session(path, provider, threads), x, on_gpu=provider != "cpu")
+               for path in onnx_paths]
+    for run_once in runners:
+        deadline = time.perf_counter() + warmup_seconds
+        run_once()
+        while time.perf_counter() < deadline:
+            run_once()
+    times: list[list[float]] = [[] for _ in runners]
+    deadline = time.perf_counter() + seconds * len(runners)
+    while len(times[0]) < min_runs or time.perf_counter() < deadline:
+        for run_once, own in zip(runners, times):
+            run_once()
+            for _ in range(max(1, turn_runs - 1)):
+                t0 = time.perf_counter_ns()
+                run_once()
+                own.append((time.perf_counter_ns() - t0) / 1e6)
+    return [(float(np.percentile(own, 50)), float(np.percentile(own, 90))) for own in times]
+
+
 def _ort_runner(session, x: np.ndarray, *, on_gpu: bool) -> Callable[[], object]:
     """A zero-argument callable running one inference of `x` (synchronous: returns when done)."""
     input_name = session.get_inputs()[0].name

@@ -57,7 +57,7 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds_per_batch
     Measured with the job's final benchmark protocol (``protocol_settings(seconds_per_batch)``), so the probes of a
     latency-budget search and the figure in the report are comparable.
     """
-    from exporters import benchmark_onnxruntime, export_onnx
+    from exporters import benchmark_onnxruntime, export_onnx, p90_in_turns
 
     provider = LOCAL_PROVIDERS.get(target)
     if provider is None:
@@ -70,6 +70,21 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds_per_batch
                                      **protocol_settings(seconds_per_batch))
         scratch.unlink(missing_ok=True)
         return rows[0].p90_ms
+
+    def in_turns(model: torch.nn.Module, other: torch.nn.Module, input_shape: tuple[int, int, int],
+                 batch: int) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(p50, p90) of ``model`` and of ``other``, measured in turns (``exporters.p90_in_turns``)."""
+        paths = [out / ".latency-probe-a.onnx", out / ".latency-probe-b.onnx"]
+        try:
+            for module, path in zip((model, other), paths):
+                export_onnx(module, path, torch.zeros(1, *input_shape))
+            first, second = p90_in_turns(paths, input_shape, batch, provider=provider, threads=threads,
+                                         warmup_seconds=0.5, seconds=max(1.0, seconds_per_batch))
+        finally:
+            for path in paths:
+                path.unlink(missing_ok=True)
+        return first, second
+    measure.in_turns = in_turns       # the latency allocation's fractions measure a candidate beside the original
     return measure
 
 

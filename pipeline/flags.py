@@ -144,9 +144,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--target-params", "compress.prune.target_reduction", "pruning", "fraction of parameters to remove",
          type=float),
     Flag("--target-latency", "compress.prune.target_reduction", "pruning", "with --allocation latency: fraction of "
-         "the p90 latency at --latency-batch on --latency-target to remove, measured: the per-layer latency table "
-         "aims, the candidate is measured and the aim corrected (at most four candidates; the report shows predicted "
-         "and measured; for a hard ceiling in ms use --latency-budget)",
+         "the latency at --latency-batch on --latency-target to remove, measured: the per-layer latency table "
+         "aims, the candidate is measured in turns with the unpruned model (ratio of medians) and the aim corrected "
+         "(at most four candidates; the report shows predicted and measured p90; for a hard ceiling in ms use "
+         "--latency-budget)",
          type=float, metavar="FRACTION"),
     Flag("--latency-budget", "compress.prune.latency_budget_ms", "pruning", "instead of a fraction: p90 latency "
          "to reach at --latency-batch on --latency-target (searched over MACs reductions; with --allocation "

@@ -9,8 +9,11 @@ measures it, so every prediction is a p90 in ms. The loss side is the per-group 
 as for "sensitivity". What is aimed at:
 
 - ``target_metric`` "latency": remove ``target_reduction`` F of the *measured* p90, i.e. a goal of ``anchor x
-  (1 - F)``, each candidate measured in turns with the unpruned model (its p90 x anchor / the unpruned p90
-  measured right after it: on a busy machine one job's first probe was 10-20% slow, which moved every cut). The table aims first; the candidate is measured and, while it lands more than ``CLOSE`` of the goal
+  (1 - F)``, each candidate measured in turns with the unpruned model: anchor x (its p50 / the unpruned p50),
+  both from ``probe.in_turns`` (turns of a few runs each, ``exporters.p90_in_turns``), else from two probes. On
+  this shared 2-core machine two measurements seconds apart differed by 20% and more, and a job's first probe
+  ran 10-20% slow, which moved every cut; five in-turns measurements of one pair gave p50 ratios of 0.72-0.74
+  (p90 ratios 0.71-0.79). The table aims first; the candidate is measured and, while it lands more than ``CLOSE`` of the goal
   away, the aim is corrected (below) — the table alone over-predicts what a plan saves on a runtime that fuses
   whole residual blocks (ResNet-56 on ONNX Runtime CPU: F = 0.35 predicted measured 0.25–0.29). The candidate
   measured closest to the goal wins (``closest``); one outside ``CLOSE`` is kept with a warning;
@@ -52,7 +55,7 @@ Build = Callable[[Allocation], nn.Module]     # the pruned copy of the model for
 class Candidate:
     reduction: float          # of the predicted p90, as allocated for
     predicted_ms: float
-    measured_ms: float        # in the anchor's units: a fraction's is raw_ms x anchor / unpruned_ms
+    measured_ms: float        # in the anchor's units: a fraction's is anchor x (its latency / the unpruned one's)
     raw_ms: float | None = None         # a fraction's candidate as measured, and the unpruned model measured
     unpruned_ms: float | None = None    # right after it (in turns: the machine's drift cancels in the ratio)
 
@@ -111,11 +114,15 @@ def latency_allocation(spec: CompressSpec, run: StageRunner, result: CompressRes
         run.check()
         if not allocation.kept:
             return anchor, None, None
-        ms = float(probe(build(allocation).eval(), input_shape, batch))
         if prune.latency_budget_ms is not None:
-            return ms, None, None
-        unpruned = float(probe(model.eval(), input_shape, batch))
-        return ms * anchor / unpruned, ms, unpruned
+            return float(probe(build(allocation).eval(), input_shape, batch)), None, None
+        in_turns = getattr(probe, "in_turns", None)      # measured in turns, when the probe can (pipeline's can)
+        if in_turns is None:
+            ms = float(probe(build(allocation).eval(), input_shape, batch))
+            unpruned = float(probe(model.eval(), input_shape, batch))
+            return ms * anchor / unpruned, ms, unpruned
+        (ms50, ms), (unpruned50, unpruned) = in_turns(build(allocation).eval(), model.eval(), input_shape, batch)
+        return anchor * ms50 / unpruned50, float(ms), float(unpruned)   # the ratio of medians: steadier than p90s
 
     search = _Search(prune, run, result, groups, scores, table, anchor, options, measured)
     if prune.latency_budget_ms is None:

@@ -281,6 +281,26 @@ def test_a_latency_fraction_is_measured_beside_the_unpruned_model_so_a_slow_firs
     assert chosen["original_ms"] == pytest.approx(1.2 * chosen["unpruned_beside_ms"])
 
 
+def test_a_probe_that_measures_in_turns_gives_the_cut_from_the_medians(resnet20):
+    net = resnet20
+    spec, result, build = _job(net, target_metric="latency", target_reduction=0.3)
+    steady = probe_by_macs(1.0, 5.0)
+    pairs = []
+
+    def in_turns(model, other, input_shape, batch):     # medians steady, p90s swinging 25% either way
+        a, b = steady(model, input_shape, batch), steady(other, input_shape, batch)
+        pairs.append((a, b))
+        return (a, a * (1.25 if len(pairs) % 2 else 0.75)), (b, b)
+    steady.in_turns = in_turns
+    allocation, _ = latency_allocation(spec, StageRunner(None, None), result, net.model, net.groups,
+                                       net.entry.input_shape, net.base, steady, macs_ms, build)
+    chosen = result.latency_allocation
+    assert len(pairs) == chosen["candidates"] and len(steady.calls) == 1 + 2 * len(pairs)   # the anchor alone
+    assert abs(chosen["measured_reduction"] - 0.3) <= CLOSE
+    assert chosen["measured_reduction"] == pytest.approx(1 - pairs[-1][0] / pairs[-1][1])
+    assert chosen["unpruned_beside_ms"] == pytest.approx(pairs[-1][1])
+
+
 def test_a_latency_fraction_the_widths_cannot_reach_is_refused_or_warned(resnet20):
     net = resnet20
     spec, result, build = _job(net, target_metric="latency", target_reduction=0.98)
