@@ -11,7 +11,7 @@ from .benchmark import (
     benchmark_onnxruntime,
     benchmark_torch,
     measure_latency,
-    p90_in_turns,
+    latency_in_turns,
     speedup_table,
 )
 from .environment import environment
@@ -57,7 +57,7 @@ __all__ = [
     "evaluate_onnx",
     "export_onnx",
     "measure_latency",
-    "p90_in_turns",
+    "latency_in_turns",
     "preferred_channel_multiple",
     "profile_shapes",
     "speedup_table",

@@ -322,7 +322,7 @@ def benchmark_onnxruntime(
     return results
 
 
-def p90_in_turns(onnx_paths: Sequence[str | Path], input_shape: tuple[int, int, int], batch_size: int, *,
+def latency_in_turns(onnx_paths: Sequence[str | Path], input_shape: tuple[int, int, int], batch_size: int, *,
                  provider: str = "cpu", threads: int | None = None, warmup_seconds: float = 0.5,
                  seconds: float = 2.0, min_runs: int = 10, turn_runs: int = 5, seed: int = 0
                  ) -> list[tuple[float, float]]:

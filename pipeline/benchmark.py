@@ -57,7 +57,7 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds_per_batch
     Measured with the job's final benchmark protocol (``protocol_settings(seconds_per_batch)``), so the probes of a
     latency-budget search and the figure in the report are comparable.
     """
-    from exporters import benchmark_onnxruntime, export_onnx, p90_in_turns
+    from exporters import benchmark_onnxruntime, export_onnx, latency_in_turns
 
     provider = LOCAL_PROVIDERS.get(target)
     if provider is None:
@@ -73,12 +73,12 @@ def latency_probe(target: str, threads: int | None, out: Path, seconds_per_batch
 
     def in_turns(model: torch.nn.Module, other: torch.nn.Module, input_shape: tuple[int, int, int],
                  batch: int) -> tuple[tuple[float, float], tuple[float, float]]:
-        """(p50, p90) of ``model`` and of ``other``, measured in turns (``exporters.p90_in_turns``)."""
+        """(p50, p90) of ``model`` and of ``other``, measured in turns (``exporters.latency_in_turns``)."""
         paths = [out / ".latency-probe-a.onnx", out / ".latency-probe-b.onnx"]
         try:
             for module, path in zip((model, other), paths):
                 export_onnx(module, path, torch.zeros(1, *input_shape))
-            first, second = p90_in_turns(paths, input_shape, batch, provider=provider, threads=threads,
+            first, second = latency_in_turns(paths, input_shape, batch, provider=provider, threads=threads,
                                          warmup_seconds=0.5, seconds=max(1.0, seconds_per_batch))
         finally:
             for path in paths:

@@ -63,9 +63,9 @@ def check_job_ranges(spec: JobSpec) -> None:
         (export.opset not in OPSETS, f"export.opset (--opset) {export.opset!r}: must be in {OPSETS.start}.."
                                      f"{OPSETS.stop - 1} (17 is the default)"),
         (not export.parity_atol > 0, f"export.parity_atol {export.parity_atol!r}: must be > 0"),
-        (drop is not None and not 0.0 <= drop <= 1.0,
-         f"gate.max_accuracy_drop (--max-accuracy-drop) {drop!r}: the largest accepted top-1 drop must be between 0 "
-         "and 1 (a fraction: 0.01 = one point; the CLI flag takes points)"),
+        (drop is not None and not -1.0 <= drop <= 1.0,
+         f"gate.max_accuracy_drop (--max-accuracy-drop) {drop!r}: the largest accepted top-1 drop must be between -1 "
+         "and 1 (a fraction: 0.01 = one point, negative = a gain required; the CLI flag takes points)"),
     )
     for failed, message in checks:
         if failed:

@@ -8,24 +8,25 @@ Runtime and caches it per target and shape) anchored to the unpruned model's p90
 measures it, so every prediction is a p90 in ms. The loss side is the per-group curves of ``pruning.sensitivity``,
 as for "sensitivity". What is aimed at:
 
-- ``target_metric`` "latency": remove ``target_reduction`` F of the *measured* p90, i.e. a goal of ``anchor x
-  (1 - F)``, each candidate measured in turns with the unpruned model: anchor x (its p50 / the unpruned p50),
-  both from ``probe.in_turns`` (turns of a few runs each, ``exporters.p90_in_turns``), else from two probes. On
-  this shared 2-core machine two measurements seconds apart differed by 20% and more, and a job's first probe
-  ran 10-20% slow, which moved every cut; five in-turns measurements of one pair gave p50 ratios of 0.72-0.74
-  (p90 ratios 0.71-0.79). The table aims first; the candidate is measured and, while it lands more than ``CLOSE`` of the goal
-  away, the aim is corrected (below) — the table alone over-predicts what a plan saves on a runtime that fuses
-  whole residual blocks (ResNet-56 on ONNX Runtime CPU: F = 0.35 predicted measured 0.25–0.29). The candidate
-  measured closest to the goal wins (``closest``); one outside ``CLOSE`` is kept with a warning;
-- ``latency_budget_ms``: a goal of ``budget x (1 - margin)``; the least-pruned candidate that meets it wins
-  (``pick``), and none meeting it is an error.
+- ``target_metric`` "latency": remove ``target_reduction`` F of the *measured* latency, a goal of ``anchor x
+  (1 - F)``. Each candidate is measured in turns with the unpruned model and counts as anchor x (its p50 / the
+  unpruned p50), both from ``probe.in_turns`` (``exporters.latency_in_turns``: alternating turns of a few runs),
+  else from two probes. On this shared 2-core machine two measurements seconds apart differed by 20% and more and
+  a job's first probe ran 10-20% slow, which moved every cut; five in-turns measurements of one pair gave p50
+  ratios of 0.72-0.74 (p90 ratios 0.71-0.79). The candidate measured closest to the goal wins (``closest``); one
+  still more than ``CLOSE`` off is kept with a warning, one short at the widest cut the widths allow is refused
+  (``TargetUnreachable``; with ``allow_shortfall``, kept with a warning). The table alone over-predicts what a
+  plan saves on a runtime that fuses whole residual blocks (ResNet-56 on ONNX Runtime CPU: 0.35 of the predicted
+  p90 measured a 0.25-0.29 cut in turns), hence the correction;
+- ``latency_budget_ms``: a goal of ``budget x (1 - margin)`` in ms, each candidate measured alone; the
+  least-pruned candidate that meets it wins (``pick``), none meeting it is an error.
 
-Both aim the predicted p90 at the goal first, measure the candidate with the probe and, while it misses, correct the
-aim along the line through the (predicted, measured) pairs closest to the goal (``next_aim``; the unpruned model is
-the first pair) and allocate again: at most ``BUDGET_TRIES`` measured candidates.
+Both aim the predicted p90 at the goal first, measure the candidate and, while it misses, correct the aim along
+the line through the (predicted, measured) pairs closest to the goal (``next_aim``; the unpruned model is the
+first pair) and allocate again: at most ``BUDGET_TRIES`` measured candidates.
 
-``result.latency_allocation`` records what was targeted, the anchor and the plan's predicted and measured p90;
-``result.latency_search`` the measured candidates of a budget.
+``result.latency_allocation`` records what was targeted, the goal, the anchor, the plan's predicted and measured
+p90 and its measured cut; ``result.latency_search`` the measured candidates.
 """
 from __future__ import annotations
 
@@ -109,8 +110,8 @@ def latency_allocation(spec: CompressSpec, run: StageRunner, result: CompressRes
     scores = result.scores.channels
 
     def measured(allocation: Allocation) -> tuple[float, float | None, float | None]:
-        """(p90 in the anchor's units, raw p90, the unpruned p90 measured right after it): a fraction is of the
-        unpruned model measured beside the candidate, since one job's first probe can be 10-20% off."""
+        """(the candidate in the anchor's units, its p90, the unpruned p90 measured beside it); a budget's
+        candidate is measured alone, in ms."""
         run.check()
         if not allocation.kept:
             return anchor, None, None

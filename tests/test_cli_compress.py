@@ -119,11 +119,11 @@ def test_unknown_criterion_and_architecture(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,says", [
     (["--bench-seconds", "-1"], "--bench-seconds"), (["--opset", "3"], "must be in 7..30"),
-    (["--opset", "99"], "--opset"), (["--max-accuracy-drop", "-1"], "between 0 and 1"),
+    (["--opset", "99"], "--opset"), (["--max-accuracy-drop", "-101"], "between -1 and 1"),
     (["--min-channels", "0"], "--min-channels")])
 def test_impossible_export_benchmark_and_gate_values_are_refused_before_any_work(tmp_path, capsys, extra, says):
     # before: --bench-seconds -1 ran the whole job and ended in a traceback, --opset 3 failed at export (exit 3),
-    # --max-accuracy-drop -1 failed the gate after the run
+    # --max-accuracy-drop -101 (points) failed the gate after the run
     assert says in _bad_input(tmp_path, capsys, *extra)
 
 

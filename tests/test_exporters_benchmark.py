@@ -21,7 +21,7 @@ from exporters import (
     evaluate_onnx,
     export_onnx,
     measure_latency,
-    p90_in_turns,
+    latency_in_turns,
     speedup_table,
 )
 from exporters.benchmark import Timings, failed_result, relative_spread, summarize, window_size
@@ -152,12 +152,12 @@ def test_models_measured_in_turns_give_each_its_own_median_and_p90(tmp_path, tin
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     heavy = export_onnx(wide, tmp_path / "wide.onnx", torch.randn(1, *INPUT_SHAPE)).path
-    (light50, light90), (heavy50, heavy90) = p90_in_turns([tiny_onnx, heavy], INPUT_SHAPE, 8, threads=1,
+    (light50, light90), (heavy50, heavy90) = latency_in_turns([tiny_onnx, heavy], INPUT_SHAPE, 8, threads=1,
                                                           warmup_seconds=0.05, seconds=0.3, min_runs=8)
     assert 0 < light50 <= light90 and 0 < heavy50 <= heavy90
     assert heavy50 > 3 * light50        # 64-wide 3x3 convs against 8-wide: an order of magnitude more MACs
     with pytest.raises(ValueError, match="need models"):
-        p90_in_turns([], INPUT_SHAPE, 8)
+        latency_in_turns([], INPUT_SHAPE, 8)
 
 
 def test_measure_latency_rejects_bad_settings():

@@ -150,8 +150,9 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "spec.benchmark.targets: an agent name is 1-64 letters, digits, _ . or -, as ListDevices shows it"),
         (p.HasField("latency_margin") and not 0.0 <= p.latency_margin < 1.0,
          "spec.prune.latency_margin must be in [0, 1) (0.05 aims 5% under the budget)"),
-        (spec.gate.HasField("max_accuracy_drop") and not 0.0 <= spec.gate.max_accuracy_drop <= 1.0,
-         "spec.gate.max_accuracy_drop must be a finite number between 0 and 1 (a fraction: 0.01 = one point)"),
+        (spec.gate.HasField("max_accuracy_drop") and not -1.0 <= spec.gate.max_accuracy_drop <= 1.0,
+         "spec.gate.max_accuracy_drop must be a finite number between -1 and 1 (a fraction: 0.01 = one point, "
+         "negative = a gain required)"),
         (x.HasField("timeout_seconds") and not x.timeout_seconds > 0,
          "spec.execution.timeout_seconds must be > 0 (leave it unset for the server's default)"),
         (x.HasField("threads") and x.threads < 1, "spec.execution.threads must be >= 1"),
