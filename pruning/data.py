@@ -367,7 +367,7 @@ def make_splits(source: DataSource, calibration: int, evaluation: int | None, fi
 def split_notes(splits: Splits, calibration: int, evaluation: int | None, finetuning: bool) -> list[str]:
     """What the data set could not give: fewer calibration or evaluation images than asked for, or (when
     ``finetuning``) fine-tuning on the calibration images of a set too small to keep them apart."""
-    notes = [f"{name} uses {got} images, not the {asked} asked for: the data set has no more to spare"
+    notes = [f"{name} uses {got} images: the data set has no more to spare ({name}_images is {asked})"
              for name, got, asked in (("calibration", len(splits.calibration), calibration),
                                       ("evaluation", len(splits.evaluation), evaluation))
              if asked is not None and got < asked]

@@ -125,7 +125,7 @@ def test_a_set_smaller_than_asked_for_says_so_in_notes():
     splits = data.make_splits(source, calibration=1000, evaluation=None, seed=0)
     assert len(splits.calibration) == 38 and splits.finetune_is_calibration
     assert data.split_notes(splits, 1000, None, finetuning=False) == [
-        "calibration uses 38 images, not the 1000 asked for: the data set has no more to spare"]
+        "calibration uses 38 images: the data set has no more to spare (calibration_images is 1000)"]
     assert "fine-tuning reuses the 38 calibration images" in data.split_notes(splits, 1000, None, finetuning=True)[1]
     roomy = data.make_splits(source, calibration=20, evaluation=None, seed=0)
     assert not roomy.finetune_is_calibration and data.split_notes(roomy, 20, None, finetuning=True) == []
