@@ -233,9 +233,9 @@ def _meet_fraction(search: _Search, prune, result: CompressResult) -> tuple[Allo
     if abs(chosen.measured_ms - goal) <= CLOSE * goal:
         return search.allocation_of(chosen), chosen
     cut = 1.0 - chosen.measured_ms / anchor
-    at_most = any(c.reduction >= search.most - 1e-6 for c, _ in search.tried)
-    if chosen.measured_ms > goal and at_most:
-        fastest = min((c for c, _ in search.tried), key=lambda c: c.measured_ms)
+    widest = [c for c, _ in search.tried if c.reduction >= search.most - 1e-6]
+    if widest and min(c.measured_ms for c in widest) > goal:     # the widest cut the widths allow falls short
+        fastest = min(widest, key=lambda c: c.measured_ms)
         message = (f"target latency reduction {fraction:.1%} is unreachable: the most-pruned plan the widths allow "
                    f"removes {1.0 - fastest.measured_ms / anchor:.1%} of the unpruned model's p90 at batch {batch}, "
                    "measured in turns")
