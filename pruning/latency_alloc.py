@@ -228,26 +228,28 @@ def _meet_fraction(search: _Search, prune, result: CompressResult) -> tuple[Allo
     the closest, with a warning."""
     fraction, anchor, batch = prune.target_reduction, search.anchor, prune.latency_batch
     goal = anchor * (1.0 - fraction)
-    search.run_to(goal, lambda ms: abs(ms - goal) <= CLOSE * goal)
+
+    def within(ms: float) -> bool:
+        return abs(ms - goal) <= CLOSE * goal
+
+    search.run_to(goal, within)
     chosen = closest([c for c, _ in search.tried], goal)
-    if abs(chosen.measured_ms - goal) <= CLOSE * goal:
+    if within(chosen.measured_ms):
         return search.allocation_of(chosen), chosen
-    cut = 1.0 - chosen.measured_ms / anchor
     widest = [c for c, _ in search.tried if c.reduction >= search.most - 1e-6]
-    if widest and min(c.measured_ms for c in widest) > goal:     # the widest cut the widths allow falls short
-        fastest = min(widest, key=lambda c: c.measured_ms)
+    fastest = min(widest, key=lambda c: c.measured_ms) if widest else None
+    if fastest is not None and fastest.measured_ms > goal:      # the widest cut the widths allow falls short
+        reachable = 1.0 - fastest.measured_ms / anchor
         message = (f"target latency reduction {fraction:.1%} is unreachable: the most-pruned plan the widths allow "
-                   f"removes {1.0 - fastest.measured_ms / anchor:.1%} of the unpruned model's p90 at batch {batch}, "
-                   "measured in turns")
+                   f"removes {reachable:.1%} of the unpruned model's p90 at batch {batch}, measured in turns")
         if not prune.allow_shortfall:
             raise TargetUnreachable(message + "; ask for less, lower the rounding or the protected layers, or set "
-                                    "allow_shortfall (--allow-shortfall) to prune to it instead", 1.0 - fastest.measured_ms / anchor,
-                                    "latency")
+                                    "allow_shortfall (--allow-shortfall) to prune to it instead", reachable, "latency")
         result.warnings.append(message + "; pruned to it (allow_shortfall)")
         return search.allocation_of(fastest), fastest
     result.warnings.append(
         f"asked to remove {fraction:.1%} of the measured p90 at batch {batch}; the closest of {len(search.tried)} "
-        f"measured plans removes {cut:.1%}: the latency moved between measurements, or the widths cannot step "
+        f"measured plans removes {1.0 - chosen.measured_ms / anchor:.1%}: the latency moved between measurements, or the widths cannot step "
         "finer (lower --round-to)")
     return search.allocation_of(chosen), chosen
 
