@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits   # installed with scikit-learn
 
-from pruning.criteria.base import ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.base import ScoreResult, Scorer, ScoringContext, _refit_window, register_criterion
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,7 @@ class LayerProbeScorer(Scorer):
             raise TypeError("need probe_steps >= 1, weight_decay >= 0 and 0 < train_fraction < 1")
         self.threshold, self.probe_steps, self.weight_decay = threshold, probe_steps, weight_decay
         self.train_fraction, self.seed, self.max_batches = train_fraction, seed, max_batches
-        if not 0.0 <= refit_window <= 1.0:
-            raise ValueError(f"refit_window must be between 0 and 1, got {refit_window!r}")
-        self.refit_window = refit_window        # ``create_criterion`` sets it after construction, as for any criterion
+        self.refit_window = _refit_window(refit_window)   # ``create_criterion`` sets it again, as for any criterion
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         if not ctx.blocks:
