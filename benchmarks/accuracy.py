@@ -164,12 +164,12 @@ for arch in ("resnet56", "resnet20"):
     for alloc in ("latency", "sensitivity"):
         _row(f"{short}-l1-{alloc}-budget-b64", "4", arch, "l1", "--allocation", alloc, "--latency-budget", ref,
              "--latency-batch", "64", "--latency-margin", "0", *LAT64, *NO_FT)
-    # fixed cuts of the measured p90 (the job aims with the table and corrects by measuring): 0.38 ~ the cut the
+    # fixed cuts of the measured latency (the job aims with the table and corrects by measuring): 0.38 ~ the cut the
     # MACs plan measured in turns (benchmarks.paired_latency: ResNet-56 135.5 -> 84.6 ms, ResNet-20 44.1 -> 27.6 ms)
     for cut in ("0.35", "0.38", "0.45"):
         _row(f"{short}-l1-latency-cut{cut}-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency", cut,
              "--latency-batch", "64", *LAT64, *NO_FT)
-    # half of the measured p90
+    # half of the measured latency
     _row(f"{short}-l1-latency-half-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency", "0.5",
          "--latency-batch", "64", *LAT64, *NO_FT)
 
@@ -340,8 +340,8 @@ def latency_table(rows: list[dict]) -> list[str]:
              "(`python -m benchmarks.paired_latency`, paired_latency_b64.txt), which is the comparison to read. Rows "
              "measured from 2026-12-02 on export the CIFAR ResNets' option-A shortcut as one strided 1x1 convolution; "
              "earlier rows exported it as Slice + Pad, slower in both models (README, \"Exported shortcuts\").", "",
-             "`job's cut` (`--target-latency` rows): the fraction of the unpruned p90 the job's own probe measured its "
-             "plan to remove, and how many candidates it measured; rows measured before 2026-12-02 04:30 ran when "
+             "`job's cut` (`--target-latency` rows): the fraction of the unpruned model's latency the job measured its "
+             "plan to remove (ratio of medians, the two measured in turns), and how many candidates it measured; rows measured before 2026-12-02 04:30 ran when "
              "`--target-latency` was a fraction of the *predicted* p90, measured once, not corrected.", "",
              "| row | MACs removed | top-1 no FT | p90 ms (original → compressed) | budget met | speedup | MACs ratio | "
              "speedup / MACs ratio | predicted p90 ms | job's cut | load | measured |", "|" + "---|" * 12]
