@@ -12,8 +12,8 @@ as for "sensitivity". What is aimed at:
   (1 - F)``. Each candidate is measured in turns with the unpruned model and counts as anchor x (its p50 / the
   unpruned p50), both from ``probe.in_turns`` (``exporters.latency_in_turns``: alternating turns of a few runs),
   else from two probes. On this shared 2-core machine two measurements seconds apart differed by 20% and more and
-  a job's first probe ran 10-20% slow, which moved every cut; five in-turns measurements of one pair gave p50
-  ratios of 0.72-0.74 (p90 ratios 0.71-0.79). The candidate measured closest to the goal wins (``closest``); one
+  a job's first probe ran 10-20% slow, which moved every cut (``benchmarks.in_turns_ratio`` measures the
+  difference: p50 ratios 0.66-0.69 in turns, 0.63-0.72 one after the other, on one pair). The candidate measured closest to the goal wins (``closest``); one
   still more than ``CLOSE`` off is kept with a warning, one short at the widest cut the widths allow is refused
   (``TargetUnreachable``; with ``allow_shortfall``, kept with a warning). The table alone over-predicts what a
   plan saves on a runtime that fuses whole residual blocks (ResNet-56 on ONNX Runtime CPU: 0.35 of the predicted
