@@ -27,3 +27,17 @@ def test_merge_rows_replaces_remeasured_rows_and_keeps_order():
     merged = merge_rows(old, new)
     assert [(r["criterion"], r["target"], r["round_to"], r["top1"]) for r in merged] == [
         ("l1", 0.5, 8, 0.1), ("random", 0.5, 8, 0.3), ("l1", 0.3, 8, 0.4), ("l1", 0.5, 1, 0.5)]
+
+
+def test_paired_latency_reads_each_models_input_shape_from_its_graph(tmp_path):
+    import pytest
+
+    from benchmarks.paired_latency import input_shape
+    from exporters import export_onnx
+    from pruning.errors import SpecError
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    path = export_onnx(net.eval(), tmp_path / "gray.onnx", torch.zeros(1, 1, 20, 24)).path
+    assert input_shape(path, None) == (1, 20, 24)                       # not the 3x32x32 it used to assume
+    with pytest.raises(SpecError, match="1x20x24"):
+        input_shape(path, (3, 32, 32))
