@@ -1,15 +1,18 @@
 """KD fine-tuning schedules on ResNet-56 / CIFAR-10 pruned to -50% MACs, every variant from the same start.
 
     nice -n 5 .venv/bin/python -m benchmarks.kd_schedule --variants cosine-0.01,onecycle-0.05 --images 5000
+    nice -n 5 .venv/bin/python -m benchmarks.kd_schedule --start layer_probe --variants onecycle-0.01-crop-image
 
-The start is made once: ``pruning.compress.compress`` with L1, -50% MACs, reconstruction on, no fine-tuning; its
-``plan.json`` + ``weights.pt`` are cached in --cache and rebuilt with ``surgery.load_compressed`` for each variant.
+The start is made once: ``pruning.compress.compress`` with ``--start``'s criterion (L1, uniform widths, or
+layer_probe: whole residual blocks), -50% MACs, reconstruction on, no fine-tuning; its ``plan.json`` +
+``weights.pt`` are cached in --cache and rebuilt with ``surgery.load_compressed`` for each variant.
 The fine-tune pool, the 500-image validation slice and the batches are those ``compress`` uses (seed 0). Each
 variant runs ``pruning.finetune.finetune`` with the settings spelled out in ``VARIANTS`` (all of them, so a
 variant does not move when the library's defaults do) and is evaluated on all 10,000 test images.
 
-Rows are appended to ``--out``/kd_schedule.json (a re-run of a variant at a budget replaces its row) and the table
-``kd_schedule.md`` is rewritten from it, with the command that produced each row.
+Rows are appended to ``--out``/kd_schedule.json (kd_schedule_layer_probe.json for that start; a re-run of a
+variant at a budget replaces its row) and the table ``kd_schedule.md`` (``kd_schedule_layer_probe.md``) is rewritten
+from it, with the command that produced each row.
 """
 from __future__ import annotations
 
@@ -56,25 +59,31 @@ for _lr in (0.005, 0.01, 0.02, 0.05, 0.1):    # knobs around each one-cycle peak
         f"onecycle-{_lr}-mse-a1-crop-image": dict(_m, crop="image"),
         f"cosine-{_lr}-mse-a1": dict(_m, warmup=0.0),
     })
+    for _w in (0.5, 1, 2, 4):                 # ... and with feature hints at the stages' outputs (today's crop)
+        VARIANTS[f"onecycle-{_lr}-mse-a1-crop-image-hint{_w}"] = dict(_m, crop="image", hint=_w)
+
+
+STARTS = ("l1", "layer_probe")    # the criterion of the start (its defaults otherwise, as the CLI's)
 
 
 def prepare(args) -> Path:
-    """Compress once (cached): plan.json + weights.pt of L1 -50% MACs with reconstruction, no fine-tuning."""
+    """Compress once (cached): plan.json + weights.pt of ``args.start`` -50% MACs with reconstruction, no
+    fine-tuning."""
     from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, compress
 
-    out = args.cache / "start"
+    out = args.cache / ("start" if args.start == "l1" else f"start-{args.start}")
     if (out / "plan.json").exists() and (out / "start.json").exists():
         return out
     weights = next((args.data_root / "weights").glob("resnet56-*.th"))
     spec = CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                         data=DataSpec(str(args.data_root / "cifar10")),
-                        prune=PruneSpec("l1", target_reduction=0.5), finetune=FinetuneSpec(), threads=args.threads)
+                        prune=PruneSpec(args.start, target_reduction=0.5), finetune=FinetuneSpec(), threads=args.threads)
     start = time.perf_counter()
     result = compress(spec, out)
     facts = {"accuracy": {k: v.top1 for k, v in result.accuracy.items()}, "macs_reduction": result.reduction("macs"),
              "seconds": time.perf_counter() - start}
     (out / "start.json").write_text(json.dumps(facts, indent=1))
-    print(f"[start] L1 -{facts['macs_reduction']:.1%} MACs + reconstruction: "
+    print(f"[start] {args.start} -{facts['macs_reduction']:.1%} MACs + reconstruction: "
           + ", ".join(f"{k} {v:.2%}" for k, v in facts["accuracy"].items()) + f" ({facts['seconds']:.0f} s)")
     return out
 
@@ -100,6 +109,7 @@ def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float
 
     from pruning import data as data_mod
     from pruning import zoo
+    from pruning.feature_hints import hint_pairs, stage_names
     from pruning.finetune import FinetuneBudget, FinetuneSettings, evaluation_callback, finetune
     from pruning.measure import evaluate
     from pruning.surgery import load_compressed
@@ -134,10 +144,12 @@ def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float
         checks.append((val, test))
         return val
     settings = FinetuneSettings(lr=cfg["lr"], weight_decay=cfg["weight_decay"], temperature=cfg["temperature"],
-                                alpha=cfg["alpha"], warmup=cfg["warmup"], loss=cfg["loss"])
+                                alpha=cfg["alpha"], warmup=cfg["warmup"], loss=cfg["loss"],
+                                hint_weight=cfg.get("hint", 0.0))
+    hints = hint_pairs(student, teacher, stage_names(entry.removable_blocks(teacher)))
     begin = time.perf_counter()
     report = finetune(student, teacher, train_epoch, -(-len(train_set) // batch), batch,
-                      FinetuneBudget(images=images), settings, validate)
+                      FinetuneBudget(images=images), settings, validate, hints=hints)
     wall = time.perf_counter() - begin
     top1 = evaluate(student, data_mod.batches(splits.evaluation, pre, 500)).top1
     steps = [h["step"] for h in report.history if "val_top1" in h]
@@ -154,27 +166,35 @@ def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float
     return row
 
 
-def write_table(out: Path, rows: list[dict], start: dict) -> str:
-    lines = ["| variant | settings (vs. today) | images seen | top-1 returned | top-1 last step | wall s | "
+def _suffix(start_criterion: str) -> str:
+    return "" if start_criterion == "l1" else f"_{start_criterion}"
+
+
+def write_table(out: Path, rows: list[dict], start: dict, start_criterion: str = "l1") -> str:
+    lines = ["| variant | settings (vs. the reference) | images seen | top-1 returned | top-1 last step | wall s | "
              "stopped by | validation/test at each check | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["images"], -r["top1"])):
         diff = {k: v for k, v in r["settings"].items() if BASE.get(k) != v}
-        shown = ", ".join(f"{k}={v}" for k, v in diff.items()) or "today's defaults"
+        shown = ", ".join(f"{k}={v}" for k, v in diff.items()) or "the reference"
         curve = " ".join(f"{s}:{v:.1%}/{t:.2%}" for s, v, t in r["curve"])
         lines.append(f"| {r['variant']} | {shown} | {r['images_seen']} | {r['top1']:.2%} | {r['top1_last']:.2%} | "
                      f"{r['wall_s']:.0f} | {r['stopped_by']} | {curve} | `{r['command']}` |")
     acc = start["accuracy"]
-    head = ("# KD fine-tuning schedules: ResNet-56 / CIFAR-10, L1 -50% MACs + reconstruction\n\n"
+    how = "L1" if start_criterion == "l1" else f"{start_criterion} (whole residual blocks removed)"
+    head = (f"# KD fine-tuning schedules: ResNet-56 / CIFAR-10, {how} -50% MACs + reconstruction\n\n"
             f"Start (same for every row, {start['macs_reduction']:.1%} MACs removed): unpruned {acc['original']:.2%}, "
             f"pruned {acc['pruned']:.2%}, reconstructed {acc['reconstructed']:.2%} on the 10,000 test images. "
-            f"Today's settings: {BASE}. Top-1 on all 10,000 test images: *returned* = the weights `finetune` gives back "
-            "(the best of its validation checks, the start included), *last step* = the weights after the last step. "
+            f"The reference settings (the library's defaults when this benchmark was written): {BASE}; a job's "
+            "defaults today are the onecycle-0.01-mse-a1-crop-image row's. Top-1 on all 10,000 test images: "
+            "*returned* = the weights `finetune` gives back here (the best of its validation checks, the start "
+            "included), *last step* = the weights after the last step (what a job returns unless a check beats it "
+            "beyond the validation slice's noise). "
             "The curve is step:validation/test at each check (validation = the 500-image slice of the fine-tune "
             "pool that selects the weights; test is only recorded). Wall = fine-tuning including those test "
             "checks, final evaluation excluded (2 CPU threads, shared machine). Rows sorted by budget, then "
             "top-1 returned.\n\n")
     table = "\n".join(lines)
-    (out / "kd_schedule.md").write_text(head + table + "\n")
+    (out / f"kd_schedule{_suffix(start_criterion)}.md").write_text(head + table + "\n")
     return table
 
 
@@ -186,6 +206,7 @@ def main() -> None:
     parser.add_argument("--variants", default="cosine-0.01", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--images", default="5000", help="comma-separated budgets (images seen)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--start", choices=STARTS, default="l1", help="the criterion that prunes the start")
     args = parser.parse_args()
     import torch
 
@@ -195,7 +216,7 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     start_dir = prepare(args)
     start = json.loads((start_dir / "start.json").read_text())
-    store = args.out / "kd_schedule.json"
+    store = args.out / f"kd_schedule{_suffix(args.start)}.json"
     rows = json.loads(store.read_text()) if store.exists() else []
     for images in map(int, args.images.split(",")):
         for name in args.variants.split(","):
@@ -203,8 +224,8 @@ def main() -> None:
             rows = [r for r in rows if (r["variant"], r["images"]) != (name, images)] + [row]
             args.out.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(rows, indent=1))
-            write_table(args.out, rows, start)
-    print(write_table(args.out, rows, start))
+            write_table(args.out, rows, start, args.start)
+    print(write_table(args.out, rows, start, args.start))
 
 
 if __name__ == "__main__":

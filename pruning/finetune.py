@@ -34,13 +34,14 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from pruning.errors import Cancelled, SpecError
+from pruning.feature_hints import FeatureHints, HintPair
 
 DISTILLATION = ("mse", "kl")
 
@@ -76,6 +77,7 @@ class FinetuneSettings:
     alpha: float = 1.0                 # weight of the distillation term
     warmup: float = 0.15               # fraction of the schedule spent rising linearly to ``lr`` (0 = plain cosine)
     loss: str = "mse"                  # distillation term: "mse" (on raw logits) or "kl" (Hinton, ``temperature``)
+    hint_weight: float = 0.0           # weight of the feature hints (``pruning.feature_hints``) given to ``finetune``
     eval_every: int = 50               # steps between validation checks
     patience: int = 5                  # validation checks without improvement before stopping (warm-up excluded)
 
@@ -146,10 +148,12 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
              batches_per_epoch: int, batch_size: int, budget: FinetuneBudget, settings: FinetuneSettings,
              validate: Callable[[nn.Module], float] | None = None,
              progress: Callable[[float, str], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, validation_images: int = 0) -> FinetuneReport:
+             should_stop: Callable[[], bool] | None = None, validation_images: int = 0,
+             hints: Sequence[HintPair] = ()) -> FinetuneReport:
     """Train ``student`` in place; ``train_epoch(epoch)`` yields (images, labels) batches for that epoch;
     ``validate`` scores a model on ``validation_images`` held-out images (see the module text for which weights
-    come back)."""
+    come back). With ``settings.hint_weight`` > 0 the student also matches the teacher's outputs of the ``hints``
+    modules (``pruning.feature_hints``)."""
     report = FinetuneReport()
     check_distillation(settings.loss)
     if budget.is_zero():
@@ -172,50 +176,53 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
         best_state = copy.deepcopy(student.state_dict())
         report.history.append({"step": 0, "val_top1": best_val})
     student.train()
-    while True:
-        for images, labels in train_epoch(epoch):
-            if should_stop is not None and should_stop():
-                raise Cancelled("fine-tuning cancelled")
-            lr = settings.lr_at(step, schedule_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.no_grad():
-                teacher_logits = teacher(images)
-            loss = distillation_loss(student(images), teacher_logits, labels, settings.temperature, settings.alpha,
-                                     settings.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            report.images_seen += len(labels)
-            loss_value = loss.item()
-            entry = {"step": step, "loss": loss_value, "lr": lr}
-            done_reason = _budget_done(step, total, deadline)
-            if validate is not None and (step % settings.eval_every == 0 or done_reason):
-                val = last_val = validate(student)
-                student.train()
-                entry["val_top1"] = val
-                if val > best_val:
-                    best_val, best_step = val, step
-                    best_state = copy.deepcopy(student.state_dict())
-                if step > warmup_steps:
-                    if val > best_trained:
-                        best_trained, checks_since_best = val, 0
-                    else:
-                        checks_since_best += 1
-                        if checks_since_best >= settings.patience and not done_reason:
-                            done_reason = "early stopping"
-            report.history.append(entry)
-            if progress is not None:
-                frac = step / total if total else (time.monotonic() - start) / (budget.minutes * 60)
-                progress(min(frac, 1.0), f"step {step} loss {loss_value:.3f}")
-            if done_reason:
-                report.stopped_by = done_reason
-                break
-        else:
-            epoch += 1
-            continue
-        break
+    with FeatureHints(hints if settings.hint_weight > 0 else ()) as features:
+        while True:
+            for images, labels in train_epoch(epoch):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("fine-tuning cancelled")
+                lr = settings.lr_at(step, schedule_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.no_grad():
+                    teacher_logits = teacher(images)
+                loss = distillation_loss(student(images), teacher_logits, labels, settings.temperature,
+                                         settings.alpha, settings.loss)
+                if features.pairs:
+                    loss = loss + settings.hint_weight * features.loss()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                report.images_seen += len(labels)
+                loss_value = loss.item()
+                entry = {"step": step, "loss": loss_value, "lr": lr}
+                done_reason = _budget_done(step, total, deadline)
+                if validate is not None and (step % settings.eval_every == 0 or done_reason):
+                    val = last_val = validate(student)
+                    student.train()
+                    entry["val_top1"] = val
+                    if val > best_val:
+                        best_val, best_step = val, step
+                        best_state = copy.deepcopy(student.state_dict())
+                    if step > warmup_steps:
+                        if val > best_trained:
+                            best_trained, checks_since_best = val, 0
+                        else:
+                            checks_since_best += 1
+                            if checks_since_best >= settings.patience and not done_reason:
+                                done_reason = "early stopping"
+                report.history.append(entry)
+                if progress is not None:
+                    frac = step / total if total else (time.monotonic() - start) / (budget.minutes * 60)
+                    progress(min(frac, 1.0), f"step {step} loss {loss_value:.3f}")
+                if done_reason:
+                    report.stopped_by = done_reason
+                    break
+            else:
+                epoch += 1
+                continue
+            break
     if best_state is not None:
         report.best_val_top1 = best_val
         annealed = report.stopped_by == "budget (steps)" and last_val is not None
