@@ -128,6 +128,12 @@ _row("r56-dissection-window0.9-sensitivity-round1", "3", "resnet56", "dissection
 # Goal 3, block removal: layer_probe against random blocks (three seeds) with today's re-fit (downstream).
 _row("r56-layer_probe", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT)
 _row("r56-layer_probe-kd35k", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", "--finetune-images", "35000")
+_row("r56-layer_probe-kd35k-seed1", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", "--finetune-images",
+     "35000", "--seed", "1")
+# ... with the probes' accuracies cross-validated over five folds (every calibration image held out once)
+for seed in (0, 1):
+    _row("r56-layer_probe-folds5" + (f"-seed{seed}" if seed else ""), "3", "resnet56", "layer_probe", "--target-macs",
+         "0.5", "--criterion-param", "folds=5", *NO_FT, *(("--seed", str(seed)) if seed else ()))
 # ... with the probe gains nominating and the measured skip loss (next two layers re-fitted) picking
 for window in ("0.5", "1"):
     for suffix, flags in (("", NO_FT), ("-kd35k", ("--finetune-images", "35000"))):

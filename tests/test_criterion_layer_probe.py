@@ -10,7 +10,8 @@ import torch.nn as nn
 from pruning import surgery
 from pruning.allocate import allocate_blocks
 from pruning.criteria import Batch, ScoringContext, create_criterion
-from pruning.criteria.layer_probe import probe_gains, stratified_split, train_linear_probe, windowed_order
+from pruning.criteria.layer_probe import (cross_validated_fit, fit_probe, probe_gains, stratified_folds,
+                                          stratified_split, train_linear_probe, windowed_order)
 from pruning.models.cifar_resnet import BasicBlock, CifarResNet
 
 WIDTH, SIZE = 4, 8
@@ -190,3 +191,40 @@ def test_random_blocks_control_is_seeded_and_covers_every_block() -> None:
     assert first.blocks == again.blocks and len(set(first.blocks.values())) == 3
     ctx.seed = 4
     assert scorer.score(ctx).blocks != first.blocks
+
+
+def test_stratified_folds_hold_every_image_out_once_with_every_class_in_each() -> None:
+    labels = torch.arange(103) % 4
+    folds = stratified_folds(labels, 5, seed=0)
+    assert sorted(torch.cat(folds).tolist()) == list(range(103))            # a partition
+    assert max(f.numel() for f in folds) - min(f.numel() for f in folds) <= 1
+    assert all(set(labels[f].tolist()) == {0, 1, 2, 3} for f in folds)
+    assert [f.tolist() for f in stratified_folds(labels, 5, seed=0)] == [f.tolist() for f in folds]
+    assert [f.tolist() for f in stratified_folds(labels, 5, seed=1)] != [f.tolist() for f in folds]
+
+
+def test_cross_validated_fit_scores_every_image_once_and_one_split_is_the_plain_probe() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    x = torch.randn(200, 3, generator=gen)
+    x[:, 0] += 1.5 * (labels.float() * 2 - 1)                                # separable on channel 0, noisily
+    train, held = stratified_split(labels, 0.7, seed=0)
+    one = cross_validated_fit(x, labels, 2, [held])
+    plain = fit_probe(x[train], labels[train], x[held], labels[held], 2)
+    assert one.accuracy == plain.accuracy and one.loss == pytest.approx(plain.loss)
+    five = cross_validated_fit(x, labels, 2, stratified_folds(labels, 5, seed=0))
+    assert 0.8 < five.accuracy < 1.0
+    assert (five.accuracy * 200) == pytest.approx(round(five.accuracy * 200))   # a count over all 200 images
+
+
+def test_folds_are_validated_and_recorded() -> None:
+    from pruning.errors import SpecError
+
+    with pytest.raises(SpecError, match="folds must be an integer from 1"):
+        create_criterion("layer_probe", folds=0)
+    model = ProbeNet()
+    images, labels = hidden_bit_data(600)
+    ctx = probe_context(model, ["blocks.0", "blocks.1", "blocks.2"], images, labels, (WIDTH, SIZE, SIZE), 4)
+    result = create_criterion("layer_probe", folds=5).score(ctx)
+    assert result.block_reasons["blocks.1"]["held_out"] == 600                 # every image held out once
+    assert min(result.blocks, key=result.blocks.get) == "blocks.1"
