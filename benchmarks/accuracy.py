@@ -112,6 +112,13 @@ for criterion, window in (("visual_similarity", True), ("redundancy", False)):
     extra = ("--criterion-param", "refit_window=0.5") if window else ()
     _row(f"r56-{criterion}{'-window0.5' if window else ''}-sensitivity-round1-seed1", "3", "resnet56", criterion,
          "--target-macs", "0.5", "--allocation", "sensitivity", *extra, "--round-to", "1", *NO_FT, "--seed", "1")
+# ... and a third seed of L1 and of the three best, without fine-tuning (seeds 0 and 1 are in the rows above).
+for criterion, extra in (("l1", ()), ("redundancy", ()), ("dissection", ("--criterion-param", "refit_window=0.75")),
+                         ("functionality", ("--criterion-param", "refit_window=0.5"))):
+    window = f"-window{extra[1].split('=')[1]}" if extra else ""
+    _row(f"r56-{criterion}{window}-sensitivity-round1-seed2", "1,3" if criterion == "l1" else "3", "resnet56",
+         criterion, "--target-macs", "0.5",
+         "--allocation", "sensitivity", *extra, "--round-to", "1", *NO_FT, "--seed", "2")
 _row("r56-l1-sensitivity-round1-kd35k-seed1", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
      "sensitivity", "--round-to", "1", "--finetune-images", "35000", "--seed", "1")
 _row("r56-l1-sensitivity-round1-cal4000-kd35k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
