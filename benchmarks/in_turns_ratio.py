@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from exporters import benchmark_onnxruntime, latency_in_turns
+from pathlib import Path
 
-SHAPE = (3, 32, 32)
+from benchmarks.paired_latency import input_shape
+from exporters import benchmark_onnxruntime, latency_in_turns
 
 
 def main() -> None:
@@ -24,11 +25,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     settings = dict(warmup_seconds=0.5, min_seconds_per_batch=1.0, max_seconds_per_batch=3.0)
+    shape = input_shape(Path(args.first), None)          # from the graph, as paired_latency reads it
     for repeat in range(args.repeats):
-        (a50, a90), (b50, b90) = latency_in_turns([args.first, args.second], SHAPE, args.batch, threads=args.threads,
+        (a50, a90), (b50, b90) = latency_in_turns([args.first, args.second], shape, args.batch, threads=args.threads,
                                                   seconds=3.0)
-        a = benchmark_onnxruntime(args.first, SHAPE, (args.batch,), threads=args.threads, **settings)[0]
-        b = benchmark_onnxruntime(args.second, SHAPE, (args.batch,), threads=args.threads, **settings)[0]
+        a = benchmark_onnxruntime(args.first, shape, (args.batch,), threads=args.threads, **settings)[0]
+        b = benchmark_onnxruntime(args.second, shape, (args.batch,), threads=args.threads, **settings)[0]
         print(f"{repeat + 1}: in turns p50 ratio {b50 / a50:.3f} p90 ratio {b90 / a90:.3f} | one after the other "
               f"p50 ratio {b.p50_ms / a.p50_ms:.3f} p90 ratio {b.p90_ms / a.p90_ms:.3f}", flush=True)
 

@@ -126,6 +126,16 @@ def relative_spread(values: Sequence[float]) -> float:
     return (high - low) / low if low > 0 else math.inf
 
 
+def warm_up(run_once: Callable[[], object], seconds: float) -> int:
+    """Run ``run_once`` for ``seconds`` (at least once); returns how many runs that took."""
+    runs = 0
+    deadline = time.perf_counter_ns() + int(seconds * 1e9)
+    while runs == 0 or time.perf_counter_ns() < deadline:
+        run_once()
+        runs += 1
+    return runs
+
+
 def measure_latency(
     run_once: Callable[[], object],
     *,
@@ -145,11 +155,7 @@ def measure_latency(
         raise ValueError(f"max_seconds_per_batch must be > 0, got {max_seconds_per_batch}")
     if not stability >= 0:
         raise ValueError(f"stability must be >= 0 (a fraction, 0.05 = 5%), got {stability}")
-    warmup_runs = 0
-    deadline = time.perf_counter_ns() + int(warmup_seconds * 1e9)
-    while warmup_runs == 0 or time.perf_counter_ns() < deadline:
-        run_once()
-        warmup_runs += 1
+    warmup_runs = warm_up(run_once, warmup_seconds)
     min_ns = int(min(min_seconds_per_batch, max_seconds_per_batch) * 1e9)
     max_ns = int(max_seconds_per_batch * 1e9)
     times_ns: list[int] = []
@@ -336,10 +342,7 @@ def latency_in_turns(onnx_paths: Sequence[str | Path], input_shape: tuple[int, i
     runners = [_ort_runner(create_session(path, provider, threads), x, on_gpu=provider != "cpu")
                for path in onnx_paths]
     for run_once in runners:
-        deadline = time.perf_counter() + warmup_seconds
-        run_once()
-        while time.perf_counter() < deadline:
-            run_once()
+        warm_up(run_once, warmup_seconds)
     times: list[list[float]] = [[] for _ in runners]
     deadline = time.perf_counter() + seconds * len(runners)
     while len(times[0]) < min_runs or time.perf_counter() < deadline:

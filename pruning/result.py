@@ -19,8 +19,8 @@ from pruning.reconstruct import LayerFit
 from pruning.sensitivity import Sensitivity
 from pruning.spec import CompressSpec
 
-# (model, C,H,W, batch) -> p90 ms; may carry ``in_turns(model, other, C,H,W, batch) -> (p90, p90)``, the two
-# measured with their runs interleaved (``pipeline.benchmark.latency_probe``'s does)
+# (model, C,H,W, batch) -> p90 ms; may carry ``in_turns(model, other, C,H,W, batch) -> ((p50, p90), (p50, p90))``,
+# the two measured with their runs interleaved (``pipeline.benchmark.latency_probe``'s does)
 LatencyProbe = Callable[[nn.Module, tuple[int, int, int], int], float]
 # (model, C,H,W, number of images to evaluate) -> a function from a batch of preprocessed images to the model's
 # logits that runs faster than the module itself (e.g. the model in ONNX Runtime), or None: run the module
