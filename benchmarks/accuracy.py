@@ -154,6 +154,12 @@ for window in ("0.5", "1"):
 # functionality with the wider window dissection took (0.75), widths to the channel
 _row("r56-functionality-window0.75-sensitivity-round1", "3", "resnet56", "functionality", "--target-macs", "0.5",
      "--allocation", "sensitivity", "--criterion-param", "refit_window=0.75", "--round-to", "1", *NO_FT)
+# ... layer_probe's third seed without fine-tuning (seeds 0 and 1: the no-FT column of its -kd35k rows)
+_row("r56-layer_probe-seed2", "3", "resnet56", "layer_probe", "--target-macs", "0.5", *NO_FT, "--seed", "2")
+# ... and visual_similarity's third seed at round 1 (seeds 0 and 1 above)
+_row("r56-visual_similarity-window0.5-sensitivity-round1-seed2", "3", "resnet56", "visual_similarity",
+     "--target-macs", "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1",
+     *NO_FT, "--seed", "2")
 for seed in (0, 1, 2):
     _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
          str(seed), *NO_FT)
