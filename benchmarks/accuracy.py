@@ -160,6 +160,17 @@ _row("r56-layer_probe-seed2", "3", "resnet56", "layer_probe", "--target-macs", "
 _row("r56-visual_similarity-window0.5-sensitivity-round1-seed2", "3", "resnet56", "visual_similarity",
      "--target-macs", "0.5", "--allocation", "sensitivity", "--criterion-param", "refit_window=0.5", "--round-to", "1",
      *NO_FT, "--seed", "2")
+# ... with depth_share 0.3: the lowest-gain blocks take 30% of the target, the rest is removed as the channels the
+# same probes rely on least (unit reliance), sized by the sensitivity knapsack; and its control, random blocks and
+# random channels with the same share.
+for window in ("0", "0.5"):
+    params = ("--criterion-param", "depth_share=0.3") + (("--criterion-param", f"refit_window={window}")
+                                                         if window != "0" else ())
+    suffix = f"-depth0.3{'-window' + window if window != '0' else ''}-sensitivity-round1"
+    _row(f"r56-layer_probe{suffix}-kd35k", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", *params,
+         "--allocation", "sensitivity", "--round-to", "1", "--finetune-images", "35000")
+    _row(f"r56-random_blocks{suffix}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", *params,
+         "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
 for seed in (0, 1, 2):
     _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
          str(seed), *NO_FT)

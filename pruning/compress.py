@@ -149,7 +149,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
             raise SpecError("nothing to prune: every layer is protected")
         scorer = create_criterion(spec.prune.criterion,
                                   **_with_normalisation(spec.prune.criterion, spec.prune.criterion_params, preprocess))
-        if scorer.kind != "channel":
+        if not scorer.scores_channels:     # a block criterion that took the whole target
             scorer = None
         if scorer is not None and groups:
             ctx = ScoringContext(model=model, groups=groups, blocks=[], batches=lambda: iter(calibration),
@@ -284,7 +284,7 @@ def _prune_blocks(spec: CompressSpec, run: StageRunner, result: CompressResult, 
     """Layer pruning (a block criterion alone, or first when combined); removes blocks from ``model``."""
     main = create_criterion(spec.prune.criterion, **dict(spec.prune.criterion_params))
     if main.kind == "block":
-        block_scorer, share = main, 1.0
+        block_scorer, share = main, main.depth_share
     elif spec.prune.layer_criterion:
         block_scorer = create_criterion(spec.prune.layer_criterion, **dict(spec.prune.layer_criterion_params))
         share = spec.prune.layer_share

@@ -11,7 +11,8 @@ from pruning import surgery
 from pruning.allocate import allocate_blocks
 from pruning.criteria import Batch, ScoringContext, create_criterion
 from pruning.criteria.layer_probe import (cross_validated_fit, fit_probe, probe_gains, stratified_folds,
-                                          stratified_split, train_linear_probe, windowed_order)
+                                          stratified_split, train_linear_probe, train_probe, unit_reliance,
+                                          windowed_order)
 from pruning.models.cifar_resnet import BasicBlock, CifarResNet
 
 WIDTH, SIZE = 4, 8
@@ -228,3 +229,84 @@ def test_folds_are_validated_and_recorded() -> None:
     result = create_criterion("layer_probe", folds=5).score(ctx)
     assert result.block_reasons["blocks.1"]["held_out"] == 600                 # every image held out once
     assert min(result.blocks, key=result.blocks.get) == "blocks.1"
+
+
+# --- width: the same probes rank channels (depth_share < 1) -------------------------------------------
+
+def test_unit_reliance_is_the_held_out_loss_rise_with_the_feature_held_at_its_mean() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    x = torch.randn(300, 3, generator=gen)
+    x[:, 0] += 2.0 * (labels == 1).float()               # feature 0 tells class 1 apart
+    x[:, 1] += 2.0 * (labels == 2).float()               # feature 1 tells class 2 apart; feature 2 is noise
+    probe = train_probe(x[:200], labels[:200], 3)
+    reliance = unit_reliance(probe, x[200:], labels[200:])
+
+    def held_out_loss(features: torch.Tensor) -> float:
+        z = (features.double().numpy() - probe.mean) / probe.std @ probe.weight + probe.bias
+        return float(torch.nn.functional.cross_entropy(torch.from_numpy(z), labels[200:]))
+
+    for k in range(3):
+        without = x[200:].clone()
+        without[:, k] = float(probe.mean[0, k])
+        assert reliance[k] == pytest.approx(held_out_loss(without) - held_out_loss(x[200:]), abs=1e-6)   # the mean rounded to float32
+    assert reliance[0] > 0.2 and reliance[1] > 0.2 and abs(reliance[2]) < 0.05
+
+
+def test_probe_reliance_ranks_the_unit_that_carries_the_class_first() -> None:
+    model = ProbeNet()
+    images, labels = hidden_bit_data(600)
+    ctx = probe_context(model, [], images, labels, (WIDTH, SIZE, SIZE), 4)
+    result = create_criterion("layer_probe", depth_share=0.5).score(ctx)
+    assert set(result.channels) == {g.name for g in ctx.groups}
+    # blocks.0's conv1 writes relu(x0 - 2), the spread of input channel 0 (bit 1), into unit 2; its other units are 0
+    scores = result.channels["blocks.0.conv1"]
+    assert int(scores.argmax()) == 2 and scores[2] > 0.2
+    assert scores[[0, 1, 3]].abs().max() < 1e-5
+    reason = result.reasons["blocks.0.conv1"][2]
+    assert reason["probe_reliance"] == pytest.approx(float(scores[2]), abs=1e-4)
+    assert 0.4 < reason["probe_accuracy"] < 0.6          # one of the two bits
+    assert result.blocks == {}                           # no blocks asked for
+
+
+def test_depth_share_is_validated_and_says_whether_channels_are_scored() -> None:
+    from pruning.errors import SpecError
+
+    for name in ("layer_probe", "random_blocks"):
+        assert not create_criterion(name).scores_channels
+        assert create_criterion(name, depth_share=0.4).scores_channels
+        for bad in (0, 1.5, -0.1):
+            with pytest.raises(SpecError, match="depth_share must be in"):
+                create_criterion(name, depth_share=bad)
+    assert create_criterion("l1").scores_channels
+
+
+def test_random_blocks_with_a_depth_share_ranks_channels_at_random_by_the_seed() -> None:
+    model = ProbeNet()
+    images, labels = hidden_bit_data(200)
+    ctx = probe_context(model, ["blocks.0", "blocks.1"], images, labels, (WIDTH, SIZE, SIZE), 4)
+    result = create_criterion("random_blocks", depth_share=0.5).score(ctx)
+    random_channels = create_criterion("random").score(ctx).channels
+    assert set(result.blocks) == {"blocks.0", "blocks.1"}
+    assert all(torch.equal(result.channels[n], random_channels[n]) for n in random_channels)
+
+
+@pytest.mark.parametrize("criterion", ["layer_probe", "random_blocks"])
+def test_a_depth_share_removes_blocks_for_its_share_and_channels_for_the_rest(digits_weights, criterion) -> None:
+    from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, compress
+
+    def run(params: dict):
+        return compress(CompressSpec(ModelSpec("demo/small_cnn", str(digits_weights)),
+                                     data=DataSpec(None, calibration_images=300),
+                                     prune=PruneSpec(criterion, criterion_params=params, target_reduction=0.4,
+                                                     allocation="uniform", round_to=1),
+                                     finetune=FinetuneSpec(steps=0)))
+
+    # small_cnn has two removable blocks of 28% of its MACs each: depth alone stops at one (28%, short of 40%)
+    whole, mixed = run({}), run({"depth_share": 0.4})
+    assert len(whole.plan.removed_blocks) == 1 and not any(row["kept"] < row["original"] for row in whole.layers)
+    assert whole.reduction("macs") < 0.3
+    assert mixed.plan.removed_blocks == whole.plan.removed_blocks                  # the block the criterion ranks last
+    assert any(row["kept"] < row["original"] for row in mixed.layers)              # the rest by width
+    assert mixed.reduction("macs") == pytest.approx(0.4, abs=0.02)
+    assert set(mixed.scores.channels) and all(mixed.scores.reasons[g] for g in mixed.scores.channels)

@@ -127,6 +127,14 @@ class Scorer(ABC):
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.refit_window = self.default_refit_window
+        # Block criteria: the share of the target that removing blocks takes. Below 1, the same scorer also scores
+        # ``ctx.groups`` and the rest of the target is removed as channels (``pruning.compress``).
+        self.depth_share = 1.0
+
+    @property
+    def scores_channels(self) -> bool:
+        """Whether ``score`` ranks the channels of ``ctx.groups`` in this configuration."""
+        return self.kind == "channel" or self.depth_share < 1.0
 
     @abstractmethod
     def score(self, ctx: ScoringContext) -> ScoreResult:
@@ -180,6 +188,13 @@ def _refit_window(value: Any) -> float:
     if not 0.0 <= window <= 1.0:
         raise ValueError(f"refit_window must be between 0 and 1, got {value!r}")
     return window
+
+
+def _depth_share(value: Any) -> float:
+    share = float(value)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"depth_share must be in (0, 1] (1 = the whole target by removing blocks), got {value!r}")
+    return share
 
 
 def _parameters_text(name: str) -> str:

@@ -28,6 +28,15 @@ error, on ``SKIP_LOSS_IMAGES`` calibration images, once the next two layers are 
 of the remaining blocks with the lowest gain (``windowed_order``). The score is then the removal order (0 goes
 first); each block's reason keeps its gain and adds its skip loss and step.
 
+Width (``depth_share`` s < 1; the default 1 is the paper's: the whole target by removing blocks). Removing blocks
+takes s of the target, lowest first as above; the rest of the target is removed as channels, which the same probes
+rank: per channel group, a probe on the pooled post-ReLU features of its units (``pruning.activations``, the same
+split or folds), and a unit's score is ``unit_reliance``: how much the probe's held-out cross-entropy rises when that
+unit alone is held at its mean (how much of the class evidence linearly readable at that layer it carries). A unit
+the probe does not read goes first. ``refit_window`` then applies to the channels as for any channel criterion
+(``redundant_features.guide_by_refit``) as well as to the blocks. The control is ``random_blocks`` with the same
+``depth_share``.
+
 Memory: N x C floats per probe point (ResNet-56, 1,000 images: 28 points x 1,000 x <= 64).
 Assumes each candidate block runs once per forward (a block called twice is recorded at its first call).
 
@@ -50,7 +59,8 @@ import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits   # installed with scikit-learn
 
-from pruning.criteria.base import ScoreResult, Scorer, ScoringContext, _refit_window, register_criterion
+from pruning.criteria.base import (ScoreResult, Scorer, ScoringContext, _depth_share, _refit_window,
+                                   register_criterion)
 
 log = logging.getLogger(__name__)
 
@@ -83,29 +93,39 @@ class ProbeFit:
     train_accuracy: float
 
 
-def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-              num_classes: int, steps: int = 100, weight_decay: float = 1e-3) -> ProbeFit:
-    """Linear softmax probe on standardised features: [n, D] -> logits [n, K]; L-BFGS from zero weights.
+@dataclass(frozen=True)
+class LinearProbe:
+    """A fitted probe: logits = standardise(x) @ weight + bias."""
+
+    mean: np.ndarray         # [1, D] training mean of the features
+    std: np.ndarray          # [1, D] training std (at least 1e-6)
+    weight: np.ndarray       # [D, K]
+    bias: np.ndarray         # [K]
+
+    def standardise(self, x: torch.Tensor) -> np.ndarray:
+        return (x.double().numpy() - self.mean) / self.std                    # [n, D]
+
+
+def train_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, steps: int = 100,
+                weight_decay: float = 1e-3) -> LinearProbe:
+    """Linear softmax probe on standardised features [n, D]; L-BFGS from zero weights.
 
     Minimises mean cross-entropy + weight_decay x ||W||^2 (bias not decayed) with SciPy's L-BFGS-B and the
     closed-form gradient (float64, full batch, at most ``steps`` iterations). Deterministic for given inputs.
     Plain NumPy rather than autograd, on one BLAS thread: thousands of tiny ops are dominated by threading
     overhead otherwise.
     """
-    mean = train_x.double().mean(0, keepdim=True)
-    std = train_x.double().std(0, keepdim=True, unbiased=False).clamp_min(1e-6)
-    xs = ((train_x.double() - mean) / std).numpy()                     # [n, D]
-    xt = ((test_x.double() - mean) / std).numpy()                      # [n_test, D]
-    ys, yt = train_y.long().numpy(), test_y.long().numpy()
+    mean = train_x.double().mean(0, keepdim=True).numpy()
+    std = np.maximum(train_x.double().std(0, keepdim=True, unbiased=False).numpy(), 1e-6)
+    xs = (train_x.double().numpy() - mean) / std                        # [n, D]
+    ys = train_y.long().numpy()
     n, d = xs.shape
     onehot = np.zeros((n, num_classes))
     onehot[np.arange(n), ys] = 1.0                                      # [n, K]
 
     def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
-        z = xs @ w + b                                                  # [n, K]
-        z -= z.max(1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))             # [n, K]
+        log_p = _log_softmax(xs @ w + b)                                # [n, K]
         loss = -(onehot * log_p).sum() / n + weight_decay * (w * w).sum()
         dz = (np.exp(log_p) - onehot) / n                               # [n, K]
         grad_w = xs.T @ dz + 2 * weight_decay * w                       # [D, K]
@@ -115,18 +135,41 @@ def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     with threadpool_limits(1):      # BLAS threads only slow these tiny products down (10x on 2 busy cores)
         theta = scipy.optimize.minimize(loss_grad, theta0, jac=True, method="L-BFGS-B",
                                         options={"maxiter": steps, "gtol": 1e-8, "ftol": 1e-12}).x
-    w, b = theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:]
+    return LinearProbe(mean, std, theta[:d * num_classes].reshape(d, num_classes), theta[d * num_classes:])
 
-    def evaluate(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        if y.size == 0:
-            return 0.0, 0.0
-        z = x @ w + b                                                   # [m, K]
-        z -= z.max(1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
-        return float((z.argmax(1) == y).mean()), float(-log_p[np.arange(y.size), y].mean())
 
-    accuracy, loss = evaluate(xt, yt)
-    return ProbeFit(accuracy=accuracy, loss=loss, train_accuracy=evaluate(xs, ys)[0])
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _accuracy_loss(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if y.numel() == 0:
+        return 0.0, 0.0
+    labels = y.long().numpy()
+    log_p = _log_softmax(probe.standardise(x) @ probe.weight + probe.bias)     # [m, K]
+    return float((log_p.argmax(1) == labels).mean()), float(-log_p[np.arange(labels.size), labels].mean())
+
+
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+              num_classes: int, steps: int = 100, weight_decay: float = 1e-3) -> ProbeFit:
+    """``train_probe`` on the training images, scored on the held-out ones (accuracy, mean cross-entropy)."""
+    probe = train_probe(train_x, train_y, num_classes, steps, weight_decay)
+    accuracy, loss = _accuracy_loss(probe, test_x, test_y)
+    return ProbeFit(accuracy=accuracy, loss=loss, train_accuracy=_accuracy_loss(probe, train_x, train_y)[0])
+
+
+def unit_reliance(probe: LinearProbe, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """How much ``probe`` relies on each feature: the rise of its mean cross-entropy on (x [m, D], y [m]) when
+    feature k alone is held at its training mean (its standardised value 0; the probe is not refitted). [D]."""
+    xs = probe.standardise(x)                                           # [m, D]
+    labels = y.long().numpy()
+    logits = xs @ probe.weight + probe.bias                             # [m, K]
+    rows = np.arange(labels.size)
+    base = -_log_softmax(logits)[rows, labels].mean()
+    # logits without feature k, for every k at once: [D, m, K]
+    without = logits[None] - xs.T[:, :, None] * probe.weight[:, None, :]
+    return -_log_softmax(without)[:, rows, labels].mean(1) - base       # [D]
 
 
 def train_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
@@ -261,11 +304,13 @@ class LayerProbeScorer(Scorer):
 
     def __init__(self, threshold: float | None = None, probe_steps: int = 100, weight_decay: float = 1e-3,
                  train_fraction: float = 0.7, seed: int | None = None, max_batches: int | None = None,
-                 refit_window: float = 0.0, folds: int = 1) -> None:
+                 refit_window: float = 0.0, folds: int = 1, depth_share: float = 1.0) -> None:
         super().__init__(threshold=threshold, probe_steps=probe_steps, weight_decay=weight_decay,
-                         train_fraction=train_fraction, seed=seed, max_batches=max_batches, folds=folds)
+                         train_fraction=train_fraction, seed=seed, max_batches=max_batches, folds=folds,
+                         depth_share=depth_share)
         if probe_steps < 1 or weight_decay < 0 or not 0.0 < train_fraction < 1.0:
             raise TypeError("need probe_steps >= 1, weight_decay >= 0 and 0 < train_fraction < 1")
+        self.depth_share = _depth_share(depth_share)
         if not isinstance(folds, int) or isinstance(folds, bool) or not 1 <= folds <= 20:
             raise TypeError(f"folds must be an integer from 1 (one {train_fraction:.0%} split) to 20, got {folds!r}")
         self.folds = folds
@@ -274,8 +319,57 @@ class LayerProbeScorer(Scorer):
         self.refit_window = _refit_window(refit_window)   # ``create_criterion`` sets it again, as for any criterion
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        if not ctx.blocks:
-            return ScoreResult()
+        result = ScoreResult()
+        if ctx.blocks:
+            result = self._score_blocks(ctx)
+        if ctx.groups:
+            result.channels, result.reasons = self._score_units(ctx)
+        return result
+
+    def _held_out(self, labels: torch.Tensor, seed: int) -> list[torch.Tensor]:
+        if self.folds > 1:
+            return stratified_folds(labels, self.folds, seed)
+        return [stratified_split(labels, self.train_fraction, seed)[1]]
+
+    def _score_units(self, ctx: ScoringContext) -> tuple[dict[str, torch.Tensor], dict[str, list[dict]]]:
+        """Every group's channels by ``unit_reliance`` of a probe on the group's pooled post-ReLU features,
+        summed over the held-out sets (module docstring, "Width")."""
+        from pruning.activations import collect
+
+        seed = ctx.seed if self.seed is None else self.seed
+        pooled: dict[str, list[torch.Tensor]] = {g.name: [] for g in ctx.groups}
+        labels: list[torch.Tensor] = []
+
+        def keep(batch, maps: dict[str, torch.Tensor], logits: torch.Tensor) -> None:
+            labels.append(batch.labels)
+            for name, a in maps.items():
+                pooled[name].append(_pool(a))
+
+        collect(ctx.model, ctx.groups, ctx.batches(), keep, max_batches=self.max_batches)
+        y = torch.cat(labels).long()                                    # [N]
+        held_out = self._held_out(y, seed)
+        channels, reasons = {}, {}
+        for group in ctx.groups:
+            x = torch.cat(pooled[group.name])                           # [N, C]
+            reliance = np.zeros(x.shape[1])
+            weights = np.zeros(x.shape[1])
+            correct = 0.0
+            for held in held_out:
+                train = torch.ones(y.numel(), dtype=torch.bool)
+                train[held] = False
+                probe = train_probe(x[train], y[train], ctx.num_classes, self.probe_steps, self.weight_decay)
+                reliance += unit_reliance(probe, x[held], y[held]) * held.numel()
+                weights += np.linalg.norm(probe.weight, axis=1) / len(held_out)
+                correct += _accuracy_loss(probe, x[held], y[held])[0] * held.numel()
+            total = sum(h.numel() for h in held_out)
+            reliance /= total
+            channels[group.name] = torch.from_numpy(reliance + _TIE_BREAK * weights).float()
+            reasons[group.name] = [{"probe_reliance": float(r), "probe_weight": float(w),
+                                    "probe_accuracy": correct / total} for r, w in zip(reliance, weights)]
+        log.info("layer_probe: unit reliance of %d groups from probes on %d images", len(ctx.groups), y.numel())
+        return channels, reasons
+
+    def _score_blocks(self, ctx: ScoringContext) -> ScoreResult:
         seed = ctx.seed if self.seed is None else self.seed
         labels = []
         training = ctx.model.training                 # eval mode for the pass (BatchNorm statistics untouched)
@@ -294,10 +388,7 @@ class LayerProbeScorer(Scorer):
         if missing:
             raise ValueError(f"layer_probe: blocks never ran in the forward pass: {', '.join(missing)}")
         y = torch.cat(labels).long()                                    # [N]
-        if self.folds > 1:
-            held_out = stratified_folds(y, self.folds, seed)
-        else:
-            held_out = [stratified_split(y, self.train_fraction, seed)[1]]
+        held_out = self._held_out(y, seed)
         held = torch.cat(held_out)
         fits: dict[str, ProbeFit] = {}
         dims: dict[str, int] = {}

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from pruning.criteria.base import ChannelGroup, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.base import (ChannelGroup, ScoreResult, Scorer, ScoringContext, _depth_share, _refit_window,
+                                   register_criterion)
 
 
 def tp_group(graph: tp.DependencyGraph, model: nn.Module, group: ChannelGroup) -> tp.Group:
@@ -93,11 +94,20 @@ class RandomBlocksScorer(Scorer):
     paper = "uniform random ranking of residual blocks (control)"
     needs_data = False
 
+    def __init__(self, depth_share: float = 1.0, refit_window: float = 0.0) -> None:
+        super().__init__(depth_share=depth_share)
+        self.depth_share = _depth_share(depth_share)
+        self.refit_window = _refit_window(refit_window)   # channels only (``create_criterion`` sets it again)
+
     def score(self, ctx: ScoringContext) -> ScoreResult:
+        """Random blocks; with ``depth_share`` < 1 (the control for ``layer_probe``'s), random channels too, which
+        ``refit_window`` lets the re-fit overrule as for any channel criterion."""
         gen = torch.Generator().manual_seed(ctx.seed)
         values = torch.rand(len(ctx.blocks), generator=gen).tolist()
-        return ScoreResult(blocks=dict(zip(ctx.blocks, values)),
-                           block_reasons={b: {"random": v} for b, v in zip(ctx.blocks, values)})
+        result = RandomScorer().score(ctx) if ctx.groups else ScoreResult()
+        result.blocks = dict(zip(ctx.blocks, values))
+        result.block_reasons = {b: {"random": v} for b, v in zip(ctx.blocks, values)}
+        return result
 
 
 @register_criterion
