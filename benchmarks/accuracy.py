@@ -171,6 +171,16 @@ for window in ("0", "0.5"):
          "--allocation", "sensitivity", "--round-to", "1", "--finetune-images", "35000")
     _row(f"r56-random_blocks{suffix}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", *params,
          "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
+# ... the window-0.5 recipe's other seeds: one KD pass with seed 1, and both (and the control) without with seed 2
+W05 = ("--criterion-param", "depth_share=0.3", "--criterion-param", "refit_window=0.5", "--allocation", "sensitivity",
+       "--round-to", "1")
+_row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-kd35k-seed1", "2,3", "resnet56", "layer_probe",
+     "--target-macs", "0.5", *W05, "--finetune-images", "35000", "--seed", "1")
+_row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-seed2", "3", "resnet56", "layer_probe",
+     "--target-macs", "0.5", *W05, *NO_FT, "--seed", "2")
+for seed in (1, 2):
+    _row(f"r56-random_blocks-depth0.3-window0.5-sensitivity-round1-seed{seed}", "3", "resnet56", "random_blocks",
+         "--target-macs", "0.5", *W05, *NO_FT, "--seed", str(seed))
 for seed in (0, 1, 2):
     _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
          str(seed), *NO_FT)

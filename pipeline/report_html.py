@@ -356,6 +356,9 @@ def _own_headline(reason: dict) -> str:
         return f"{reason['votes']} of {reason.get('voters', '?')} votes"
     if "gain" in reason:
         return f"probe gain {number(reason['gain'])}"
+    if "probe_reliance" in reason:
+        return (f"held-out log-loss of the layer's probe +{number(reason['probe_reliance'])} without it "
+                f"(probe accuracy {float(reason.get('probe_accuracy', 0.0)):.0%})")
     if len(reason) == 1:
         key, value = next(iter(reason.items()))
         return f"{key} {number(value)}"

@@ -359,3 +359,5 @@ def test_headline_says_what_the_refit_recovers_after_the_criterions_own_reason()
     assert _headline({"votes": 0, "voters": 5}) == "0 of 5 votes"
     text = _headline({"votes": 0, "voters": 5, "refit": {"step": 2, "recovered": 0.87, "absorbed_by": 12}})
     assert text == "0 of 5 votes; 87% recovered by the kept units, mostly by #12"
+    assert _headline({"probe_reliance": 0.0123, "probe_weight": 0.5, "probe_accuracy": 0.41}) == \
+        "held-out log-loss of the layer's probe +0.0123 without it (probe accuracy 41%)"
