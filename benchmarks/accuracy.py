@@ -178,6 +178,11 @@ _row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-kd35k-seed1", "2,3",
      "--target-macs", "0.5", *W05, "--finetune-images", "35000", "--seed", "1")
 _row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-seed2", "3", "resnet56", "layer_probe",
      "--target-macs", "0.5", *W05, *NO_FT, "--seed", "2")
+# ... and a third seed after one KD pass, with L1's (goal 2's recipe) beside it
+_row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-kd35k-seed2", "2,3", "resnet56", "layer_probe",
+     "--target-macs", "0.5", *W05, "--finetune-images", "35000", "--seed", "2")
+_row("r56-l1-sensitivity-round1-kd35k-seed2", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
+     "sensitivity", "--round-to", "1", "--finetune-images", "35000", "--seed", "2")
 for seed in (1, 2):
     _row(f"r56-random_blocks-depth0.3-window0.5-sensitivity-round1-seed{seed}", "3", "resnet56", "random_blocks",
          "--target-macs", "0.5", *W05, *NO_FT, "--seed", str(seed))
