@@ -333,7 +333,7 @@ class LayerProbeScorer(Scorer):
 
     def _score_units(self, ctx: ScoringContext) -> tuple[dict[str, torch.Tensor], dict[str, list[dict]]]:
         """Every group's channels by ``unit_reliance`` of a probe on the group's pooled post-ReLU features,
-        summed over the held-out sets (module docstring, "Width")."""
+        averaged over the held-out images of every split or fold (module docstring, "Width")."""
         from pruning.activations import collect
 
         seed = ctx.seed if self.seed is None else self.seed
@@ -345,7 +345,12 @@ class LayerProbeScorer(Scorer):
             for name, a in maps.items():
                 pooled[name].append(_pool(a))
 
-        collect(ctx.model, ctx.groups, ctx.batches(), keep, max_batches=self.max_batches)
+        training = ctx.model.training                 # eval mode for the pass, as for the blocks
+        try:
+            ctx.model.eval()
+            collect(ctx.model, ctx.groups, ctx.batches(), keep, max_batches=self.max_batches)
+        finally:
+            ctx.model.train(training)
         y = torch.cat(labels).long()                                    # [N]
         held_out = self._held_out(y, seed)
         channels, reasons = {}, {}
