@@ -189,6 +189,24 @@ for seed in (1, 2):
 for seed in (0, 1, 2):
     _row(f"r56-random_blocks-seed{seed}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", "--seed",
          str(seed), *NO_FT)
+# Goals 2, 3 and 6 on ResNet-20 / -32 (one seed): each criterion with its ResNet-56 recipe, one KD pass (the no-FT
+# column is its start), and the two random controls without fine-tuning.
+RECIPES = {"l1": (), "dissection": ("--criterion-param", "refit_window=0.75"),
+           "functionality": ("--criterion-param", "refit_window=0.5"), "redundancy": (),
+           "visual_similarity": ("--criterion-param", "refit_window=0.5"),
+           "layer_probe": ("--criterion-param", "depth_share=0.3", "--criterion-param", "refit_window=0.5")}
+ROUND1 = ("--allocation", "sensitivity", "--round-to", "1")
+for arch in ("resnet20", "resnet32"):
+    short = "r" + arch[6:]
+    for criterion, extra in RECIPES.items():
+        tag = "".join(f"-{p.split('=')[0].replace('refit_', '').replace('_share', '')}{p.split('=')[1]}"
+                      for p in extra[1::2])
+        _row(f"{short}-{criterion}{tag}-sensitivity-round1-kd35k", "2,3,6", arch, criterion, "--target-macs", "0.5",
+             *extra, *ROUND1, "--finetune-images", "35000")
+    _row(f"{short}-random-window0.5-sensitivity-round1", "3,6", arch, "random", "--target-macs", "0.5",
+         "--criterion-param", "refit_window=0.5", *ROUND1, *NO_FT)
+    _row(f"{short}-random_blocks-depth0.3-window0.5-sensitivity-round1", "3,6", arch, "random_blocks",
+         "--target-macs", "0.5", *RECIPES["layer_probe"], *ROUND1, *NO_FT)
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):
