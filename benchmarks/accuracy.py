@@ -207,8 +207,8 @@ def _recipe_tag(params: tuple[str, ...]) -> str:
 for arch in ("resnet20", "resnet32"):
     short = "r" + arch[6:]
     for criterion, extra in RECIPES.items():
-        _row(f"{short}-{criterion}{_recipe_tag(extra)}-sensitivity-round1-kd35k", "2,3,6", arch, criterion, "--target-macs", "0.5",
-             *extra, *ROUND1, "--finetune-images", "35000")
+        _row(f"{short}-{criterion}{_recipe_tag(extra)}-sensitivity-round1-kd35k", "2,3,6", arch, criterion,
+             "--target-macs", "0.5", *extra, *ROUND1, "--finetune-images", "35000")
     _row(f"{short}-random-window0.5-sensitivity-round1", "3,6", arch, "random", "--target-macs", "0.5",
          "--criterion-param", "refit_window=0.5", *ROUND1, *NO_FT)
     _row(f"{short}-random_blocks-depth0.3-window0.5-sensitivity-round1", "3,6", arch, "random_blocks",
@@ -217,8 +217,8 @@ for arch in ("resnet20", "resnet32"):
 for criterion, extra in {**RECIPES, "random": ("--criterion-param", "refit_window=0.5"),
                          "random_blocks": RECIPES["layer_probe"]}.items():
     for seed in (1, 2):
-        _row(f"r20-{criterion}{_recipe_tag(extra)}-sensitivity-round1-seed{seed}", "3,6", "resnet20", criterion, "--target-macs",
-             "0.5", *extra, *ROUND1, *NO_FT, "--seed", str(seed))
+        _row(f"r20-{criterion}{_recipe_tag(extra)}-sensitivity-round1-seed{seed}", "3,6", "resnet20", criterion,
+             "--target-macs", "0.5", *extra, *ROUND1, *NO_FT, "--seed", str(seed))
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):
