@@ -199,7 +199,8 @@ ROUND1 = ("--allocation", "sensitivity", "--round-to", "1")
 
 
 def _recipe_tag(params: tuple[str, ...]) -> str:
-    """Row-name part of ``--criterion-param`` pairs: refit_window=0.5 -> "-window0.5", depth_share=0.3 -> "-depth0.3"."""
+    """Row-name part of ``--criterion-param`` pairs: refit_window=0.5 -> "-window0.5", depth_share=0.3 ->
+    "-depth0.3"."""
     return "".join(f"-{key.replace('refit_', '').replace('_share', '')}{value}"
                    for key, value in (p.split("=") for p in params[1::2]))
 

@@ -249,7 +249,8 @@ def test_unit_reliance_is_the_held_out_loss_rise_with_the_feature_held_at_its_me
     for k in range(3):
         without = x[200:].clone()
         without[:, k] = float(probe.mean[0, k])
-        assert reliance[k] == pytest.approx(held_out_loss(without) - held_out_loss(x[200:]), abs=1e-6)   # the mean rounded to float32
+        expected = held_out_loss(without) - held_out_loss(x[200:])
+        assert reliance[k] == pytest.approx(expected, abs=1e-6)          # the mean was rounded to float32
     assert reliance[0] > 0.2 and reliance[1] > 0.2 and abs(reliance[2]) < 0.05
 
 
