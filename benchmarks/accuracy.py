@@ -214,6 +214,19 @@ for arch in ("resnet20", "resnet32"):
          "--criterion-param", "refit_window=0.5", *ROUND1, *NO_FT)
     _row(f"{short}-random_blocks-depth0.3-window0.5-sensitivity-round1", "3,6", arch, "random_blocks",
          "--target-macs", "0.5", *RECIPES["layer_probe"], *ROUND1, *NO_FT)
+# Goal 3 after one KD pass on three seeds: ResNet-56's other criteria (seed 0 / 1 where run above) and, on
+# ResNet-20, L1 and layer_probe
+for criterion, seeds in (("dissection", (2,)), ("functionality", (2,)), ("redundancy", (1, 2)),
+                         ("visual_similarity", (1, 2))):
+    for seed in seeds:
+        _row(f"r56-{criterion}{_recipe_tag(RECIPES[criterion])}-sensitivity-round1-kd35k-seed{seed}", "2,3",
+             "resnet56", criterion, "--target-macs", "0.5", *RECIPES[criterion], *ROUND1, "--finetune-images",
+             "35000", "--seed", str(seed))
+for criterion in ("l1", "layer_probe"):
+    for seed in (1, 2):
+        _row(f"r20-{criterion}{_recipe_tag(RECIPES[criterion])}-sensitivity-round1-kd35k-seed{seed}", "2,3,6",
+             "resnet20", criterion, "--target-macs", "0.5", *RECIPES[criterion], *ROUND1, "--finetune-images",
+             "35000", "--seed", str(seed))
 # ... and on ResNet-20, seeds 1 and 2 without fine-tuning (seed 0: the no-FT column of the rows above)
 for criterion, extra in {**RECIPES, "random": ("--criterion-param", "refit_window=0.5"),
                          "random_blocks": RECIPES["layer_probe"]}.items():
