@@ -31,6 +31,21 @@ def _row(name: str, goal: str, arch: str, criterion: str, *flags: str) -> None:
 
 
 NO_FT = ("--finetune", "0")
+# Each criterion's best ResNet-56 recipe (goal 3), as criterion parameters, and the allocation it runs with
+RECIPES = {"l1": (), "dissection": ("--criterion-param", "refit_window=0.75"),
+           "functionality": ("--criterion-param", "refit_window=0.5"), "redundancy": (),
+           "visual_similarity": ("--criterion-param", "refit_window=0.5"),
+           "layer_probe": ("--criterion-param", "depth_share=0.3", "--criterion-param", "refit_window=0.5")}
+ROUND1 = ("--allocation", "sensitivity", "--round-to", "1")
+
+
+def _recipe_tag(params: tuple[str, ...]) -> str:
+    """Row-name part of ``--criterion-param`` pairs: refit_window=0.5 -> "-window0.5", depth_share=0.3 ->
+    "-depth0.3"."""
+    return "".join(f"-{key.replace('refit_', '').replace('_share', '')}{value}"
+                   for key, value in (p.split("=") for p in params[1::2]))
+
+
 OLD = ("--allocation", "uniform", "--refit-scope", "consumers")          # the engine before issue 14
 for arch in ("resnet56", "resnet32", "resnet20"):
     short = "r" + arch[6:]
@@ -163,17 +178,14 @@ _row("r56-visual_similarity-window0.5-sensitivity-round1-seed2", "3", "resnet56"
 # ... with depth_share 0.3: the lowest-gain blocks take 30% of the target, the rest is removed as the channels the
 # same probes rely on least (unit reliance), sized by the sensitivity knapsack; and its control, random blocks and
 # random channels with the same share.
-for window in ("0", "0.5"):
-    params = ("--criterion-param", "depth_share=0.3") + (("--criterion-param", f"refit_window={window}")
-                                                         if window != "0" else ())
-    suffix = f"-depth0.3{'-window' + window if window != '0' else ''}-sensitivity-round1"
+for params in (RECIPES["layer_probe"][:2], RECIPES["layer_probe"]):      # without and with the window
+    suffix = f"{_recipe_tag(params)}-sensitivity-round1"
     _row(f"r56-layer_probe{suffix}-kd35k", "2,3", "resnet56", "layer_probe", "--target-macs", "0.5", *params,
-         "--allocation", "sensitivity", "--round-to", "1", "--finetune-images", "35000")
-    _row(f"r56-random_blocks{suffix}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", *params,
-         "--allocation", "sensitivity", "--round-to", "1", *NO_FT)
+         *ROUND1, "--finetune-images", "35000")
+    _row(f"r56-random_blocks{suffix}", "3", "resnet56", "random_blocks", "--target-macs", "0.5", *params, *ROUND1,
+         *NO_FT)
 # ... the window-0.5 recipe's other seeds: one KD pass with seed 1, and both (and the control) without with seed 2
-W05 = ("--criterion-param", "depth_share=0.3", "--criterion-param", "refit_window=0.5", "--allocation", "sensitivity",
-       "--round-to", "1")
+W05 = (*RECIPES["layer_probe"], *ROUND1)
 _row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-kd35k-seed1", "2,3", "resnet56", "layer_probe",
      "--target-macs", "0.5", *W05, "--finetune-images", "35000", "--seed", "1")
 _row("r56-layer_probe-depth0.3-window0.5-sensitivity-round1-seed2", "3", "resnet56", "layer_probe",
@@ -191,20 +203,6 @@ for seed in (0, 1, 2):
          str(seed), *NO_FT)
 # Goals 2, 3 and 6 on ResNet-20 / -32 (one seed): each criterion with its ResNet-56 recipe, one KD pass (the no-FT
 # column is its start), and the two random controls without fine-tuning.
-RECIPES = {"l1": (), "dissection": ("--criterion-param", "refit_window=0.75"),
-           "functionality": ("--criterion-param", "refit_window=0.5"), "redundancy": (),
-           "visual_similarity": ("--criterion-param", "refit_window=0.5"),
-           "layer_probe": ("--criterion-param", "depth_share=0.3", "--criterion-param", "refit_window=0.5")}
-ROUND1 = ("--allocation", "sensitivity", "--round-to", "1")
-
-
-def _recipe_tag(params: tuple[str, ...]) -> str:
-    """Row-name part of ``--criterion-param`` pairs: refit_window=0.5 -> "-window0.5", depth_share=0.3 ->
-    "-depth0.3"."""
-    return "".join(f"-{key.replace('refit_', '').replace('_share', '')}{value}"
-                   for key, value in (p.split("=") for p in params[1::2]))
-
-
 for arch in ("resnet20", "resnet32"):
     short = "r" + arch[6:]
     for criterion, extra in RECIPES.items():
