@@ -52,6 +52,20 @@ def check_job_limits(spec: JobSpec, channels: int | None = None, limits: SpecLim
                                   or not math.isfinite(value)):
             raise SpecError(f"{name} {value!r}: must be a finite number")
     check_job_ranges(spec)
+    check_criteria(spec)
+
+
+def check_criteria(spec: JobSpec) -> None:
+    """The criterion and the layer criterion built as the engine will build them, so that an unknown name or a
+    parameter that is unknown, not finite or out of its range (``pruning.criteria.params``) is a ``SpecError``
+    before any work. Building a scorer reads nothing and allocates nothing."""
+    from pruning.criteria import create_criterion
+
+    prune = spec.compress.prune
+    for name, params in ((prune.criterion, prune.criterion_params),
+                         (prune.layer_criterion, prune.layer_criterion_params)):
+        if name:
+            create_criterion(name, **dict(params))
 
 
 def check_job_ranges(spec: JobSpec) -> None:

@@ -1,8 +1,8 @@
 """A corpus of hostile and broken input, one or more per class of issue 11, built in a second:
 
-- non-finite: NaN weights, NaN pixels, an infinite std, a NaN quality gate;
+- non-finite: NaN weights, NaN pixels, an infinite std, a NaN quality gate, a NaN criterion parameter;
 - bombs: a zip and an .npz that expand to gigabytes (``tests/hostile_files.py``);
-- unbounded: input size, benchmark batch, calibration images, classes;
+- unbounded: input size, benchmark batch, calibration images, classes, activation-maximization steps;
 - weak messages: a 10,000-character criterion name, a criterion parameter that does not exist;
 - silent nonsense: a model file as the data set, a data set as the weights, a negative seed;
 - service only (``GRPC_ONLY``): a re-upload that names a stored digest but sends other bytes, an upload
@@ -84,6 +84,8 @@ CASES = (
     Case("nan-pixels", "non-finite", "job", ("nan_pixels.npz", "non-finite"), data="nan_pixels"),
     Case("infinite-std", "non-finite", "submit", ("data.std[0] is inf",), ("--mean", "0.5", "--std", "inf")),
     Case("nan-gate", "non-finite", "submit", ("max_accuracy_drop", "finite"), ("--max-accuracy-drop", "nan")),
+    Case("nan-criterion-param", "non-finite", "submit", ("criterion 'l1'", "p must be a number in (0, 16]", "nan"),
+         ("--criterion-param", "p=NaN")),
     Case("zip-bomb", "bomb", "job", ("bomb.zip", "max_expanded_bytes"), data="bomb_zip"),
     Case("npz-bomb", "bomb", "job", ("bomb.npz", "max_array_bytes"), data="bomb_npz"),
     Case("huge-input", "unbounded", "submit", ("data.input_size", "max_input_side"), ("--input-size", "100000x100000")),
@@ -92,6 +94,8 @@ CASES = (
     Case("huge-calibration", "unbounded", "submit", ("data.calibration_images", "max_calibration_images"),
          ("--calibration-images", "1000000000")),
     Case("huge-classes", "unbounded", "submit", ("model.num_classes", "max_classes"), ("--num-classes", "10000000")),
+    Case("huge-criterion-steps", "unbounded", "submit", ("steps must be a whole number in [1, 2048]",),
+         ("--criterion", "functionality", "--criterion-param", "steps=1000000000000")),
     Case("long-criterion", "weak-message", "submit", ("criterion", "…[+"), ("--criterion", "x" * 10_000),
          local=("max_name_length",), remote=("unknown criterion",)),
     Case("bad-criterion-param", "weak-message", "submit", ("has no parameter 'bogus'", "its parameters are: p"),

@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import torch.nn as nn
 
+from pruning.criteria.params import COMMON_RANGES, Range, check_params
 from pruning.errors import SpecError, clip
 
 
@@ -123,6 +124,9 @@ class Scorer(ABC):
     # fraction of the alive channels, lowest-scored first, among which the one the kept units recover best goes.
     # 0 = the criterion's order as it is. Set per call with the ``refit_window`` parameter every criterion takes.
     default_refit_window: ClassVar[float] = 0.0
+    # Allowed values of the numeric parameters (``pruning.criteria.params``), checked by ``create_criterion`` before
+    # the scorer is built; ``COMMON_RANGES`` cover refit_window, depth_share, seed and max_batches.
+    param_ranges: ClassVar[dict[str, Range]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -212,9 +216,9 @@ def create_criterion(name: str, **params: Any) -> Scorer:
     if unknown:
         listed = ", ".join(repr(clip(key, 40)) for key in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise SpecError(f"criterion {name!r} has no parameter {listed}; its parameters are: {_parameters_text(name)}")
-    params = dict(params)
-    window = params.pop("refit_window", None)
     try:
+        params = check_params(params, {**COMMON_RANGES, **cls.param_ranges}, criterion_parameters(name))
+        window = params.pop("refit_window", None)
         scorer = cls(**params)
         if window is not None:
             scorer.refit_window = _refit_window(window)

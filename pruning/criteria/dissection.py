@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from pruning.activations import ChannelStats, collect, module_outputs_in_order, stable_seed
 from pruning.criteria.base import Batch, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.params import Range
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,11 @@ class DissectionScorer(Scorer):
     name = "dissection"
     paper = ("Alqahtani et al. 2021, Pruning CNN filters via quantifying the importance of deep visual "
              "representations (CVIU)")
+    param_ranges = {"quantile": Range(0.0, 1.0, open_low=True, open_high=True),
+                    "vote_fraction": Range(0.0, 1.0, open_low=True), "iou_floor": Range(0.0, 1.0),
+                    "gradcam_top": Range(0.0, 1.0, open_low=True),
+                    "quantile_samples": Range(1, 10_000_000, whole=True),
+                    "memory_mb": Range(0.0, 65_536.0, open_low=True)}
 
     def __init__(self, quantile: float = 0.995, vote_fraction: float = 0.1, iou_floor: float = 0.01,
                  masks: str = "auto", gradcam_top: float = 0.2, correct_only: bool = True,

@@ -47,6 +47,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from pruning.criteria.base import Batch, ChannelGroup, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.params import AM_LR, AM_STEPS, Range
 from pruning.visualize import input_stats, visualize_layer
 from pruning.zoo import IMAGENET_MEAN, IMAGENET_STD
 
@@ -185,6 +186,7 @@ class FunctionalityScorer(Scorer):
 
     name = "functionality"
     paper = "Qin et al. 2019, Functionality-Oriented Convolutional Filter Pruning (arXiv:1810.07322)"
+    param_ranges = {"steps": AM_STEPS, "lr": AM_LR, "threshold": Range(0.0, 2.0, optional=True)}
     needs_data = True
 
     def __init__(self, steps: int = 32, lr: float = 0.05, threshold: float | None = None, max_batches: int = 4,

@@ -61,6 +61,7 @@ from threadpoolctl import threadpool_limits   # installed with scikit-learn
 
 from pruning.criteria.base import (ScoreResult, Scorer, ScoringContext, _depth_share, _refit_window,
                                    register_criterion)
+from pruning.criteria.params import Range
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,9 @@ class LayerProbeScorer(Scorer):
     kind = "block"
     paper = ("Chen & Zhao 2019, Shallowing Deep Networks: Layer-wise Pruning Based on Feature Representations "
              "(TPAMI)")
+    param_ranges = {"threshold": Range(-1.0, 1.0, optional=True), "probe_steps": Range(1, 10_000, whole=True),
+                    "weight_decay": Range(0.0, 1000.0), "folds": Range(1, 20, whole=True),
+                    "train_fraction": Range(0.0, 1.0, open_low=True, open_high=True)}
 
     def __init__(self, threshold: float | None = None, probe_steps: int = 100, weight_decay: float = 1e-3,
                  train_fraction: float = 0.7, seed: int | None = None, max_batches: int | None = None,

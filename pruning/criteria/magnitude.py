@@ -24,6 +24,7 @@ import torch_pruning as tp
 
 from pruning.criteria.base import (ChannelGroup, ScoreResult, Scorer, ScoringContext, _depth_share, _refit_window,
                                    register_criterion)
+from pruning.criteria.params import Range
 
 
 def tp_group(graph: tp.DependencyGraph, model: nn.Module, group: ChannelGroup) -> tp.Group:
@@ -55,6 +56,7 @@ class MagnitudeScorer(Scorer):
 
     name = "l1"
     paper = "Li et al. 2017, Pruning Filters for Efficient ConvNets"
+    param_ranges = {"p": Range(0.0, 16.0, open_low=True)}
     needs_data = False
 
     def __init__(self, p: int = 1, scope: str = "group") -> None:
@@ -80,6 +82,7 @@ def _filter_norms(weight: torch.Tensor, p: int) -> torch.Tensor:
 @register_criterion
 class L2Scorer(MagnitudeScorer):
     name = "l2"
+    param_ranges = {}                  # p is fixed at 2
 
     def __init__(self, scope: str = "group") -> None:
         super().__init__(p=2, scope=scope)
@@ -127,6 +130,7 @@ class RandomScorer(Scorer):
 class FPGMScorer(Scorer):
     name = "fpgm"
     paper = "He et al. 2019, Filter Pruning via Geometric Median"
+    param_ranges = {"p": Range(0.0, 16.0, open_low=True)}
     needs_data = False
 
     def __init__(self, p: int = 2) -> None:

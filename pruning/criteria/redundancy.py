@@ -61,6 +61,7 @@ from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 from pruning.criteria.base import ChannelGroup, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.params import Range
 from pruning.channel_elimination import Elimination, elimination_scores
 from pruning.criteria.functionality import cosine_distances
 from pruning.criteria.redundant_features import feature_eliminations
@@ -243,6 +244,8 @@ class RedundancyScorer(Scorer):
 
     name = "redundancy"
     paper = "Ayinde & Zurada 2018, Building Efficient ConvNets using Redundant Feature Pruning (arXiv:1802.07653)"
+    param_ranges = {"threshold": Range(0.0, 2.0, optional=True), "images": Range(1, 50_000, whole=True),
+                    "positions_per_image": Range(1, 65_536, whole=True)}
     needs_data = False
 
     def __init__(self, linkage_method: str = "complete", threshold: float | None = None, merge: bool = False,

@@ -48,6 +48,7 @@ from skimage.color import rgb2hsv
 from skimage.feature import local_binary_pattern
 
 from pruning.criteria.base import ChannelGroup, ScoreResult, Scorer, ScoringContext, register_criterion
+from pruning.criteria.params import AM_LR, AM_STEPS, Range
 from pruning.visualize import input_stats, measure_response, response_layer, stretch, visualize_layer
 from pruning.zoo import IMAGENET_MEAN, IMAGENET_STD
 
@@ -199,6 +200,8 @@ class VisualSimilarityScorer(Scorer):
 
     name = "visual_similarity"
     paper = "Yao et al. 2021, Deep neural network compression through interpretability-based filter pruning (PR 119)"
+    param_ranges = {"steps": AM_STEPS, "lr": AM_LR, "beta": Range(0.0, 1.0), "gamma": Range(0.0, 1000.0),
+                    "bins": Range(2, 256, whole=True), "min_std": Range(0.0, 1.0), "min_activation": Range(0.0, 1.0)}
     needs_data = False
 
     def __init__(self, steps: int = 32, lr: float = 0.05, beta: float = 0.5, gamma: float = 1.0, bins: int = 16,
