@@ -99,6 +99,8 @@ class FinetuneReport:
     stopped_by: str = ""
     returned: str = ""                 # "last step", "step N" (the best check) or "the start"
     history: list[dict] = field(default_factory=list)   # {step, loss, lr, val_top1?}
+    diverged_at: int | None = None     # the step whose loss (or validation logits) was NaN/inf; training stopped
+    diverged_why: str = ""             # "loss nan", "loss inf" or "non-finite logits on the validation slice"
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -171,9 +173,10 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
     warmup_steps = int(round(settings.warmup * schedule_steps))
     start = time.monotonic()
     step, epoch = 0, 0
+    start_state = copy.deepcopy(student.state_dict())   # what a diverged run falls back on
     if validate is not None:   # the starting point competes too: fine-tuning never returns worse weights
         best_val = validate(student)
-        best_state = copy.deepcopy(student.state_dict())
+        best_state = start_state
         report.history.append({"step": 0, "val_top1": best_val})
     student.train()
     with FeatureHints(hints if settings.hint_weight > 0 else ()) as features:
@@ -190,6 +193,10 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
                                          settings.alpha, settings.loss)
                 if features.pairs:
                     loss = loss + settings.hint_weight * features.loss()
+                if not torch.isfinite(loss):
+                    report.diverged_at, report.diverged_why = step + 1, f"loss {loss.item()}"
+                    report.stopped_by = "diverged"
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -199,8 +206,12 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
                 entry = {"step": step, "loss": loss_value, "lr": lr}
                 done_reason = _budget_done(step, total, deadline)
                 if validate is not None and (step % settings.eval_every == 0 or done_reason):
-                    val = last_val = validate(student)
+                    val = last_val = _validate_or_none(validate, student)
                     student.train()
+                    if val is None:
+                        report.diverged_at, report.stopped_by = step, "diverged"
+                        report.diverged_why = "non-finite logits on the validation slice"
+                        break
                     entry["val_top1"] = val
                     if val > best_val:
                         best_val, best_step = val, step
@@ -223,7 +234,12 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
                 epoch += 1
                 continue
             break
-    if best_state is not None:
+    if report.diverged_at is not None:
+        student.load_state_dict(best_state if best_state is not None else start_state)
+        report.returned = f"step {best_step}" if best_state is not None and best_step else "the start"
+        if best_state is not None:
+            report.best_val_top1 = best_val
+    elif best_state is not None:
         report.best_val_top1 = best_val
         annealed = report.stopped_by == "budget (steps)" and last_val is not None
         if annealed and keeps_last_step(last_val, best_val, validation_images):
@@ -237,6 +253,18 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
     report.steps = step
     report.seconds = time.monotonic() - start
     return report
+
+
+def _validate_or_none(validate: Callable[[nn.Module], float], student: nn.Module) -> float | None:
+    """``validate(student)``, or None when the student's logits are no longer finite (training diverged)."""
+    from pruning.errors import ModelError
+
+    try:
+        return validate(student)
+    except ModelError as exc:
+        if "non-finite logits" in str(exc):
+            return None
+        raise
 
 
 def _steps_for_minutes(minutes: float | None, batches_per_epoch: int) -> int:

@@ -58,6 +58,18 @@ def test_gate_failure_has_its_own_exit_code(digits_weights, tmp_path, capsys):
     assert code == 4 and "quality gate FAILED" in out
 
 
+def test_a_diverging_fine_tune_keeps_the_refitted_model_and_says_to_lower_the_rate(digits_weights, tmp_path, capsys):
+    code, out, _ = run(capsys, "compress", "--arch", "demo/small_cnn", "--weights", str(digits_weights),
+                       "--target-macs", "0.5", "--calibration-images", "200", "--finetune-steps", "6", "--lr", "1e9",
+                       "--targets", "", "--out", str(tmp_path / "o"), "--json")
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["finetune"]["stopped_by"] == "diverged" and report["finetune"]["returned"] == "the start"
+    assert any("fine-tuning diverged at step" in w and "--lr, 1e+09" in w for w in report["warnings"])
+    acc = report["accuracy"]
+    assert acc["finetuned"]["top1"] == acc["reconstructed"]["top1"] == acc["exported"]["top1"] > 0.5
+
+
 def _bad_input(tmp_path, capsys, *extra, arch="demo/small_cnn"):
     out = tmp_path / "never"
     code, _, err = run(capsys, "compress", "--arch", arch, "--targets", "", *extra, "--out", str(out))

@@ -194,3 +194,53 @@ def test_the_annealed_last_step_comes_back_when_within_the_slices_noise():
     # the last step fell 2.2 points below the start (3.5 standard errors): the start comes back unchanged
     report, is_start = run([0.97, 0.95, 0.948], 500)
     assert report.returned == "the start" and is_start
+
+
+def test_a_diverging_fine_tune_stops_and_returns_the_start_without_a_validation_slice():
+    teacher = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    student = copy.deepcopy(teacher)
+    x, y = torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+    report = finetune(student, teacher, lambda e: iter([(1e3 * x, y)] * 10), 10, 16,
+                      FinetuneBudget(steps=50), FinetuneSettings(lr=1e12, warmup=0.0))
+    assert report.stopped_by == "diverged" and report.diverged_at is not None and report.diverged_at < 50
+    assert report.diverged_why in ("loss nan", "loss inf") and report.returned == "the start"
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
+
+
+def test_non_finite_validation_logits_count_as_divergence_and_the_best_check_comes_back():
+    from pruning.errors import ModelError
+
+    teacher = torch.nn.Linear(4, 3)
+    student = copy.deepcopy(teacher)
+    x, y = torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+    seen = []
+
+    def validate(model):
+        seen.append(model.weight.detach().clone())
+        if len(seen) == 3:                    # the start, step 5, then step 10 "blows up"
+            raise ModelError("the model gives non-finite logits (NaN or infinite) for 16 of 16 images")
+        return [0.5, 0.7][len(seen) - 1]
+
+    report = finetune(student, teacher, lambda e: iter([(x, y)] * 10), 10, 16, FinetuneBudget(steps=20),
+                      FinetuneSettings(lr=0.1, warmup=0.0, eval_every=5), validate=validate)
+    assert report.stopped_by == "diverged" and report.diverged_at == 10
+    assert report.diverged_why == "non-finite logits on the validation slice"
+    assert report.returned == "step 5" and torch.equal(student.weight, seen[1]) and report.best_val_top1 == 0.7
+
+
+def test_other_model_errors_in_validation_are_not_taken_for_divergence():
+    from pruning.errors import ModelError
+
+    teacher = torch.nn.Linear(4, 3)
+    x, y = torch.randn(16, 4), torch.zeros(16, dtype=torch.long)
+    checks = iter([0.5])
+
+    def validate(model):
+        value = next(checks, None)
+        if value is None:
+            raise ModelError("something else broke")
+        return value
+
+    with pytest.raises(ModelError, match="something else broke"):
+        finetune(copy.deepcopy(teacher), teacher, lambda e: iter([(x, y)] * 10), 10, 16, FinetuneBudget(steps=20),
+                 FinetuneSettings(lr=0.1, warmup=0.0, eval_every=5), validate=validate)
