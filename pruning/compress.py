@@ -339,10 +339,11 @@ def _finetune_stage(spec: CompressSpec, run: StageRunner, result: CompressResult
                                    progress=lambda f, m: run.emit("finetune", f, m), should_stop=run.should_stop,
                                    validation_images=len(val_set) if val_set else 0)
         if result.finetune.diverged_at is not None:
+            kept = ("the weights from before fine-tuning" if result.finetune.returned == "the start"
+                    else f"the weights of {result.finetune.returned}, the best validation check before it")
             result.warnings.append(
                 f"fine-tuning diverged at step {result.finetune.diverged_at} ({result.finetune.diverged_why}) and "
-                f"was stopped; the model is {result.finetune.returned}'s weights, as before the divergence: lower "
-                f"the learning rate (--lr, {ft.lr:g} here)")
+                f"was stopped; the model keeps {kept}: lower the learning rate (--lr, {ft.lr:g} here)")
             run.emit("finetune", 1.0, result.warnings[-1])
         result.accuracy["finetuned"] = evaluate_split(pruned)
         run.emit("finetune", 1.0, f"top-1 {result.accuracy['finetuned'].top1:.2%}")
