@@ -291,8 +291,11 @@ def check_fits_model(data: ImageSet, input_shape: tuple[int, int, int], num_clas
         raise DataError(f"{label} has {data.images.shape[-1]}-channel images but the model expects {channels} "
                         "channels")
     if not resize and tuple(data.images.shape[1:3]) != (height, width):
-        raise DataError(f"{label} has {data.images.shape[1]}x{data.images.shape[2]} images but the model expects "
-                        f"{height}x{width}; pass an input size to resize them")
+        h, w = data.images.shape[1:3]
+        raise DataError(f"{label} has {h}x{w} images but the model expects {height}x{width}: resize them "
+                        f"(--input-size {height}x{width}, data.input_size), or, when the model takes any size (an "
+                        f"ONNX graph with symbolic height and width is read as {height}x{width}), give it the data's "
+                        f"(--input-shape {channels},{h},{w}, model.input_shape)")
     top = int(data.labels.max())
     if top >= num_classes:
         raise DataError(f"{label} has label {top} but the model has {num_classes} classes (labels must be "

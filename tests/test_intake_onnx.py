@@ -104,6 +104,111 @@ def test_a_conv_whose_weight_is_a_constant_node_converts(tmp_path):
         assert torch.allclose(resolved.module(images), model(images), atol=1e-5)
 
 
+class _MeanPooled(nn.Module):
+    """Conv, BN, ReLU, then ``x.mean((2, 3))``: from opset 18 the exporter writes ReduceMean with axes as an input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _opset20_file(tmp_path):
+    torch.manual_seed(0)
+    model = _MeanPooled().eval()
+    path = tmp_path / "mean.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), opset_version=20, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    proto = onnx.load(path)
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [20]
+    assert any(n.op_type == "ReduceMean" and len(n.input) == 2 for n in proto.graph.node)   # axes as an input
+    return model, path
+
+
+def test_an_opset_20_model_is_converted_down_to_17_and_checked_against_the_file(tmp_path):
+    # onnx2torch 1.5 refused it: "Converter is not implemented (... operation_type='ReduceMean', version=18)"
+    model, path = _opset20_file(tmp_path)
+    resolved = resolve(ModelSpec("onnx", model_file=str(path)))
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(resolved.module(images), model(images), atol=1e-5)
+    source = verify(resolved, images).source
+    assert source["opset"] == 20 and source["converted_to_opset"] == 17
+    assert source["conversion_check"]["max_rel_error"] < 1e-5
+
+
+def test_an_opset_onnx_cannot_convert_down_is_named_with_the_export_to_use(tmp_path, monkeypatch):
+    from onnx import version_converter
+
+    _, path = _opset20_file(tmp_path)
+
+    def no_adapter(proto, version):
+        raise RuntimeError("adapter_lookup: Assertion `false` failed: No Adapter From Version $20 for Foo")
+
+    monkeypatch.setattr(version_converter, "convert_version", no_adapter)
+    with pytest.raises(ModelError, match=r"mean.onnx uses ONNX opset 20; .* reads up to opset 17 .*No Adapter From "
+                                         r"Version \$20 for Foo\); export it with opset_version=17"):
+        resolve(ModelSpec("onnx", model_file=str(path)))
+
+
+class _FixedBatchReshape(nn.Module):
+    """What the torch.export-based exporter (torch.onnx.export's default) writes for ``torch.flatten(x, 1)`` with a
+    one-image example: ``Reshape(x, [1, C])`` with a constant shape after the pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        return self.fc(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).reshape(1, 32))
+
+
+def test_a_constant_reshape_that_flattens_is_pruned_through_as_a_flatten(tmp_path):
+    torch.manual_seed(0)
+    model = _FixedBatchReshape().eval()
+    path = tmp_path / "reshape.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(path), opset_version=17, dynamo=False)
+    assert [n.op_type for n in onnx.load(path).graph.node].count("Reshape") == 1
+    resolved = resolve(ModelSpec("onnx", model_file=str(path)))
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():                 # the Flatten takes any batch; the file's Reshape only one image
+        assert torch.allclose(resolved.module(images)[:1], model(images[:1]), atol=1e-5)
+    assert verify(resolved, images).source["conversion_check"]["max_rel_error"] < 1e-5
+    result = compress(quick_spec(ModelSpec("onnx", model_file=str(path)), cifar_like_npz(tmp_path / "d.npz"), 0.2))
+    assert result.reduction("macs") == pytest.approx(0.2, abs=0.06)
+    assert len(result.plan.kept["conv/Conv"]) < 8               # the conv before the flatten lost channels
+
+
+@pytest.mark.parametrize("input_dims,shape,allowzero,flatten", [
+    ([1, 32, 1, 1], [1, 32], 0, True), ([1, 32, 1, 1], [-1, 32], 1, True), ([1, 8, 2, 2], [1, -1], 0, True),
+    ([1, 8, 2, 2], [0, 32], 0, True), ([1, 8, 2, 2], [0, 32], 1, False),
+    ([1, 32, 1, 1], [32, 1], 0, False), ([1, 8, 2, 2], [1, 8, 4], 0, False), ([2, 32, 1, 1], [1, 64], 0, False),
+    (["n", 32, 1, 1], [1, 32], 0, False), (["n", 32, 1, 1], [-1, 32], 0, True),
+])
+def test_reshapes_become_flatten_only_when_they_are_one(input_dims, shape, allowzero, flatten):
+    import numpy as np
+    import onnxruntime as ort
+
+    from pruning.intake.onnx_rewrites import reshapes_to_flatten
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, input_dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=allowzero, name="r")
+    shape_tensor = helper.make_tensor("shape", TensorProto.INT64, [len(shape)], shape)
+    proto = helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=[shape_tensor]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    out = reshapes_to_flatten(proto)
+    assert [n.op_type for n in out.graph.node] == (["Flatten"] if flatten else ["Reshape"])
+    if flatten:
+        assert not out.graph.initializer                          # the shape constant went with the Reshape
+        data = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in input_dims],
+                                                        dtype=np.float32)
+        run = [ort.InferenceSession(p.SerializeToString()).run(None, {"x": data})[0] for p in (proto, out)]
+        assert run[0].shape == run[1].shape and np.array_equal(run[0], run[1])
+
+
 class _Upsampling(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -178,3 +283,22 @@ def test_onnx_spec_mistakes_are_explained(tmp_path):
     for spec, error, message in cases:
         with pytest.raises(error, match=message):
             resolve(spec)
+
+
+def test_weights_in_an_external_data_file_are_refused_with_how_to_make_one_file_and_never_read(tmp_path):
+    # torch.onnx.export's default (torch.export-based) writes model.onnx + model.onnx.data; check_model used to
+    # answer "not a valid ONNX model: ... should be stored in ..."
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    onnx.save(onnx.load(path), tmp_path / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="split.onnx.data", size_threshold=0)
+    with pytest.raises(ModelError, match=r"split.onnx keeps its weights in external data file\(s\) \(split.onnx.data\)"
+                                         r", as torch.onnx.export writes by default; .*external_data=False"):
+        resolve(ModelSpec("onnx", model_file=str(tmp_path / "split.onnx")))
+    hostile = onnx.load(tmp_path / "split.onnx", load_external_data=False)
+    for tensor in hostile.graph.initializer:                  # a location outside the folder is not even opened
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../../etc/passwd"
+    onnx.save(hostile, tmp_path / "hostile.onnx")
+    with pytest.raises(ModelError, match=r"external data file\(s\) \(../../etc/passwd\)"):
+        resolve(ModelSpec("onnx", model_file=str(tmp_path / "hostile.onnx")))

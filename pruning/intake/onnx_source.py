@@ -20,10 +20,11 @@ from typing import Any, Collection, Mapping
 
 import torch.nn as nn
 
-from pruning.errors import ModelError, SpecError
+from pruning.errors import ModelError, SpecError, clip
 from pruning.intake.catalog import DEFAULT_INPUT_SHAPE
 from pruning.intake.describe import describe
 from pruning.intake.onnx_ops import describe_problems, pruning_problems
+from pruning.intake.onnx_rewrites import reshapes_to_flatten
 from pruning.intake.sniff import identify, not_a_file
 from pruning.intake.sources import register_source
 from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
@@ -42,13 +43,59 @@ def read_onnx(path: Path):
     data = path.read_bytes()
     try:
         proto = onnx.load_model_from_string(data)
-        onnx.checker.check_model(proto)
-    except Exception as exc:  # noqa: BLE001 - DecodeError, ValidationError
+    except Exception as exc:  # noqa: BLE001 - DecodeError
         raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        raise ModelError(f"{path.name} keeps its weights in external data files; save it as one file: "
-                         "onnx.save(model, path, save_as_external_data=False)")
+    if external := external_data_files(proto):
+        # never read: a location is a path chosen by whoever wrote the file (on a server, another upload's)
+        raise ModelError(f"{path.name} keeps its weights in external data file(s) ({', '.join(external[:3])}), as "
+                         "torch.onnx.export writes by default; give one self-contained file: export with "
+                         "torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
+                         f"'{path.name}'), 'model_one_file.onnx', save_as_external_data=False)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - ValidationError
+        raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
     return proto, hashlib.sha256(data).hexdigest()
+
+
+def external_data_files(proto) -> list[str]:
+    """The distinct ``location`` entries of the graph's tensors stored outside the file, in order of appearance."""
+    import onnx
+
+    seen: dict[str, None] = {}
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            seen.setdefault(clip(location, 80), None)
+    return list(seen)
+
+
+# onnx2torch 1.5 converts every operator interprune prunes through up to opset 17; from opset 18 ReduceMean takes its
+# axes as an input (what torch.onnx.export writes for ``x.mean((2, 3))`` at its default opset 20), which it refuses.
+CONVERTIBLE_OPSET = 17
+
+
+def default_opset(proto) -> int:
+    """The model's opset of the default ONNX domain (0 when none is declared)."""
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def to_convertible_opset(proto, file_name: str):
+    """``proto`` itself when its opset is at most ``CONVERTIBLE_OPSET``, else a copy converted down to it by
+    ``onnx.version_converter`` (the converted module is then checked against ONNX Runtime on the original file, as
+    every ONNX model is). ``ModelError`` naming the opset when onnx cannot convert it down."""
+    from onnx import version_converter
+
+    opset = default_opset(proto)
+    if opset <= CONVERTIBLE_OPSET:
+        return proto
+    try:
+        return version_converter.convert_version(proto, CONVERTIBLE_OPSET)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError from the C++ adapters ("No Adapter From Version ...")
+        reason = (str(exc).splitlines() or [""])[0]
+        raise ModelError(f"{file_name} uses ONNX opset {opset}; the converter to PyTorch (onnx2torch) reads up to "
+                         f"opset {CONVERTIBLE_OPSET} and onnx could not convert this model down "
+                         f"({reason[-200:]}); export it with opset_version={CONVERTIBLE_OPSET}") from None
 
 
 def inline_constant_identities(proto):
@@ -113,12 +160,14 @@ def input_shape_for(graph_dims: list[int | None], asked: tuple[int, ...] | None,
 
 
 def convert(path: Path, expected_sha256: str | None = None) -> tuple[nn.Module, Any, str]:
-    """(converted module in eval mode, prepared proto, sha256); refuses unprunable graphs."""
+    """(converted module in eval mode, prepared proto, sha256); refuses unprunable graphs. The prepared proto is
+    the file's model at an opset onnx2torch reads (``to_convertible_opset``) with its constants inlined and its
+    flattening Reshapes made Flatten (``onnx_rewrites``)."""
     proto, digest = read_onnx(path)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelError(f"{path.name} is not the ONNX file this plan was made from (sha256 {digest[:12]}..., the "
                          f"plan recorded {expected_sha256[:12]}...)")
-    prepared = inline_constant_identities(proto)
+    prepared = reshapes_to_flatten(inline_constant_identities(to_convertible_opset(proto, path.name)))
     problems = pruning_problems(prepared)
     if problems:
         raise ModelError(describe_problems(path.name, problems))
@@ -157,9 +206,11 @@ class OnnxSource:
         module, proto, digest = convert(path)
         image, logits = graph_shapes(proto, path.name)
         input_shape = input_shape_for(image, spec.input_shape, path.name)
-        record = {"kind": self.kind, "arch": ONNX_ARCH, "file_name": path.name, "sha256": digest,
-                  "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0),
+        opset = default_opset(read_onnx(path)[0])
+        record = {"kind": self.kind, "arch": ONNX_ARCH, "file_name": path.name, "sha256": digest, "opset": opset,
                   "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
+        if default_opset(proto) != opset:
+            record["converted_to_opset"] = default_opset(proto)
         entry = describe(path.name, module, input_shape, spec.num_classes, record, {},
                          builder=lambda n: convert(path, digest)[0], description=f"ONNX model {path.name}")
         if logits[1] is not None and logits[1] != entry.num_classes:
