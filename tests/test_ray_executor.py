@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.
 pytestmark = pytest.mark.ray
 
 _NODE = re.compile(r"ray node ([0-9a-f]+) \(")
+WAIT_S = 300           # a job that has not ended by then fails the test instead of hanging the suite
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_jobs_spread_over_the_nodes_and_match_the_local_executor(ray_server, cli
     assert ray_server.scheduler.settings.max_workers == 2          # one CPU slot per worker node
     spec = tiny_spec(model_file, data_file)                        # benchmark targets (): no latency runs
     jobs = [client.submit(spec) for _ in range(4)]
-    done = [client.wait(job.id) for job in jobs]
+    done = [client.wait(job.id, timeout_s=WAIT_S) for job in jobs]
     assert [j.state for j in done] == [JobState.SUCCEEDED] * 4, [j.message for j in done]
     names = _node_names()
     placed = [names.get(_node_id(j)) for j in done]
@@ -91,7 +92,7 @@ def test_jobs_spread_over_the_nodes_and_match_the_local_executor(ray_server, cli
 
     local = make_server()                                          # the same job with local worker processes
     with Client(local.address) as local_client:
-        reference = local_client.wait(local_client.submit(spec).id)
+        reference = local_client.wait(local_client.submit(spec).id, timeout_s=WAIT_S)
     assert reference.state == JobState.SUCCEEDED and reference.worker_node == "local"
     for job in done:                                               # content-addressed: same id = same bytes
         for key in ("plan", "weights"):
@@ -120,7 +121,7 @@ def test_cancel_reaches_a_job_on_a_remote_node(ray_server, client, model_file, d
     assert _free_cpus(ray_server, node) == 0                       # the job holds the node's one CPU
     start = time.monotonic()
     client.cancel(job.id)
-    cancelled = client.wait(job.id)
+    cancelled = client.wait(job.id, timeout_s=WAIT_S)
     assert cancelled.state == JobState.CANCELLED and time.monotonic() - start < 10, cancelled.message
     ready, _ = ray.wait([ref], timeout=5)
     assert ready, "the Ray task has ended"
@@ -137,7 +138,7 @@ def test_a_job_no_node_can_take_waits_in_rays_queue_until_cancelled(ray_server, 
     ref = ray_server.scheduler._running[job.id].handle.ref
     assert not ray.wait([ref], timeout=1)[0] and not client.get(job.id).worker_node     # waiting for a node
     start = time.monotonic()
-    cancelled = client.wait(client.cancel(job.id).id)
+    cancelled = client.wait(client.cancel(job.id).id, timeout_s=WAIT_S)
     assert cancelled.state == JobState.CANCELLED and time.monotonic() - start < 10
     assert "was stopped" in cancelled.message                       # by the executor, not by the worker
     with pytest.raises(ray.exceptions.TaskCancelledError):
@@ -161,7 +162,7 @@ def test_a_lost_node_fails_its_job_or_reruns_it_elsewhere(cluster, ray_server, c
     for node_id in nodes:
         cluster.remove_node(cluster.named.pop(names[node_id]), allow_graceful=False)
 
-    failed = client.wait(plain.id)
+    failed = client.wait(plain.id, timeout_s=WAIT_S)
     assert failed.state == JobState.FAILED and failed.failure.kind == "crashed", failed.message
     assert failed.message.startswith("the Ray node running the job died (ray node ")
     assert _node_id(failed) in nodes and _node_id(failed) in failed.failure.message
@@ -172,7 +173,8 @@ def test_a_lost_node_fails_its_job_or_reruns_it_elsewhere(cluster, ray_server, c
     assert _NODE.search(requeued[0].message).group(1) in nodes
 
     cluster.named["node_c"] = cluster.add_node(num_cpus=1, resources={"node_c": 1})
-    done = client.wait(retried.id)
+    cluster.wait_for_nodes()
+    done = client.wait(retried.id, timeout_s=WAIT_S)
     assert done.state == JobState.SUCCEEDED, done.message
     assert _node_names()[_node_id(done)] == "node_c"
     assert ray_server.store.get(retried.id).attempts == 2

@@ -85,6 +85,9 @@ def test_cancel_during_finetuning_stops_the_worker(server, client, model_file, d
     job = client.submit(tiny_spec(model_file, data_file, finetune=long_finetune()))
     pid = _running_in_finetune(server, client, job.id)
     assert pid and not process_gone(pid)
+    with pytest.raises(TimeoutError, match=rf"job {job.id} is still RUNNING after 0.5 s"):
+        client.wait(job.id, timeout_s=0.5)                            # a bounded wait leaves the job running
+    assert client.get(job.id).state == JobState.RUNNING
     start = time.monotonic()
     asked = client.cancel(job.id)                   # CancelJob returns at once; the job stops on its own
     assert asked.cancel_requested and asked.state in (JobState.RUNNING, JobState.CANCELLED)

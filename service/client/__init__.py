@@ -281,8 +281,12 @@ class Client:
                              dict(n.resources)) for n in response.nodes]
         return Devices(agents, response.executor or "local", nodes)
 
-    def wait(self, job_id: str) -> Job:
-        """Block until the job ends; return it."""
-        for _ in self.watch(job_id):
+    def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Block until the job ends (at most ``timeout_s`` seconds: then ``TimeoutError``, the job keeps running);
+        return it."""
+        for _ in self.watch(job_id, for_s=timeout_s):
             pass
-        return self.get(job_id)
+        job = self.get(job_id)
+        if timeout_s is not None and not job.done:
+            raise TimeoutError(f"job {job_id} is still {job.state.name} after {timeout_s:g} s: {job.message}")
+        return job
