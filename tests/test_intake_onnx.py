@@ -285,20 +285,59 @@ def test_onnx_spec_mistakes_are_explained(tmp_path):
             resolve(spec)
 
 
-def test_weights_in_an_external_data_file_are_refused_with_how_to_make_one_file_and_never_read(tmp_path):
+def test_external_weights_are_read_locally_from_beside_the_model_and_never_by_a_server(tmp_path):
     # torch.onnx.export's default (torch.export-based) writes model.onnx + model.onnx.data; check_model used to
     # answer "not a valid ONNX model: ... should be stored in ..."
     path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
-    onnx.save(onnx.load(path), tmp_path / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+    folder = tmp_path / "split"
+    folder.mkdir()
+    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="split.onnx.data", size_threshold=0)
-    with pytest.raises(ModelError, match=r"split.onnx keeps its weights in external data file\(s\) \(split.onnx.data\)"
-                                         r", as torch.onnx.export writes by default; .*external_data=False"):
-        resolve(ModelSpec("onnx", model_file=str(tmp_path / "split.onnx")))
-    hostile = onnx.load(tmp_path / "split.onnx", load_external_data=False)
-    for tensor in hostile.graph.initializer:                  # a location outside the folder is not even opened
+    local = resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
+    whole = resolve(ModelSpec("onnx", model_file=str(path)))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(local.module(images), whole.module(images))
+    source = verify(local, images).source
+    both = hashlib.sha256((folder / "split.onnx").read_bytes() + (folder / "split.onnx.data").read_bytes())
+    assert source["sha256"] == both.hexdigest()                  # the digest covers the data file too
+    with pytest.raises(ModelError, match=r"split.onnx keeps its weights in external data file\(s\) "
+                                         r"\(split.onnx.data\), as torch.onnx.export writes by default, and a "
+                                         r"server does not read those; .*external_data=False"):
+        resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")), allowed_packages=frozenset())
+    (folder / "split.onnx.data").rename(tmp_path / "elsewhere.data")
+    with pytest.raises(ModelError, match=r"keeps its weights in 'split.onnx.data', which is not beside it"):
+        resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
+
+
+@pytest.mark.parametrize("location", ["../secret.data", "/etc/passwd", "link.data"])
+def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, location):
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="split.onnx.data", size_threshold=0)
+    (folder / "split.onnx.data").rename(tmp_path / "secret.data")
+    (folder / "link.data").symlink_to(tmp_path / "secret.data")              # a link out of the folder
+    hostile = onnx.load(folder / "split.onnx", load_external_data=False)
+    for tensor in hostile.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
-                entry.value = "../../etc/passwd"
-    onnx.save(hostile, tmp_path / "hostile.onnx")
-    with pytest.raises(ModelError, match=r"external data file\(s\) \(../../etc/passwd\)"):
-        resolve(ModelSpec("onnx", model_file=str(tmp_path / "hostile.onnx")))
+                entry.value = location
+    onnx.save(hostile, folder / "hostile.onnx")
+    with pytest.raises(ModelError, match=rf"hostile.onnx names external data '{location}' outside its folder"):
+        resolve(ModelSpec("onnx", model_file=str(folder / "hostile.onnx")))
+
+
+def test_submit_refuses_external_weights_before_uploading(tmp_path, capsys):
+    from service.cli.main import main
+    from tests.intake_helpers import cifar_like_npz
+
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    onnx.save(onnx.load(path), tmp_path / "split.onnx", save_as_external_data=True, location="split.onnx.data",
+              size_threshold=0)
+    code = main(["submit", "--server", "127.0.0.1:9", "--model", str(tmp_path / "split.onnx"), "--data",
+                 str(cifar_like_npz(tmp_path / "d.npz")), "--target-macs", "0.3", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "split.onnx keeps its weights in external data file(s) (split.onnx.data)" in err
+    assert "unreachable" not in err and "UNAVAILABLE" not in err         # refused before any connection

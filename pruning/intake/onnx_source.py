@@ -30,8 +30,13 @@ from pruning.intake.sources import register_source
 from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
 
 
-def read_onnx(path: Path):
-    """(ModelProto, sha256 hex) of the file; ``ModelError`` when it is not a valid, self-contained ONNX model."""
+def read_onnx(path: Path, external_data: bool = False):
+    """(ModelProto, sha256 hex) of the file; ``ModelError`` when it is not a valid ONNX model.
+
+    Weights kept in external data files (torch.onnx.export's default writes ``model.onnx.data``) are read only with
+    ``external_data`` (a local run: the user's own files), and only from files inside the model's folder; the
+    digest then covers the model file and those files. A server never reads them: a location is a path chosen by
+    whoever wrote the file, and beside an upload lie other uploads."""
     import onnx
 
     if problem := not_a_file(path, "model file"):
@@ -45,17 +50,54 @@ def read_onnx(path: Path):
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - DecodeError
         raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
+    digest = hashlib.sha256(data)
     if external := external_data_files(proto):
-        # never read: a location is a path chosen by whoever wrote the file (on a server, another upload's)
-        raise ModelError(f"{path.name} keeps its weights in external data file(s) ({', '.join(external[:3])}), as "
-                         "torch.onnx.export writes by default; give one self-contained file: export with "
-                         "torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
-                         f"'{path.name}'), 'model_one_file.onnx', save_as_external_data=False)")
+        if not external_data:
+            raise ModelError(_external_refusal(path.name, external))
+        for location in external:
+            digest.update(_external_file(path, location).read_bytes())
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(proto, str(path.parent))
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - ValidationError
         raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
-    return proto, hashlib.sha256(data).hexdigest()
+    return proto, digest.hexdigest()
+
+
+def _external_refusal(file_name: str, external: list[str]) -> str:
+    return (f"{file_name} keeps its weights in external data file(s) ({', '.join(external[:3])}), as "
+            "torch.onnx.export writes by default, and a server does not read those; give one self-contained file: "
+            "export with torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
+            f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False)")
+
+
+def upload_problem(path: Path) -> str | None:
+    """Why the ONNX file at ``path`` cannot go to a server as it is (its weights are in external files, which an
+    upload of the model file leaves behind), or None. Reads the graph only, not the weights."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX: the server's checks name what it is
+        return None
+    external = external_data_files(proto)
+    return _external_refusal(path.name, external) if external else None
+
+
+def _external_file(model: Path, location: str) -> Path:
+    """The external data file ``location`` of ``model``: a regular file inside the model's folder, else
+    ``ModelError``."""
+    folder = model.resolve().parent
+    candidate = (folder / location).resolve()
+    if Path(location).is_absolute() or folder not in candidate.parents:
+        raise ModelError(f"{model.name} names external data {location!r} outside its folder; refused (save the "
+                         "model as one file, or with its data file beside it)")
+    if not candidate.is_file():
+        raise ModelError(f"{model.name} keeps its weights in {location!r}, which is not beside it in {folder}; "
+                         "copy that file there, or save the model as one file (save_as_external_data=False)")
+    return candidate
 
 
 def external_data_files(proto) -> list[str]:
@@ -159,11 +201,12 @@ def input_shape_for(graph_dims: list[int | None], asked: tuple[int, ...] | None,
     return tuple(f if f is not None else d for f, d in zip(fixed, DEFAULT_INPUT_SHAPE))  # type: ignore[return-value]
 
 
-def convert(path: Path, expected_sha256: str | None = None) -> tuple[nn.Module, Any, str]:
-    """(converted module in eval mode, prepared proto, sha256); refuses unprunable graphs. The prepared proto is
-    the file's model at an opset onnx2torch reads (``to_convertible_opset``) with its constants inlined and its
-    flattening Reshapes made Flatten (``onnx_rewrites``)."""
-    proto, digest = read_onnx(path)
+def convert(path: Path, expected_sha256: str | None = None, external_data: bool = False
+            ) -> tuple[nn.Module, Any, str, int]:
+    """(converted module in eval mode, prepared proto, sha256, the file's opset); refuses unprunable graphs. The
+    prepared proto is the file's model at an opset onnx2torch reads (``to_convertible_opset``) with its constants
+    inlined and its flattening Reshapes made Flatten (``onnx_rewrites``). ``external_data``: as ``read_onnx``."""
+    proto, digest = read_onnx(path, external_data)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ModelError(f"{path.name} is not the ONNX file this plan was made from (sha256 {digest[:12]}..., the "
                          f"plan recorded {expected_sha256[:12]}...)")
@@ -178,7 +221,7 @@ def convert(path: Path, expected_sha256: str | None = None) -> tuple[nn.Module, 
     except Exception as exc:  # noqa: BLE001 - onnx2torch raises NotImplementedError/KeyError/... per operator
         raise ModelError(f"onnx2torch cannot convert {path.name}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
-    return module.eval(), prepared, digest
+    return module.eval(), prepared, digest, default_opset(proto)
 
 
 @register_source
@@ -203,16 +246,16 @@ class OnnxSource:
     def resolve(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> ResolvedModel:
         self.check(spec, allowed_packages)
         path = Path(spec.model_file)
-        module, proto, digest = convert(path)
+        local = allowed_packages is None            # a local run may read the user's external data files
+        module, proto, digest, opset = convert(path, external_data=local)
         image, logits = graph_shapes(proto, path.name)
         input_shape = input_shape_for(image, spec.input_shape, path.name)
-        opset = default_opset(read_onnx(path)[0])
         record = {"kind": self.kind, "arch": ONNX_ARCH, "file_name": path.name, "sha256": digest, "opset": opset,
                   "producer": f"{proto.producer_name} {proto.producer_version}".strip()}
         if default_opset(proto) != opset:
             record["converted_to_opset"] = default_opset(proto)
         entry = describe(path.name, module, input_shape, spec.num_classes, record, {},
-                         builder=lambda n: convert(path, digest)[0], description=f"ONNX model {path.name}")
+                         builder=lambda n: convert(path, digest, local)[0], description=f"ONNX model {path.name}")
         if logits[1] is not None and logits[1] != entry.num_classes:
             raise ModelError(f"{path.name} declares {logits[1]} outputs but computes {entry.num_classes}")
         return ResolvedModel(module, entry, reference=path)
@@ -223,4 +266,4 @@ class OnnxSource:
         if not model_file:
             raise ModelError(f"this plan was made from the ONNX model {name} (sha256 {digest[:12]}...); pass that "
                              "file again to reload it (load_compressed(plan, weights, model_file=...))")
-        return convert(Path(model_file), digest or None)[0]
+        return convert(Path(model_file), digest or None, external_data=allowed_packages is None)[0]

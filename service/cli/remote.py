@@ -337,6 +337,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
                 else ""
             raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
+    if spec.compress.model.model_file:
+        from pruning.intake.onnx_source import upload_problem
+
+        if problem := upload_problem(Path(spec.compress.model.model_file)):
+            raise CliError(problem, EXIT_USAGE)                 # before anything is uploaded
     with _connect(args) as client:
         job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
                             retry_on_crash=args.retry_on_crash)
