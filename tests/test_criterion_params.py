@@ -62,6 +62,8 @@ def test_undeclared_parameters_follow_their_default_type() -> None:
     ("redundancy", {"images": True}, r"images must be a whole number in \[1, 50000\], got True"),
     ("dissection", {"quantile": 1.0}, r"quantile must be a number in \(0, 1\)"),
     ("l1", {"p": math.inf}, r"p must be a number in \(0, 16\]"),
+    ("taylor", {"max_batches": None}, r"max_batches must be a whole number in \[1, 1000000\], got None"),
+    ("functionality", {"max_batches": None}, r"max_batches must be a whole number in \[1, 1000000\], got None"),
     ("random", {"refit_window": math.nan},
      r"refit_window must be a number in \[0, 1\] \(0 = the criterion's order as it is\), got nan"),
 ])

@@ -186,7 +186,8 @@ class FunctionalityScorer(Scorer):
 
     name = "functionality"
     paper = "Qin et al. 2019, Functionality-Oriented Convolutional Filter Pruning (arXiv:1810.07322)"
-    param_ranges = {"steps": AM_STEPS, "lr": AM_LR, "threshold": Range(0.0, 2.0, optional=True)}
+    param_ranges = {"steps": AM_STEPS, "lr": AM_LR, "threshold": Range(0.0, 2.0, optional=True),
+                    "max_batches": Range(1, 1_000_000, whole=True)}
     needs_data = True
 
     def __init__(self, steps: int = 32, lr: float = 0.05, threshold: float | None = None, max_batches: int = 4,

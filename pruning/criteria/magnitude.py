@@ -148,6 +148,7 @@ class FPGMScorer(Scorer):
 class TaylorScorer(Scorer):
     name = "taylor"
     paper = "Molchanov et al. 2019, Importance Estimation for Neural Network Pruning"
+    param_ranges = {"max_batches": Range(1, 1_000_000, whole=True)}
 
     def __init__(self, max_batches: int = 8) -> None:
         super().__init__(max_batches=max_batches)
