@@ -55,7 +55,9 @@ def read_onnx(path: Path, external_data: bool = False):
         if not external_data:
             raise ModelError(_external_refusal(path.name, external))
         for location in external:
-            digest.update(_external_file(path, location).read_bytes())
+            with _external_file(path, location).open("rb") as data_file:
+                for block in iter(lambda: data_file.read(1 << 24), b""):
+                    digest.update(block)
         from onnx.external_data_helper import load_external_data_for_model
 
         load_external_data_for_model(proto, str(path.parent))
@@ -67,8 +69,9 @@ def read_onnx(path: Path, external_data: bool = False):
 
 
 def _external_refusal(file_name: str, external: list[str]) -> str:
-    return (f"{file_name} keeps its weights in external data file(s) ({', '.join(external[:3])}), as "
-            "torch.onnx.export writes by default, and a server does not read those; give one self-contained file: "
+    named = ", ".join(clip(e, 80) for e in external[:3])
+    return (f"{file_name} keeps its weights in external data file(s) ({named}), as torch.onnx.export writes by default,"
+            " and a server does not read those; give one self-contained file: "
             "export with torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
             f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False)")
 
@@ -92,11 +95,11 @@ def _external_file(model: Path, location: str) -> Path:
     folder = model.resolve().parent
     candidate = (folder / location).resolve()
     if Path(location).is_absolute() or folder not in candidate.parents:
-        raise ModelError(f"{model.name} names external data {location!r} outside its folder; refused (save the "
-                         "model as one file, or with its data file beside it)")
+        raise ModelError(f"{model.name} names external data {clip(location, 80)!r} outside its folder; refused "
+                         "(save the model as one file, or with its data file beside it)")
     if not candidate.is_file():
-        raise ModelError(f"{model.name} keeps its weights in {location!r}, which is not beside it in {folder}; "
-                         "copy that file there, or save the model as one file (save_as_external_data=False)")
+        raise ModelError(f"{model.name} keeps its weights in {clip(location, 80)!r}, which is not beside it in "
+                         f"{folder}; copy that file there, or save the model as one file (save_as_external_data=False)")
     return candidate
 
 
@@ -107,8 +110,7 @@ def external_data_files(proto) -> list[str]:
     seen: dict[str, None] = {}
     for tensor in proto.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
-            seen.setdefault(clip(location, 80), None)
+            seen.setdefault(next((e.value for e in tensor.external_data if e.key == "location"), "?"), None)
     return list(seen)
 
 
