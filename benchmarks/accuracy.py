@@ -231,6 +231,12 @@ for criterion, extra in {**RECIPES, "random": ("--criterion-param", "refit_windo
     for seed in (1, 2):
         _row(f"r20-{criterion}{_recipe_tag(extra)}-sensitivity-round1-seed{seed}", "3,6", "resnet20", criterion,
              "--target-macs", "0.5", *extra, *ROUND1, *NO_FT, "--seed", str(seed))
+# Goal 3, tried and not adopted: redundancy's elimination on all 2,000 calibration images x 32 positions (its
+# default: 1,024 x 16), three seeds without fine-tuning
+for seed in (0, 1, 2):
+    _row(f"r56-redundancy-images2000-pos32-sensitivity-round1-seed{seed}", "3", "resnet56", "redundancy",
+         "--target-macs", "0.5", "--criterion-param", "images=2000", "--criterion-param", "positions_per_image=32",
+         *ROUND1, *NO_FT, "--seed", str(seed))
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):
