@@ -60,6 +60,8 @@ def test_undeclared_parameters_follow_their_default_type() -> None:
     ("functionality", {"steps": 10**12}, r"steps must be a whole number in \[1, 2048\]"),
     ("visual_similarity", {"mean": [0.5, math.inf, 0.5]}, "mean must be a list of 1 to 16 finite numbers"),
     ("redundancy", {"images": True}, r"images must be a whole number in \[1, 50000\], got True"),
+    ("redundancy", {"merge": "yes"}, r"merge must be true or false, got 'yes'"),
+    ("dissection", {"correct_only": 1}, r"correct_only must be true or false, got 1"),
     ("dissection", {"quantile": 1.0}, r"quantile must be a number in \(0, 1\)"),
     ("l1", {"p": math.inf}, r"p must be a number in \(0, 16\]"),
     ("taylor", {"max_batches": None}, r"max_batches must be a whole number in \[1, 1000000\], got None"),

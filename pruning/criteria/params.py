@@ -76,6 +76,10 @@ def check_number(name: str, value: Any, allowed: Range) -> Any:
 
 def _check_default_type(name: str, value: Any, default: Any) -> Any:
     """The check for a parameter without a declared range, by its default's type."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {clip(repr(value), 60)}")
+        return value
     if _is_number(default):
         whole = isinstance(default, int)
         if not _is_number(value) or not math.isfinite(value) or (whole and value != int(value)):
