@@ -31,6 +31,10 @@ class ModelError(InterpruneError):
     """The architecture or the weights are unknown, unsafe, corrupt or do not fit each other."""
 
 
+class NonFiniteLogits(ModelError):
+    """The model's logits hold NaN or inf (broken weights, or a fine-tune that diverged)."""
+
+
 class DataError(InterpruneError):
     """The data set cannot be read, is unsafe, or does not fit the model."""
 

@@ -257,14 +257,12 @@ def finetune(student: nn.Module, teacher: nn.Module, train_epoch: Callable[[int]
 
 def _validate_or_none(validate: Callable[[nn.Module], float], student: nn.Module) -> float | None:
     """``validate(student)``, or None when the student's logits are no longer finite (training diverged)."""
-    from pruning.errors import ModelError
+    from pruning.errors import NonFiniteLogits
 
     try:
         return validate(student)
-    except ModelError as exc:
-        if "non-finite logits" in str(exc):
-            return None
-        raise
+    except NonFiniteLogits:
+        return None
 
 
 def _steps_for_minutes(minutes: float | None, batches_per_epoch: int) -> int:

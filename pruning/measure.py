@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch_pruning.utils.op_counter import MODULES_MAPPING
 
-from pruning.errors import ModelError
+from pruning.errors import ModelError, NonFiniteLogits
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ def counter_flops(module: nn.Module, inputs, output) -> float:
 
 
 def _check_finite_logits(logits: torch.Tensor, batch_index: int, images_before: int) -> None:
-    """Raise ``ModelError`` when logits hold NaN/inf: argmax of a NaN row would count as a prediction."""
+    """Raise ``NonFiniteLogits`` when logits hold NaN/inf: argmax of a NaN row would count as a prediction."""
     bad_rows = int((~torch.isfinite(logits)).flatten(1).any(dim=1).sum()) if logits.is_floating_point() else 0
     if bad_rows:
-        raise ModelError(
+        raise NonFiniteLogits(
             f"the model gives non-finite logits (NaN or infinite) for {bad_rows} of {logits.shape[0]} images in "
             f"evaluation batch {batch_index} (images {images_before}..{images_before + logits.shape[0] - 1}); "
             "accuracy cannot be measured. Check the weights for NaN/inf values and that the normalisation std "

@@ -208,7 +208,7 @@ def test_a_diverging_fine_tune_stops_and_returns_the_start_without_a_validation_
 
 
 def test_non_finite_validation_logits_count_as_divergence_and_the_best_check_comes_back():
-    from pruning.errors import ModelError
+    from pruning.errors import NonFiniteLogits
 
     teacher = torch.nn.Linear(4, 3)
     student = copy.deepcopy(teacher)
@@ -218,7 +218,7 @@ def test_non_finite_validation_logits_count_as_divergence_and_the_best_check_com
     def validate(model):
         seen.append(model.weight.detach().clone())
         if len(seen) == 3:                    # the start, step 5, then step 10 "blows up"
-            raise ModelError("the model gives non-finite logits (NaN or infinite) for 16 of 16 images")
+            raise NonFiniteLogits("the model gives non-finite logits (NaN or infinite) for 16 of 16 images")
         return [0.5, 0.7][len(seen) - 1]
 
     report = finetune(student, teacher, lambda e: iter([(x, y)] * 10), 10, 16, FinetuneBudget(steps=20),

@@ -220,9 +220,8 @@ def create_criterion(name: str, **params: Any) -> Scorer:
         params = check_params(params, {**COMMON_RANGES, **cls.param_ranges}, criterion_parameters(name))
         window = params.pop("refit_window", None)
         scorer = cls(**params)
-        if window is not None:
-            scorer.refit_window = _refit_window(window)
-            scorer.params["refit_window"] = scorer.refit_window
+        if window is not None:            # checked above (COMMON_RANGES)
+            scorer.refit_window = scorer.params["refit_window"] = float(window)
         return scorer
     except (TypeError, ValueError) as exc:
         raise SpecError(f"bad parameter value for criterion {name!r} ({clip(exc, 200)}); its parameters are: "

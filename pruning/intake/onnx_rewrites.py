@@ -33,6 +33,8 @@ def reshapes_to_flatten(proto: ModelProto) -> ModelProto:
     """A copy of ``proto`` with every Reshape that is a flatten at axis 1 (module docstring) made a Flatten; the
     proto itself when there is none."""
     constants = {t.name: t for t in proto.graph.initializer}
+    if not any(n.op_type == "Reshape" and len(n.input) == 2 and n.input[1] in constants for n in proto.graph.node):
+        return proto                                   # no shape inference for graphs without a candidate
     inferred = shape_inference.infer_shapes(proto)
     dims = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.input)}
     replace = {}

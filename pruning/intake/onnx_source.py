@@ -114,8 +114,8 @@ def external_data_files(proto) -> list[str]:
     return list(seen)
 
 
-# onnx2torch 1.5 converts every operator interprune prunes through up to opset 17; from opset 18 ReduceMean takes its
-# axes as an input (what torch.onnx.export writes for ``x.mean((2, 3))`` at its default opset 20), which it refuses.
+# From opset 18 ReduceMean takes its axes as an input (what torch.onnx.export writes for ``x.mean((2, 3))`` at its
+# default opset 20), and onnx2torch 1.5 refuses it; at 17 it converts the models tried (tests, benchmarks.onnx_exports).
 CONVERTIBLE_OPSET = 17
 
 

@@ -19,8 +19,8 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
                   allowed_packages: Collection[str] = frozenset()) -> None:
     """Raise ``InvalidArgument`` (or ``NotFound`` for a missing artifact) for what can be checked cheaply.
     ``allowed_packages``: where ``python:`` architectures may come from (``serve --allow-model-package``)."""
-    from pruning.criteria import create_criterion, is_criterion, list_criteria
-    from pruning.errors import SpecError
+    from pruning.criteria import is_criterion, list_criteria
+    from pruning.criteria.base import criterion_class
     from service.core.errors import NotFound
 
     _check_model(spec.model, allowed_packages)
@@ -33,17 +33,13 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
                 raise NotFound(f"{field}: the {what} artifact {name} is not on this server; upload it first "
                                "(UploadArtifact)")
     p = spec.prune
-    for name, params, kind in ((p.criterion or "l1", p.criterion_params, None),
-                               (p.layer_criterion, p.layer_criterion_params, "block")):
+    for name, kind in ((p.criterion or "l1", None), (p.layer_criterion, "block")):
         if not name:
             continue
         if not is_criterion(name):
             raise InvalidArgument(f"unknown criterion {clip(name, 80)!r}; choose one of {', '.join(list_criteria())}")
-        try:
-            scorer = create_criterion(name, **params_from_proto(params))
-        except SpecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        if kind and scorer.kind != kind:
+        # its parameters: pipeline.checks.check_criteria, which every submit runs (servicer._normalize)
+        if kind and criterion_class(name).kind != kind:
             raise InvalidArgument(f"layer_criterion {clip(name, 80)!r} scores channels, not blocks; choose one of "
                                   f"{', '.join(list_criteria('block')) or '(none registered)'}")
     _check_enums(spec)
