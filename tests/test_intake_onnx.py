@@ -329,15 +329,37 @@ def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, locat
         resolve(ModelSpec("onnx", model_file=str(folder / "hostile.onnx")))
 
 
-def test_submit_refuses_external_weights_before_uploading(tmp_path, capsys):
+def test_a_model_with_external_weights_is_made_one_self_contained_file_for_upload(tmp_path):
+    from pruning.intake.onnx_source import external_data_files, self_contained
+
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert self_contained(path, scratch) == path                          # one file already: sent as it is
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert self_contained(tmp_path / "notes.txt", scratch) == tmp_path / "notes.txt"   # the server names what it is
+    folder = tmp_path / "split"
+    folder.mkdir()
+    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
+              size_threshold=0)
+    one = self_contained(folder / "split.onnx", scratch)
+    assert one == scratch / "split.onnx" and not external_data_files(onnx.load(one, load_external_data=False))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():          # the server's own reading (no external data allowed) gives the same model
+        served = resolve(ModelSpec("onnx", model_file=str(one)), allowed_packages=frozenset()).module(images)
+        assert torch.equal(served, resolve(ModelSpec("onnx", model_file=str(path))).module(images))
+
+
+def test_submit_refuses_external_weights_it_cannot_read_before_connecting(tmp_path, capsys):
     from service.cli.main import main
     from tests.intake_helpers import cifar_like_npz
 
     path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
     onnx.save(onnx.load(path), tmp_path / "split.onnx", save_as_external_data=True, location="split.onnx.data",
               size_threshold=0)
+    (tmp_path / "split.onnx.data").rename(tmp_path / "moved.data")
     code = main(["submit", "--server", "127.0.0.1:9", "--model", str(tmp_path / "split.onnx"), "--data",
                  str(cifar_like_npz(tmp_path / "d.npz")), "--target-macs", "0.3", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 2 and "split.onnx keeps its weights in external data file(s) (split.onnx.data)" in err
+    assert code == 2 and "split.onnx keeps its weights in 'split.onnx.data', which is not beside it" in err
     assert "unreachable" not in err and "UNAVAILABLE" not in err         # refused before any connection

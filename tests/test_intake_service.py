@@ -99,3 +99,29 @@ def test_an_onnx_file_is_compressed_over_grpc_and_the_report_says_where_it_came_
     images = np.random.default_rng(0).random((4, 3, 24, 24), dtype=np.float32)
     got = ort.InferenceSession(str(out / "model.onnx")).run(None, {"input": images})[0]
     assert got.shape == (4, 5) and np.isfinite(got).all()
+
+
+def test_an_onnx_file_with_external_weights_is_uploaded_as_one_file_and_compressed(make_server, capsys, tmp_path):
+    # torch.onnx.export's default writes model.onnx + model.onnx.data; a server reads only the file uploaded, so
+    # `interprune submit` inlines the data (it used to refuse and tell the user to re-save the model)
+    import onnx
+
+    torch.manual_seed(0)
+    whole = tmp_path / "whole.onnx"
+    torch.onnx.export(_Unseen().eval(), torch.zeros(1, 3, 24, 24), whole, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    onnx.save(onnx.load(whole), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
+              size_threshold=0)
+    data = cifar_like_npz(tmp_path / "data.npz", n=96, size=24, classes=5)
+    server = make_server()
+    out = tmp_path / "out"
+    code, job = submit(capsys, server, "--model", folder / "split.onnx", "--data", data, "--target-macs", "0.3",
+                       "--round-to", "1", "--out", out)
+    assert code == 0 and job["state"] == "SUCCEEDED", job
+    assert job["result"]["macs_reduction"] == pytest.approx(0.3, abs=0.02)
+    source = json.loads((out / "report.json").read_text())["model"]["source"]
+    assert source["file_name"] == "split.onnx" and source["conversion_check"]["max_rel_error"] < 1e-3
+    assert sorted(p.name for p in folder.iterdir()) == ["split.onnx", "split.onnx.data"]   # the user's files untouched

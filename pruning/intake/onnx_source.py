@@ -73,20 +73,36 @@ def _external_refusal(file_name: str, external: list[str]) -> str:
     return (f"{file_name} keeps its weights in external data file(s) ({named}), as torch.onnx.export writes by default,"
             " and a server does not read those; give one self-contained file: "
             "export with torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
-            f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False)")
+            f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False) (interprune submit uploads such a "
+            "copy itself)")
 
 
-def upload_problem(path: Path) -> str | None:
-    """Why the ONNX file at ``path`` cannot go to a server as it is (its weights are in external files, which an
-    upload of the model file leaves behind), or None. Reads the graph only, not the weights."""
+ONE_FILE_LIMIT = 2 ** 31 - 1     # bytes: protobuf's limit on one message, so on one ONNX file
+
+
+def self_contained(path: Path, into: Path) -> Path:
+    """The ONNX file at ``path`` as one file a server can take (it never reads external data files): ``path``
+    itself when its weights are inside it (or when it is not ONNX: the server's checks name what it is), else a
+    copy written into folder ``into`` with the external data inlined, read as a local run reads it (``read_onnx``:
+    only files inside the model's folder). ``ModelError`` when those files are missing or outside that folder, or
+    when the whole model would not fit in one file (2 GiB)."""
     import onnx
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        graph = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - not ONNX: the server's checks name what it is
-        return None
-    external = external_data_files(proto)
-    return _external_refusal(path.name, external) if external else None
+        return path
+    if not external_data_files(graph):
+        return path
+    proto, _ = read_onnx(path, external_data=True)
+    size = proto.ByteSize()
+    if size > ONE_FILE_LIMIT:
+        raise ModelError(f"{path.name} with its external data is {size / 2 ** 30:.1f} GiB, more than one ONNX file can "
+                         "hold (2 GiB), so it cannot be uploaded; compress it where its files are "
+                         "(interprune compress --model ...)")
+    copy = into / path.name
+    copy.write_bytes(proto.SerializeToString())
+    return copy
 
 
 def _external_file(model: Path, location: str) -> Path:

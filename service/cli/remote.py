@@ -12,11 +12,14 @@ Client settings come from flags or the environment: ``--server`` / ``$INTERPRUNE
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -337,14 +340,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
                 else ""
             raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
-    if spec.compress.model.model_file:
-        from pruning.intake.onnx_source import upload_problem
-
-        if problem := upload_problem(Path(spec.compress.model.model_file)):
-            raise CliError(problem, EXIT_USAGE)                 # before anything is uploaded
-    with _connect(args) as client:
-        job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
-                            retry_on_crash=args.retry_on_crash)
+    with contextlib.ExitStack() as stack:
+        with tempfile.TemporaryDirectory(prefix="interprune-submit-") as scratch:   # gone once uploaded
+            spec = _with_one_file_model(args, spec, Path(scratch))      # before connecting: its problems are local
+            client = stack.enter_context(_connect(args))
+            job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
+                                retry_on_crash=args.retry_on_crash)
         _say(args, f"job {job.id} queued on {args.server}")
         if args.detach:
             if args.json:
@@ -355,6 +356,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job = follow(client, job.id, args.json)
         files = download_outputs(client, job, out) if out is not None and job.result else {}
     return report_job(job, files, args.json)
+
+
+def _with_one_file_model(args: argparse.Namespace, spec, scratch: Path):
+    """``spec`` with an ONNX model whose weights lie in external data files replaced by one self-contained copy in
+    ``scratch`` (a server reads only the file uploaded); ``CliError`` when that cannot be made."""
+    model_file = spec.compress.model.model_file
+    if not model_file:
+        return spec
+    from pruning.errors import ModelError
+    from pruning.intake.onnx_source import self_contained
+
+    try:
+        one = self_contained(Path(model_file), scratch)
+    except ModelError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if one == Path(model_file):
+        return spec
+    _say(args, f"{Path(model_file).name} keeps its weights in external data file(s): uploading them inlined, as one "
+               f"file ({one.stat().st_size / 2 ** 20:.1f} MiB)")
+    model = dataclasses.replace(spec.compress.model, model_file=str(one))
+    return dataclasses.replace(spec, compress=dataclasses.replace(spec.compress, model=model))
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

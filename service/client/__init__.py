@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -192,9 +193,10 @@ class Client:
 
         if not isinstance(spec, pb.JobSpec):
             compress = spec.compress
+            with tempfile.TemporaryDirectory(prefix="interprune-upload-") as scratch:
+                model = self._artifact_ref(_one_file(compress.model.model_file, Path(scratch)), "model")
             weights = self._artifact_ref(compress.model.weights, "model")
             data = self._artifact_ref(compress.data.path, "dataset")
-            model = self._artifact_ref(compress.model.model_file, "model")
             spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash), model)
         request = pb.SubmitJobRequest(spec=spec, request_id=request_id or f"client-{uuid.uuid4().hex}")
         return _job(self._unary(self._stub.SubmitJob, request))
@@ -290,3 +292,17 @@ class Client:
         if timeout_s is not None and not job.done:
             raise TimeoutError(f"job {job_id} is still {job.state.name} after {timeout_s:g} s: {job.message}")
         return job
+
+
+def _one_file(model_file: str | None, scratch: Path) -> str | None:
+    """An ONNX ``model_file`` whose weights lie in external data files (torch.onnx.export's default) as one
+    self-contained copy in ``scratch``, since a server reads only the file uploaded; other values as they are."""
+    if not model_file or not Path(model_file).is_file():
+        return model_file
+    from pruning.errors import ModelError
+    from pruning.intake.onnx_source import self_contained
+
+    try:
+        return str(self_contained(Path(model_file), scratch))
+    except ModelError as exc:
+        raise InterpruneClientError(str(exc)) from None
