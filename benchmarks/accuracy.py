@@ -245,6 +245,14 @@ for images in (2500, 5000, 10000, 20000, 105000):
 for images in (10000, 35000):
     _row(f"r56-l1-uniform-kd{images // 1000}k", "2", "resnet56", "l1", "--target-macs", "0.5", "--allocation",
          "uniform", "--finetune-images", str(images))
+# Goal 2 on ResNet-20 / -32: the one-pass KD schedule's peak learning rate on ResNet-20 (default 0.01, chosen on
+# ResNet-56), and three passes
+for lr in ("0.02", "0.05"):
+    _row(f"r20-l1-sensitivity-round1-kd35k-lr{lr}", "2,6", "resnet20", "l1", "--target-macs", "0.5", *ROUND1,
+         "--finetune-images", "35000", "--lr", lr)
+for arch in ("resnet20", "resnet32"):
+    _row(f"r{arch[6:]}-l1-sensitivity-round1-kd105k", "2,6", arch, "l1", "--target-macs", "0.5", *ROUND1,
+         "--finetune-images", "105000")
 # Goal 4: latency-aware allocation against MACs-targeted pruning at the same measured p90, batch 64 on local:cpu.
 # "-b64" measures latency at batch 64 (original and compressed); "{p90:ROW}" is that row's measured p90 of the
 # compressed model at batch 64 (run ROW first, in the same quiet period): the two budget rows aim at it, one
