@@ -109,3 +109,16 @@ def test_a_wrong_token_exits_2(make_server, tmp_path, capsys):
     assert code == 2 and "refused the credentials" in err
     token.write_text("right\n")
     assert run(capsys, "list", "--server", srv.address, "--token-file", token)[0] == 0
+
+
+def test_output_closed_by_its_reader_ends_quietly_with_141():
+    # `interprune models | head -2` printed a BrokenPipeError traceback
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    child = subprocess.Popen([sys.executable, "-m", "service.cli.main", "models"], cwd=Path(__file__).parents[1],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()                       # the reader goes away before anything was written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -3,12 +3,14 @@
 Local commands (no server): ``compress`` runs the whole pipeline in this process; ``demo`` trains the bundled
 sample model and compresses it. Service commands (``serve``, ``submit``, ``watch``, ...) live in
 ``service.cli.remote``. Exit codes (``service.cli.output``): 0 success (and quality gate passed), 2 usage or bad input, 3 job failed
-or cancelled, 4 quality gate failed, 5 server unreachable.
+or cancelled, 4 quality gate failed, 5 server unreachable; 141 when whoever read the output closed it early
+(``interprune list | head``), as a shell reports a process ended by SIGPIPE.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -29,7 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OUTPUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()                # a closed pipe shows here, not as a traceback when Python exits
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())    # what is left to print goes nowhere
+        return EXIT_OUTPUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
