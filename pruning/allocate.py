@@ -3,7 +3,8 @@
 The cost of a candidate plan is computed analytically from layer widths (``pruning.cost_model``), anchored to the
 exact count of the unpruned model, so the search costs no forward passes. Channels go in chunks that keep widths at multiples of ``round_to`` (8 suits GPU tensor cores; 16 suits
 ONNX Runtime's AVX-512 kernels), lowest-scored chunk first, until the target is met; the final state is whichever
-of the last two is closer to the target.
+of the last two is closer to the target (in the knapsacks, when neither lands within the tolerance, one swap of
+chunks between two groups may: ``land_by_swap``).
 
 Modes:
 - ``uniform``: the group with the largest kept fraction gives up its weakest chunk (same ratio everywhere, as
@@ -178,8 +179,49 @@ def allocate(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], cost_m
         cost = history[-2][0]
         for u in units:
             u.removed = history[-2][1][u.group.name]
+    if mode in KNAPSACK_MODES and len(history) > 1 and abs(cost - goal) > slack:
+        chosen = {u.group.name: u.removed for u in units}
+        swapped = land_by_swap(units, history[-2][1], goal, slack, cost_model, target.metric, curves)
+        cost, removed = swapped if swapped is not None else (cost, chosen)
+        for u in units:
+            u.removed = removed[u.group.name]
     kept = {u.group.name: u.channels(u.order[u.removed:]) for u in units}
     return Allocation(kept, {g.name: g.size for g in groups}, 1.0 - cost / base_cost, len(history) - 1)
+
+
+def land_by_swap(units: list[_Units], before: dict[str, int], goal: float, slack: float, cost_model: CostModel,
+                 metric: str, curves: dict) -> tuple[float, dict[str, int]] | None:
+    """(cost, units removed per group) of the state with the least measured loss that lands within ``slack`` of
+    ``goal``, one step past ``before`` (the last state short of the goal): one group's next chunk added and another
+    group's last chunk given back, or two groups' next chunks added; None when no such state lands. With coarse
+    chunks (few, wide groups at a width multiple of 8) no single chunk may land: one step goes short by more than
+    the tolerance, the next one past it. Leaves ``units`` at ``before``."""
+    def state_cost(removed: dict[str, int]) -> float:
+        counts = {u.group.name: removed[u.group.name] * u.group.interleave for u in units}
+        return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
+
+    def state_loss(removed: dict[str, int]) -> float:
+        return sum(curves[u.group.name].at(removed[u.group.name]) for u in units)
+
+    nexts, backs = {}, {}
+    for u in units:
+        u.removed = before[u.group.name]
+        if chunk := u.chunk():
+            nexts[u.group.name] = u.removed + len(chunk)
+        if u.removed:
+            backs[u.group.name] = max(b for b in [0, *chunk_boundaries(u)] if b < u.removed)
+    best = None
+    for i, (name, added) in enumerate(nexts.items()):
+        partners = [(other, back) for other, back in backs.items() if other != name]
+        partners += [(other, more) for other, more in list(nexts.items())[i + 1:]]
+        for other, width in partners:
+            removed = {**before, name: added, other: width}
+            cost = state_cost(removed)
+            if abs(cost - goal) <= slack:
+                key = (state_loss(removed), abs(cost - goal))
+                if best is None or key < best[0]:
+                    best = (key, cost, removed)
+    return None if best is None else (best[1], best[2])
 
 
 MODES = ("uniform", "global", "sensitivity", "latency")

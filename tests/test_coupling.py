@@ -59,6 +59,13 @@ def test_coupled_nets_reach_the_target_and_export_with_parity(arch, images, tmp_
         assert any("left unpruned" in n and "channel shuffle" in n for n in result.notes)
 
 
+def test_the_sensitivity_knapsack_lands_on_the_target_with_few_wide_groups(images):
+    # at width multiple 8 the SE net's chunks landed at 27.1% or 37.9% for 30% (TargetUnreachable); one swap of
+    # chunks between two groups lands within the tolerance
+    result = compress(_spec("test/se", images, 32, allocation="sensitivity"))
+    assert abs(result.reduction("macs") - 0.3) <= 0.02 and not result.warnings, result.plan.widths()
+
+
 def test_grouped_convs_shrink_uniformly_per_group():
     model = coupling_nets.GroupedNet().eval()
     groups = {g.name: g for g in surgery.channel_groups(model, (3, 32, 32))}
