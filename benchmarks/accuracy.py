@@ -279,6 +279,14 @@ for arch in ("resnet56", "resnet20"):
     _row(f"{short}-l1-latency-half-b64", "4", arch, "l1", "--allocation", "latency", "--target-latency", "0.5",
          "--latency-batch", "64", *LAT64, *NO_FT)
 
+# Rows that named no allocation ran with the default of their day, uniform (sensitivity since 2026-12-02): they
+# name it now, so that their commands still give their figures (their stored commands were amended alike).
+for _name, (_goal, _arch, _criterion, _flags) in ROWS.items():
+    if "--allocation" not in _flags:
+        _at = _flags.index("--target-macs") + 2
+        ROWS[_name] = (_goal, _arch, _criterion, [*_flags[:_at], "--allocation", "uniform", *_flags[_at:]])
+
+
 def command(name: str, data_root: Path, out: Path, measured: list[dict] | None = None) -> list[str]:
     """The CLI arguments of row ``name``; ``{p90:ROW}`` is replaced by ROW's measured p90 at batch 64 (from
     ``measured``, the rows of accuracy.json)."""

@@ -27,7 +27,7 @@ def run_compress(data_root: Path, out: Path, *extra: str) -> tuple[dict, float, 
     weights = next((data_root / "weights").glob("resnet56-*.th"))
     cmd = [sys.executable, "-m", "service.cli", "compress", "--arch", "cifar/resnet56", "--weights", str(weights),
            "--data", str(data_root / "cifar10"), "--criterion", "l1", "--target-macs", "0.5",
-           "--out", str(out), "--force", "--json", *extra]
+           "--allocation", "uniform", "--out", str(out), "--force", "--json", *extra]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start

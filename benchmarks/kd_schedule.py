@@ -77,7 +77,8 @@ def prepare(args) -> Path:
     weights = next((args.data_root / "weights").glob("resnet56-*.th"))
     spec = CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                         data=DataSpec(str(args.data_root / "cifar10")),
-                        prune=PruneSpec(args.start, target_reduction=0.5), finetune=FinetuneSpec(), threads=args.threads)
+                        prune=PruneSpec(args.start, target_reduction=0.5, allocation="uniform"),
+                        finetune=FinetuneSpec(), threads=args.threads)
     start = time.perf_counter()
     result = compress(spec, out)
     facts = {"accuracy": {k: v.top1 for k, v in result.accuracy.items()}, "macs_reduction": result.reduction("macs"),

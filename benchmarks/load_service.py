@@ -80,7 +80,8 @@ def tiny_spec(weights_id: str, data_id: str):
 
     return JobSpec(CompressSpec(ModelSpec("demo/small_cnn", weights_id),
                                 DataSpec(data_id, calibration_images=64, evaluation_images=64),
-                                PruneSpec("l1", target_reduction=0.5), ReconstructSpec(enabled=False), threads=1),
+                                PruneSpec("l1", target_reduction=0.5, allocation="uniform"),
+                                ReconstructSpec(enabled=False), threads=1),
                    benchmark=BenchmarkSpec(targets=()))
 
 

@@ -83,7 +83,7 @@ def run_one(name: str, criterion: str, size: int, calibration: int) -> dict:
     spec = CompressSpec(model=ModelSpec(name), data=DataSpec(str(work / "data.npz"), calibration_images=calibration,
                                                               evaluation_images=8, batch_size=calibration,
                                                               input_size=(size, size)),
-                        prune=PruneSpec(criterion=criterion, target_reduction=0.3))
+                        prune=PruneSpec(criterion=criterion, target_reduction=0.3, allocation="uniform"))
     row = {"size": size}
     result = compress(spec)
     row.update(reduction=result.reduction("macs"), warnings=result.warnings,

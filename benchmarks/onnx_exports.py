@@ -42,7 +42,7 @@ def export(name: str, path: Path, size: int) -> tuple[int, list[str]]:
 def compress(model: Path, data: Path, size: int, target: float, out: Path) -> tuple[int, str]:
     """Run the CLI; (exit code, its MACs line or its error line)."""
     proc = subprocess.run([sys.executable, "-m", "service.cli", "compress", "--model", str(model), "--data",
-                           str(data), "--input-size", f"{size}x{size}", "--target-macs", str(target), "--finetune",
+                           str(data), "--input-size", f"{size}x{size}", "--target-macs", str(target), "--allocation", "uniform", "--finetune",
                            "0", "--targets", "", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     lines = (proc.stdout + proc.stderr).splitlines()
     said = next((line for line in lines if line.startswith("MACs ")), None) or \

@@ -93,7 +93,7 @@ def main() -> None:
     weights = next((args.data_root / "weights").glob("resnet56-*.th"))
     spec = CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                         data=DataSpec(str(args.data_root / "cifar10"), calibration_images=2000,
-                                      evaluation_images=args.eval_images), prune=PruneSpec("l1", round_to=8))
+                                      evaluation_images=args.eval_images), prune=PruneSpec("l1", round_to=8, allocation="uniform"))
     original, entry, splits, preprocess, input_shape = load_inputs(spec)
     calibration = [Batch(x, y, None) for x, y in data_mod.batches(splits.calibration, preprocess, 200)]
     graph = build_graph(original, input_shape)

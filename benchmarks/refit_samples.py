@@ -21,7 +21,7 @@ def run(data_root: Path, images: int, refit: bool) -> tuple[float, float, Counte
     weights = next((data_root / "weights").glob("resnet20-*.th"))
     spec = CompressSpec(model=ModelSpec("cifar/resnet20", weights=str(weights)),
                         data=DataSpec(str(data_root / "cifar10"), calibration_images=images, evaluation_images=2000),
-                        prune=PruneSpec(criterion="l1", target_reduction=0.5),
+                        prune=PruneSpec(criterion="l1", target_reduction=0.5, allocation="uniform"),
                         reconstruct=ReconstructSpec(enabled=refit, batchnorm="auto" if refit else "off"),
                         finetune=FinetuneSpec())
     result = compress(spec)

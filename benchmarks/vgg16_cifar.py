@@ -163,7 +163,7 @@ def _compress_one(o: dict) -> dict:
         CompressSpec(model=ModelSpec(ARCH, o["weights"]),
                      data=DataSpec(o["data"], calibration_images=o["calibration_images"],
                                    evaluation_images=o["eval_images"]),
-                     prune=PruneSpec(o["criterion"], target_reduction=o["target"]),
+                     prune=PruneSpec(o["criterion"], target_reduction=o["target"], allocation="uniform"),
                      finetune=FinetuneSpec(images=o["finetune_images"] or None),
                      threads=o["threads"]),
         benchmark=BenchmarkSpec(targets=tuple(o["targets"]), batch_sizes=tuple(o["batch_sizes"])))

@@ -54,7 +54,7 @@ class PruneSpec:
     target_metric: str = "macs"             # "macs" | "params" | "latency" (the p90 at latency_batch on
                                             # latency_target, measured; allocation "latency")
     target_reduction: float = 0.5           # fraction of the original model's cost to remove
-    allocation: str = "uniform"             # "uniform" | "global" | "sensitivity" | "latency" (pruning.allocate)
+    allocation: str = "sensitivity"         # "uniform" | "global" | "sensitivity" | "latency" (pruning.allocate)
     round_to: int | None = None             # kept widths are multiples of this (1 = no rounding); None = automatic:
                                             # the service picks by target and precision (32 for int8 on a GPU,
                                             # else 8), ``compress`` alone uses 8

@@ -41,6 +41,21 @@ def test_latency_budget_round_trips_through_the_contract():
     assert back.compress.prune.latency_batch == 64 and back.compress.prune.latency_target == "local:cpu"
 
 
+def test_an_unset_allocation_is_the_engines_default_sensitivity_and_uniform_stays_asked_for():
+    # the default became "sensitivity" on 2026-12-02; a generic gRPC client that sets no allocation gets it too
+    from pipeline.spec import JobSpec
+    from service._proto.interprune.v1 import compression_pb2 as pb
+    from service.core.wire import spec_to_dict
+
+    def allocation(value: int) -> str:
+        message = pb.JobSpec(model=pb.ModelSpec(arch="demo/small_cnn"),
+                             prune=pb.PruneSpec(criterion="l1", allocation=value))
+        return JobSpec.from_dict(spec_to_dict(message)[0]).compress.prune.allocation
+
+    assert allocation(pb.ALLOCATION_UNSPECIFIED) == "sensitivity"
+    assert allocation(pb.ALLOCATION_UNIFORM) == "uniform"
+
+
 def test_the_agent_contract_does_not_import_the_compression_contract():
     from service._proto.interprune.v1 import device_agent_pb2
 

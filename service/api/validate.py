@@ -54,7 +54,7 @@ def _check_allocation(p: pb.PruneSpec) -> None:
 
     try:
         check_allocation(PruneSpec(target_metric=METRIC_FROM_PROTO.get(p.target_metric) or "macs",
-                                   allocation=ALLOCATION_FROM_PROTO.get(p.allocation) or "uniform",
+                                   allocation=ALLOCATION_FROM_PROTO.get(p.allocation) or PruneSpec.allocation,
                                    latency_budget_ms=p.latency_budget_ms if p.HasField("latency_budget_ms") else None,
                                    layer_criterion=p.layer_criterion or None))
     except SpecError as exc:
