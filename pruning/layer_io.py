@@ -224,19 +224,25 @@ def original_targets(original: nn.Module, order: list[str], tails: dict[str, Res
     store: dict[str, dict[str, list[torch.Tensor]]] = {n: {"y": [], "s": []} for n in order}
     store["*"] = {"out": []}
     block_inputs: dict[str, torch.Tensor] = {}
-    state = {"batch": 0}
+    state = {"batch": 0, "in_shortcut": False}
     handles = []
     for name in order:
         layer = original.get_submodule(name)
         tail = tails.get(name)
 
         def on_output(module, inputs, output, name=name, tail=tail):
+            if state["in_shortcut"]:      # a consumer inside a shortcut (a downsample conv) run by the line below:
+                return                    # its own call in the block records it, once per batch
             spatial = positions_of(module, inputs[0])
             pos = sample_positions(name, state["batch"], output.shape[0], spatial, per_image, seed)
             store[name]["y"].append(rows(module, output, pos).float())
             if tail is not None:
                 block = original.get_submodule(tail.block)
-                shortcut = tail.shortcut(block, block_inputs[tail.block])
+                state["in_shortcut"] = True
+                try:
+                    shortcut = tail.shortcut(block, block_inputs[tail.block])
+                finally:
+                    state["in_shortcut"] = False
                 store[name]["s"].append(rows(None, shortcut, pos).float())
         handles.append(layer.register_forward_hook(on_output))
         if tail is not None:

@@ -167,6 +167,42 @@ def test_per_batch_and_single_pass_refits_both_improve_the_output():
 
 
 
+def test_a_downsample_conv_is_recorded_once_per_batch_and_refits_batch_by_batch():
+    # torchvision's ResNet-18 at 224x224 failed "reconstruction of layer2.0.downsample.0 ... IndexError": the
+    # residual tail's hook ran the downsample to get the shortcut, which recorded the downsample's targets a
+    # second time per batch (harmless in one pass, misaligned batch by batch: a crash, or wrong targets)
+    import torchvision
+
+    from pruning.layer_io import original_targets, residual_tails, rows, sample_positions
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    batches = [torch.randn(6, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    name = "layer2.0.downsample.0"
+    order = ["layer2.0.conv2", name]
+    store = original_targets(model, order, residual_tails(model), lambda: iter(batches), 8, 0)
+    assert len(store[name]["y"]) == len(store["layer2.0.conv2"]["s"]) == 2
+    seen = {}
+    hook = model.get_submodule(name).register_forward_hook(lambda m, i, o: seen.setdefault("out", []).append(o))
+    for images in batches:
+        model(images)
+    hook.remove()
+    for index, (images, out) in enumerate(zip(batches, seen["out"])):
+        pos = sample_positions(name, index, len(images), out.shape[2] * out.shape[3], 8, 0)
+        assert torch.allclose(store[name]["y"][index], rows(model.get_submodule(name), out, pos).float())
+
+    groups = surgery.channel_groups(model, (3, 32, 32))
+    plan = PruningPlan("x", 10, (3, 32, 32), {g.name: list(range(0, g.size, 2)) for g in groups},
+                       {g.name: g.size for g in groups})
+    pruned = surgery.apply_plan(copy.deepcopy(model), plan).eval()
+    consumers = sorted({c for g in groups for c in g.consumers}, key=list(dict(model.named_modules())).index)
+    many = [torch.randn(n, 3, 32, 32) for n in (30, 20, 10)]
+    kept = surgery.kept_outputs(model, groups, plan, consumers)
+    fits = rec.reconstruct(model, pruned, consumers, kept, lambda: iter(many), max_memory_mb=4)  # batch by batch
+    downsample = [f for f in fits if f.name.endswith("downsample.0")]
+    assert len(downsample) == 3 and all(f.status in ("refit", "kept") and f.samples > 0 for f in downsample)
+
+
 def test_a_refitted_conv_whose_outputs_a_concatenation_splits_keeps_both_halves():
     torch.manual_seed(0)
     model = coupling_nets.ConcatResidualNet().eval()
