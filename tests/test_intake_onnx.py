@@ -310,6 +310,26 @@ def test_external_weights_are_read_locally_from_beside_the_model_and_never_by_a_
         resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
 
 
+def test_external_weights_behind_a_link_inside_the_folder_are_read_and_a_short_file_is_named(tmp_path):
+    # onnx refuses a data location that is a link even to a file beside the model: "stage 'load' failed:
+    # ValidationError: ... but it is a symbolic link"
+    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    folder = tmp_path / "split"
+    folder.mkdir()
+    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
+              size_threshold=0)
+    (folder / "split.onnx.data").rename(folder / "weights.bin")
+    (folder / "split.onnx.data").symlink_to(folder / "weights.bin")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        linked = resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx"))).module(images)
+        assert torch.equal(linked, resolve(ModelSpec("onnx", model_file=str(path))).module(images))
+    data = (folder / "weights.bin").read_bytes()
+    (folder / "weights.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=r"split.onnx: its external data could not be read: "):
+        resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
+
+
 @pytest.mark.parametrize("location", ["../secret.data", "/etc/passwd", "link.data"])
 def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, location):
     path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path

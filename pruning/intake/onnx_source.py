@@ -58,14 +58,32 @@ def read_onnx(path: Path, external_data: bool = False):
             with _external_file(path, location).open("rb") as data_file:
                 for block in iter(lambda: data_file.read(1 << 24), b""):
                     digest.update(block)
-        from onnx.external_data_helper import load_external_data_for_model
-
-        load_external_data_for_model(proto, str(path.parent))
+        _load_external_data(proto, path)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - ValidationError
         raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
     return proto, digest.hexdigest()
+
+
+def _load_external_data(proto, path: Path) -> None:
+    """Read the external data of the model at ``path`` into ``proto``, from the files ``_external_file`` allows:
+    each location is replaced by the file it resolves to inside the model's folder first (onnx itself refuses a
+    location that is a link, even to a file beside it); ``ModelError`` naming the problem when a file is short."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    folder = path.resolve().parent
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = str(_external_file(path, entry.value).relative_to(folder))
+    try:
+        load_external_data_for_model(proto, str(folder))
+    except Exception as exc:  # noqa: BLE001 - ValidationError, a short file, a bad offset
+        raise ModelError(f"{path.name}: its external data could not be read: "
+                         f"{str(exc).splitlines()[0][:300]}") from None
 
 
 def _external_refusal(file_name: str, external: list[str]) -> str:
