@@ -196,10 +196,6 @@ def land_by_swap(units: list[_Units], before: dict[str, int], goal: float, slack
     group's last chunk given back, or two groups' next chunks added; None when no such state lands. With coarse
     chunks (few, wide groups at a width multiple of 8) no single chunk may land: one step goes short by more than
     the tolerance, the next one past it. Leaves ``units`` at ``before``."""
-    def state_cost(removed: dict[str, int]) -> float:
-        counts = {u.group.name: removed[u.group.name] * u.group.interleave for u in units}
-        return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
-
     def state_loss(removed: dict[str, int]) -> float:
         return sum(curves[u.group.name].at(removed[u.group.name]) for u in units)
 
@@ -216,7 +212,7 @@ def land_by_swap(units: list[_Units], before: dict[str, int], goal: float, slack
         partners += [(other, more) for other, more in list(nexts.items())[i + 1:]]
         for other, width in partners:
             removed = {**before, name: added, other: width}
-            cost = state_cost(removed)
+            cost = _state_cost(units, removed, cost_model, metric)
             if abs(cost - goal) <= slack:
                 key = (state_loss(removed), abs(cost - goal))
                 if best is None or key < best[0]:
@@ -262,8 +258,13 @@ def _key(u: _Units, mode: str, units: list[_Units], move: Move, cost: float, cos
 
 
 def _cost_after(units: list[_Units], move: Move, cost_model: CostModel, metric: str) -> float:
-    counts = {u.group.name: (u.removed + (len(u.chunk(move[1])) if j == move[0] else 0)) * u.group.interleave
-              for j, u in enumerate(units)}
+    removed = {u.group.name: u.removed + (len(u.chunk(move[1])) if j == move[0] else 0) for j, u in enumerate(units)}
+    return _state_cost(units, removed, cost_model, metric)
+
+
+def _state_cost(units: list[_Units], removed: dict[str, int], cost_model: CostModel, metric: str) -> float:
+    """The cost with ``removed[group]`` units gone from each group."""
+    counts = {u.group.name: removed[u.group.name] * u.group.interleave for u in units}
     return cost_model.cost(metric, widths_removed([u.group for u in units], counts))
 
 

@@ -1,6 +1,7 @@
 """ONNX models in: conversion checked against ONNX Runtime, unprunable operators named, pruned end to end."""
 import hashlib
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -285,14 +286,22 @@ def test_onnx_spec_mistakes_are_explained(tmp_path):
             resolve(spec)
 
 
+def _split_model(tmp_path, folder: str | None = "split") -> tuple[Path, Path]:
+    """(one-file ONNX of ``_tiny_resnet``, the same model as ``split.onnx`` + ``split.onnx.data`` in
+    ``tmp_path/folder``, as torch.onnx.export's default writer lays it out; ``folder`` None: in ``tmp_path``)."""
+    whole = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    where = tmp_path / folder if folder else tmp_path
+    where.mkdir(exist_ok=True)
+    onnx.save(onnx.load(whole), where / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="split.onnx.data", size_threshold=0)
+    return whole, where / "split.onnx"
+
+
 def test_external_weights_are_read_locally_from_beside_the_model_and_never_by_a_server(tmp_path):
     # torch.onnx.export's default (torch.export-based) writes model.onnx + model.onnx.data; check_model used to
     # answer "not a valid ONNX model: ... should be stored in ..."
-    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
-    folder = tmp_path / "split"
-    folder.mkdir()
-    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="split.onnx.data", size_threshold=0)
+    path, split = _split_model(tmp_path)
+    folder = split.parent
     local = resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
     whole = resolve(ModelSpec("onnx", model_file=str(path)))
     images = torch.randn(2, 3, 32, 32)
@@ -313,11 +322,8 @@ def test_external_weights_are_read_locally_from_beside_the_model_and_never_by_a_
 def test_external_weights_behind_a_link_inside_the_folder_are_read_and_a_short_file_is_named(tmp_path):
     # onnx refuses a data location that is a link even to a file beside the model: "stage 'load' failed:
     # ValidationError: ... but it is a symbolic link"
-    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
-    folder = tmp_path / "split"
-    folder.mkdir()
-    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
-              size_threshold=0)
+    path, split = _split_model(tmp_path)
+    folder = split.parent
     (folder / "split.onnx.data").rename(folder / "weights.bin")
     (folder / "split.onnx.data").symlink_to(folder / "weights.bin")
     images = torch.randn(2, 3, 32, 32)
@@ -332,11 +338,8 @@ def test_external_weights_behind_a_link_inside_the_folder_are_read_and_a_short_f
 
 @pytest.mark.parametrize("location", ["../secret.data", "/etc/passwd", "link.data"])
 def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, location):
-    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
-    folder = tmp_path / "model"
-    folder.mkdir()
-    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="split.onnx.data", size_threshold=0)
+    _, split = _split_model(tmp_path, "model")
+    folder = split.parent
     (folder / "split.onnx.data").rename(tmp_path / "secret.data")
     (folder / "link.data").symlink_to(tmp_path / "secret.data")              # a link out of the folder
     hostile = onnx.load(folder / "split.onnx", load_external_data=False)
@@ -352,17 +355,13 @@ def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, locat
 def test_a_model_with_external_weights_is_made_one_self_contained_file_for_upload(tmp_path):
     from pruning.intake.onnx_source import external_data_files, self_contained
 
-    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
+    path, split = _split_model(tmp_path)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     assert self_contained(path, scratch) == path                          # one file already: sent as it is
     (tmp_path / "notes.txt").write_text("not a model")
     assert self_contained(tmp_path / "notes.txt", scratch) == tmp_path / "notes.txt"   # the server names what it is
-    folder = tmp_path / "split"
-    folder.mkdir()
-    onnx.save(onnx.load(path), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
-              size_threshold=0)
-    one = self_contained(folder / "split.onnx", scratch)
+    one = self_contained(split, scratch)
     assert one == scratch / "split.onnx" and not external_data_files(onnx.load(one, load_external_data=False))
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():          # the server's own reading (no external data allowed) gives the same model
@@ -374,9 +373,7 @@ def test_submit_refuses_external_weights_it_cannot_read_before_connecting(tmp_pa
     from service.cli.main import main
     from tests.intake_helpers import cifar_like_npz
 
-    path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32)).path
-    onnx.save(onnx.load(path), tmp_path / "split.onnx", save_as_external_data=True, location="split.onnx.data",
-              size_threshold=0)
+    _split_model(tmp_path, None)
     (tmp_path / "split.onnx.data").rename(tmp_path / "moved.data")
     code = main(["submit", "--server", "127.0.0.1:9", "--model", str(tmp_path / "split.onnx"), "--data",
                  str(cifar_like_npz(tmp_path / "d.npz")), "--target-macs", "0.3", "--out", str(tmp_path / "o")])

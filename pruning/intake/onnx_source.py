@@ -70,15 +70,11 @@ def _load_external_data(proto, path: Path) -> None:
     """Read the external data of the model at ``path`` into ``proto``, from the files ``_external_file`` allows:
     each location is replaced by the file it resolves to inside the model's folder first (onnx itself refuses a
     location that is a link, even to a file beside it); ``ModelError`` naming the problem when a file is short."""
-    import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
     folder = path.resolve().parent
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = str(_external_file(path, entry.value).relative_to(folder))
+    for entry in _location_entries(proto):
+        entry.value = str(_external_file(path, entry.value).relative_to(folder))
     try:
         load_external_data_for_model(proto, str(folder))
     except Exception as exc:  # noqa: BLE001 - ValidationError, a short file, a bad offset
@@ -139,13 +135,22 @@ def _external_file(model: Path, location: str) -> Path:
 
 def external_data_files(proto) -> list[str]:
     """The distinct ``location`` entries of the graph's tensors stored outside the file, in order of appearance."""
+    seen: dict[str, None] = {}
+    for tensor in _external_tensors(proto):
+        seen.setdefault(next((e.value for e in tensor.external_data if e.key == "location"), "?"), None)
+    return list(seen)
+
+
+def _external_tensors(proto):
+    """The graph's initializers stored outside the file."""
     import onnx
 
-    seen: dict[str, None] = {}
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            seen.setdefault(next((e.value for e in tensor.external_data if e.key == "location"), "?"), None)
-    return list(seen)
+    return (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _location_entries(proto):
+    """The ``location`` entries of the external initializers (editable in place)."""
+    return (e for t in _external_tensors(proto) for e in t.external_data if e.key == "location")
 
 
 # From opset 18 ReduceMean takes its axes as an input (what torch.onnx.export writes for ``x.mean((2, 3))`` at its

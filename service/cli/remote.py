@@ -360,22 +360,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _with_one_file_model(args: argparse.Namespace, spec, scratch: Path):
     """``spec`` with an ONNX model whose weights lie in external data files replaced by one self-contained copy in
-    ``scratch`` (a server reads only the file uploaded); ``CliError`` when that cannot be made."""
-    model_file = spec.compress.model.model_file
-    if not model_file:
-        return spec
-    from pruning.errors import ModelError
-    from pruning.intake.onnx_source import self_contained
+    ``scratch`` (a server reads only the file uploaded); a problem with those files raises before any connection."""
+    from service.client import one_file_model
 
-    try:
-        one = self_contained(Path(model_file), scratch)
-    except ModelError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    if one == Path(model_file):
+    model_file = spec.compress.model.model_file
+    one = one_file_model(model_file, scratch)
+    if one == model_file:
         return spec
     _say(args, f"{Path(model_file).name} keeps its weights in external data file(s): uploading them inlined, as one "
-               f"file ({one.stat().st_size / 2 ** 20:.1f} MiB)")
-    model = dataclasses.replace(spec.compress.model, model_file=str(one))
+               f"file ({Path(one).stat().st_size / 2 ** 20:.1f} MiB)")
+    model = dataclasses.replace(spec.compress.model, model_file=one)
     return dataclasses.replace(spec, compress=dataclasses.replace(spec.compress, model=model))
 
 

@@ -194,7 +194,7 @@ class Client:
         if not isinstance(spec, pb.JobSpec):
             compress = spec.compress
             with tempfile.TemporaryDirectory(prefix="interprune-upload-") as scratch:
-                model = self._artifact_ref(_one_file(compress.model.model_file, Path(scratch)), "model")
+                model = self._artifact_ref(one_file_model(compress.model.model_file, Path(scratch)), "model")
             weights = self._artifact_ref(compress.model.weights, "model")
             data = self._artifact_ref(compress.data.path, "dataset")
             spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash), model)
@@ -294,7 +294,7 @@ class Client:
         return job
 
 
-def _one_file(model_file: str | None, scratch: Path) -> str | None:
+def one_file_model(model_file: str | None, scratch: Path) -> str | None:
     """An ONNX ``model_file`` whose weights lie in external data files (torch.onnx.export's default) as one
     self-contained copy in ``scratch``, since a server reads only the file uploaded; other values as they are."""
     if not model_file or not Path(model_file).is_file():
@@ -303,6 +303,7 @@ def _one_file(model_file: str | None, scratch: Path) -> str | None:
     from pruning.intake.onnx_source import self_contained
 
     try:
-        return str(self_contained(Path(model_file), scratch))
+        one = self_contained(Path(model_file), scratch)
+        return model_file if one == Path(model_file) else str(one)
     except ModelError as exc:
         raise InterpruneClientError(str(exc)) from None
