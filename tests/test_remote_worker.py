@@ -164,3 +164,39 @@ def test_a_refused_executor_leaves_the_state_folder_usable(tmp_path):
         create_server("127.0.0.1:0", tmp_path, executor="slurm")
     server, _ = create_server("127.0.0.1:0", tmp_path, warm_spare=False)     # the lock was released
     server.stop(grace_s=0)
+
+
+def _small_cnn_onnx(folder, external: bool = False):
+    """The demo CNN (1x8x8 in, 10 classes) as ``small_cnn.onnx``; ``external``: its weights in
+    ``small_cnn.onnx.data`` beside it, as torch.onnx.export's default writer lays them out."""
+    import onnx
+    import torch
+
+    from exporters.onnx import export_onnx
+    from pruning import zoo
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(zoo.create_model("demo/small_cnn").eval(), folder / "small_cnn.onnx",
+                       torch.zeros(1, 1, 8, 8)).path
+    if external:
+        onnx.save(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="small_cnn.onnx.data", size_threshold=0)
+    return path
+
+
+def test_an_onnx_model_job_runs_through_the_worker_protocol(home, data_file, tmp_path):
+    # the worker service served a job's weights and data but not its ONNX model: "artifact ... is not an input of
+    # this job", so every arch 'onnx' job failed on a Ray node
+    model = home.artifacts.put_file(_small_cnn_onnx(tmp_path / "in"), "small_cnn.onnx", "onnx").id
+    data = home.artifacts.put_file(data_file, "digits.npz", "dataset").id
+    spec = tiny_spec(None, f"artifact:{data}", arch="onnx").to_dict()
+    spec["compress"]["model"]["model_file"] = f"artifact:{model}"
+    home.store.create(spec)
+    job = home.store.claim_next()
+    store, artifacts = connect(home.endpoint, home.tokens.credentials(job.id, job.attempts))
+    run_job(store.get(job.id), store, artifacts, tmp_path / "work", threads=1)
+    store.close()
+    done = home.store.get(job.id)
+    assert done.state == JobState.SUCCEEDED, done.message
+    assert done.result["reduction"]["macs"] == pytest.approx(0.5, abs=0.1)

@@ -17,9 +17,10 @@ from service._proto.interprune.v1 import worker_pb2_grpc as wpb_grpc
 from service.api.convert import artifact_to_proto
 from service.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, rpc
 from service.core.names import parse_artifact_name
-from service.core.wire import ARTIFACT_PREFIX, FAILURE_FROM_PROTO, KIND_FROM_PROTO, STATE_FROM_PROTO, STATE_TO_PROTO
+from service.core.wire import FAILURE_FROM_PROTO, KIND_FROM_PROTO, STATE_FROM_PROTO, STATE_TO_PROTO
 from service.jobs.artifacts import ArtifactStore
 from service.jobs.job_tokens import JobTokens
+from service.jobs.lifecycle import job_inputs
 from service.jobs.store import Failure, JobRecord, JobState, JobStore
 
 log = logging.getLogger(__name__)
@@ -112,15 +113,9 @@ class JobWorkerServicer(wpb_grpc.JobWorkerServicer):
     def _input(self, context, name: str) -> str:
         """The artifact id in ``name`` when the caller's job names it as an input."""
         artifact_id = parse_artifact_name(name)
-        if artifact_id not in _inputs(self._job(context).spec):
+        if artifact_id not in job_inputs(self._job(context)):   # weights, ONNX model, data
             raise NotFound(f"artifact {artifact_id} is not an input of this job")
         return artifact_id
-
-
-def _inputs(spec: dict) -> set[str]:
-    compress = spec.get("compress") or {}
-    refs = ((compress.get("model") or {}).get("weights"), (compress.get("data") or {}).get("path"))
-    return {str(ref)[len(ARTIFACT_PREFIX):] for ref in refs if str(ref or "").startswith(ARTIFACT_PREFIX)}
 
 
 def _worker_job(job: JobRecord) -> wpb.WorkerJob:
