@@ -237,6 +237,11 @@ for seed in (0, 1, 2):
     _row(f"r56-redundancy-images2000-pos32-sensitivity-round1-seed{seed}", "3", "resnet56", "redundancy",
          "--target-macs", "0.5", "--criterion-param", "images=2000", "--criterion-param", "positions_per_image=32",
          *ROUND1, *NO_FT, "--seed", str(seed))
+# ... and x 64 positions
+for seed in (0, 1, 2):
+    _row(f"r56-redundancy-images2000-pos64-sensitivity-round1-seed{seed}", "3", "resnet56", "redundancy",
+         "--target-macs", "0.5", "--criterion-param", "images=2000", "--criterion-param", "positions_per_image=64",
+         *ROUND1, *NO_FT, "--seed", str(seed))
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):

@@ -28,11 +28,15 @@ class ModelSpec:
                                             # architecture's (zoo entry, the factory's pretrained_cfg, the ONNX
                                             # input), else 3x224x224. Mean/std: DataSpec, else the same sources.
     model_file: str | None = None           # arch "onnx": the .onnx file (architecture and weights)
+    external_data: Mapping[str, str] = field(default_factory=dict)  # arch "onnx" on a server: location -> the file
+                                            # the job brought for it, beside model_file; only these are read (a
+                                            # local run reads any file inside the model's folder)
 
     def __post_init__(self) -> None:        # JSON round trips turn tuples into lists
         if self.input_shape is not None:
             object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
         object.__setattr__(self, "arch_kwargs", dict(self.arch_kwargs or {}))
+        object.__setattr__(self, "external_data", {str(k): str(v) for k, v in dict(self.external_data or {}).items()})
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,20 @@ def _long_job_name(stub, files, ids):
     stub.GetJob(pb.GetJobRequest(name="jobs/" + "j" * 10_000), timeout=10)
 
 
+def _external_data_outside(stub, files, ids):
+    from service._proto.interprune.v1 import compression_pb2 as pb
+
+    model = pb.ModelSpec(arch="onnx", model=f"artifacts/{ids['model']}",
+                         external_data={"../../etc/passwd": f"artifacts/{ids['data']}"})
+    stub.SubmitJob(pb.SubmitJobRequest(spec=pb.JobSpec(model=model, data=pb.DataSpec(
+        artifact=f"artifacts/{ids['data']}"))), timeout=30)
+
+
 GRPC_ONLY = (
     GrpcCase("lying-reupload", "silent-nonsense", "INVALID_ARGUMENT", ("data.npz", "hash to"), _lying_reupload),
     GrpcCase("oversized-upload", "unbounded", "RESOURCE_EXHAUSTED", ("huge.npz", "--max-upload-mb"), _oversized),
     GrpcCase("upload-without-kind", "silent-nonsense", "INVALID_ARGUMENT", ("must set kind",), _no_kind),
     GrpcCase("long-job-name", "weak-message", "INVALID_ARGUMENT", ("is not a job name", "..."), _long_job_name),
+    GrpcCase("external-data-outside", "silent-nonsense", "INVALID_ARGUMENT", ("'../../etc/passwd'", "plain file name"),
+             _external_data_outside),
 )

@@ -312,11 +312,35 @@ def test_external_weights_are_read_locally_from_beside_the_model_and_never_by_a_
     assert source["sha256"] == both.hexdigest()                  # the digest covers the data file too
     with pytest.raises(ModelError, match=r"split.onnx keeps its weights in external data file\(s\) "
                                          r"\(split.onnx.data\), as torch.onnx.export writes by default, and a "
-                                         r"server does not read those; .*external_data=False"):
+                                         r"server reads only those the job brings: .*spec.model.external_data "
+                                         r".*external_data=False"):
         resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")), allowed_packages=frozenset())
     (folder / "split.onnx.data").rename(tmp_path / "elsewhere.data")
     with pytest.raises(ModelError, match=r"keeps its weights in 'split.onnx.data', which is not beside it"):
         resolve(ModelSpec("onnx", model_file=str(folder / "split.onnx")))
+
+
+def test_a_server_reads_exactly_the_external_data_files_the_job_names(tmp_path):
+    # ModelSpec.external_data: the files a job brought (spec.model.external_data), placed beside the model
+    path, split = _split_model(tmp_path)
+    data = split.parent / "split.onnx.data"
+    served = resolve(ModelSpec("onnx", model_file=str(split), external_data={"split.onnx.data": str(data)}),
+                     allowed_packages=frozenset())
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(served.module(images), resolve(ModelSpec("onnx", model_file=str(path))).module(images))
+    assert verify(served, images).source["conversion_check"]["max_rel_error"] < 1e-5     # ONNX Runtime agrees
+    other = split.parent / "other.data"
+    other.write_bytes(data.read_bytes())
+    with pytest.raises(ModelError, match=r"keeps its weights in external data file\(s\) \(split.onnx.data\)"):
+        resolve(ModelSpec("onnx", model_file=str(split), external_data={"other.data": str(other)}),
+                allowed_packages=frozenset())
+    (tmp_path / "elsewhere.data").write_bytes(data.read_bytes())
+    with pytest.raises(SpecError, match=r"'split.onnx.data' must lie beside the model file, as .*split.onnx.data"):
+        resolve(ModelSpec("onnx", model_file=str(split),
+                          external_data={"split.onnx.data": str(tmp_path / "elsewhere.data")}))
+    with pytest.raises(SpecError, match=r"external_data is only read for arch 'onnx'"):
+        resolve(ModelSpec("cifar/resnet20", external_data={"split.onnx.data": str(data)}))
 
 
 def test_external_weights_behind_a_link_inside_the_folder_are_read_and_a_short_file_is_named(tmp_path):
@@ -352,21 +376,17 @@ def test_external_data_outside_the_models_folder_is_never_opened(tmp_path, locat
         resolve(ModelSpec("onnx", model_file=str(folder / "hostile.onnx")))
 
 
-def test_a_model_with_external_weights_is_made_one_self_contained_file_for_upload(tmp_path):
-    from pruning.intake.onnx_source import external_data_files, self_contained
+def test_a_client_finds_the_external_data_files_to_upload_with_the_model(tmp_path):
+    from pruning.intake.onnx_source import external_data_beside
 
     path, split = _split_model(tmp_path)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    assert self_contained(path, scratch) == path                          # one file already: sent as it is
+    assert external_data_beside(path) == {}                               # one file already: sent alone
     (tmp_path / "notes.txt").write_text("not a model")
-    assert self_contained(tmp_path / "notes.txt", scratch) == tmp_path / "notes.txt"   # the server names what it is
-    one = self_contained(split, scratch)
-    assert one == scratch / "split.onnx" and not external_data_files(onnx.load(one, load_external_data=False))
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():          # the server's own reading (no external data allowed) gives the same model
-        served = resolve(ModelSpec("onnx", model_file=str(one)), allowed_packages=frozenset()).module(images)
-        assert torch.equal(served, resolve(ModelSpec("onnx", model_file=str(path))).module(images))
+    assert external_data_beside(tmp_path / "notes.txt") == {}            # the server names what it is
+    assert external_data_beside(split) == {"split.onnx.data": (split.parent / "split.onnx.data").resolve()}
+    (split.parent / "split.onnx.data").unlink()
+    with pytest.raises(ModelError, match=r"keeps its weights in 'split.onnx.data', which is not beside it"):
+        external_data_beside(split)
 
 
 def test_submit_refuses_external_weights_it_cannot_read_before_connecting(tmp_path, capsys):

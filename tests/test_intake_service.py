@@ -101,9 +101,9 @@ def test_an_onnx_file_is_compressed_over_grpc_and_the_report_says_where_it_came_
     assert got.shape == (4, 5) and np.isfinite(got).all()
 
 
-def test_an_onnx_file_with_external_weights_is_uploaded_as_one_file_and_compressed(make_server, capsys, tmp_path):
-    # torch.onnx.export's default writes model.onnx + model.onnx.data; a server reads only the file uploaded, so
-    # `interprune submit` inlines the data (it used to refuse and tell the user to re-save the model)
+def _split_export(tmp_path):
+    """``_Unseen`` exported as ``export/split.onnx`` + ``export/split.onnx.data`` (torch.onnx.export's default
+    layout); returns the folder."""
     import onnx
 
     torch.manual_seed(0)
@@ -115,6 +115,16 @@ def test_an_onnx_file_with_external_weights_is_uploaded_as_one_file_and_compress
     folder.mkdir()
     onnx.save(onnx.load(whole), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
               size_threshold=0)
+    return folder
+
+
+def test_an_onnx_file_with_external_weights_is_uploaded_with_its_data_file_and_compressed(make_server, capsys,
+                                                                                           tmp_path):
+    # torch.onnx.export's default writes model.onnx + model.onnx.data; `interprune submit` uploads the data file
+    # too and names it in spec.model.external_data (it used to refuse and tell the user to re-save the model)
+    import hashlib
+
+    folder = _split_export(tmp_path)
     data = cifar_like_npz(tmp_path / "data.npz", n=96, size=24, classes=5)
     server = make_server()
     out = tmp_path / "out"
@@ -124,4 +134,62 @@ def test_an_onnx_file_with_external_weights_is_uploaded_as_one_file_and_compress
     assert job["result"]["macs_reduction"] == pytest.approx(0.3, abs=0.02)
     source = json.loads((out / "report.json").read_text())["model"]["source"]
     assert source["file_name"] == "split.onnx" and source["conversion_check"]["max_rel_error"] < 1e-3
+    both = hashlib.sha256((folder / "split.onnx").read_bytes() + (folder / "split.onnx.data").read_bytes())
+    assert source["sha256"] == both.hexdigest()          # the server read the user's two files, not a re-saved copy
     assert sorted(p.name for p in folder.iterdir()) == ["split.onnx", "split.onnx.data"]   # the user's files untouched
+
+
+def test_a_generic_grpc_client_brings_an_onnx_models_external_data_as_artifacts(make_server, tmp_path):
+    # a client that is not ours (any gRPC stub) could only send one self-contained file; now it uploads the data
+    # file too and names it in spec.model.external_data; without it the job fails saying what to send
+    import hashlib
+
+    import grpc
+
+    from service._proto.interprune.v1 import compression_pb2 as pb
+    from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
+
+    folder = _split_export(tmp_path)
+    data = cifar_like_npz(tmp_path / "data.npz", n=96, size=24, classes=5)
+    server = make_server()
+
+    def upload(stub, path, kind):
+        body = path.read_bytes()
+        header = pb.ArtifactHeader(display_name=path.name, kind=kind, size_bytes=len(body),
+                                   sha256=hashlib.sha256(body).hexdigest())
+        return stub.UploadArtifact(iter([pb.UploadArtifactRequest(header=header), pb.UploadArtifactRequest(
+            chunk=body)]), timeout=30).name
+
+    def finished(stub, job):
+        for event in stub.WatchJob(pb.WatchJobRequest(name=job.name), timeout=300):
+            if event.terminal:
+                return stub.GetJob(pb.GetJobRequest(name=job.name), timeout=10)
+
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        model = upload(stub, folder / "split.onnx", pb.ARTIFACT_KIND_ONNX)
+        weights = upload(stub, folder / "split.onnx.data", pb.ARTIFACT_KIND_OTHER)
+
+        def spec(**external):
+            return pb.JobSpec(model=pb.ModelSpec(arch="onnx", model=model, external_data=external),
+                              data=pb.DataSpec(artifact=upload(stub, data, pb.ARTIFACT_KIND_DATASET),
+                                               calibration_images=48, evaluation_images=16),
+                              prune=pb.PruneSpec(target_reduction=0.3, round_to=1),
+                              finetune=pb.FinetuneSpec(epochs=0), benchmark=pb.BenchmarkSpec(skip=True),
+                              execution=pb.ExecutionSpec(threads=1))
+
+        done = finished(stub, stub.SubmitJob(pb.SubmitJobRequest(spec=spec(**{"split.onnx.data": weights}))))
+        assert done.state == pb.JOB_STATE_SUCCEEDED, done.failure.message
+        assert done.result.macs_reduction == pytest.approx(0.3, abs=0.02)
+
+        failed = finished(stub, stub.SubmitJob(pb.SubmitJobRequest(spec=spec())))
+        assert failed.state == pb.JOB_STATE_FAILED and failed.failure.kind == pb.FAILURE_KIND_INVALID_INPUT
+        assert ("split.onnx keeps its weights in external data file(s) (split.onnx.data)" in failed.failure.message
+                and "spec.model.external_data" in failed.failure.message), failed.failure.message
+        renamed = finished(stub, stub.SubmitJob(pb.SubmitJobRequest(spec=spec(**{"other.data": weights}))))
+        assert "(split.onnx.data)" in renamed.failure.message, renamed.failure.message   # named as the model names it
+        for bad, status, words in (({"../split.onnx.data": weights}, "INVALID_ARGUMENT", "not a plain file name"),
+                                   ({"split.onnx.data": "artifacts/" + "0" * 64}, "NOT_FOUND", "upload it first")):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.SubmitJob(pb.SubmitJobRequest(spec=spec(**bad)), timeout=30)
+            assert refused.value.code().name == status and words in refused.value.details(), refused.value.details()

@@ -185,13 +185,18 @@ def _small_cnn_onnx(folder, external: bool = False):
     return path
 
 
-def test_an_onnx_model_job_runs_through_the_worker_protocol(home, data_file, tmp_path):
+@pytest.mark.parametrize("external", [False, True], ids=["one-file", "external-data"])
+def test_an_onnx_model_job_runs_through_the_worker_protocol(home, data_file, tmp_path, external):
     # the worker service served a job's weights and data but not its ONNX model: "artifact ... is not an input of
     # this job", so every arch 'onnx' job failed on a Ray node
-    model = home.artifacts.put_file(_small_cnn_onnx(tmp_path / "in"), "small_cnn.onnx", "onnx").id
+    path = _small_cnn_onnx(tmp_path / "in", external)
+    model = home.artifacts.put_file(path, "small_cnn.onnx", "onnx").id
     data = home.artifacts.put_file(data_file, "digits.npz", "dataset").id
     spec = tiny_spec(None, f"artifact:{data}", arch="onnx").to_dict()
     spec["compress"]["model"]["model_file"] = f"artifact:{model}"
+    if external:
+        weights = home.artifacts.put_file(path.with_name("small_cnn.onnx.data"), "small_cnn.onnx.data", "other").id
+        spec["compress"]["model"]["external_data"] = {"small_cnn.onnx.data": f"artifact:{weights}"}
     home.store.create(spec)
     job = home.store.claim_next()
     store, artifacts = connect(home.endpoint, home.tokens.credentials(job.id, job.attempts))

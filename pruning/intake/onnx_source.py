@@ -15,6 +15,7 @@ weights; the exported ``model.onnx`` of a run is the deployable artefact and nee
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Collection, Mapping
 
@@ -30,13 +31,14 @@ from pruning.intake.sources import register_source
 from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
 
 
-def read_onnx(path: Path, external_data: bool = False):
+def read_onnx(path: Path, external_data: bool | Mapping[str, str] = False):
     """(ModelProto, sha256 hex) of the file; ``ModelError`` when it is not a valid ONNX model.
 
     Weights kept in external data files (torch.onnx.export's default writes ``model.onnx.data``) are read only with
-    ``external_data`` (a local run: the user's own files), and only from files inside the model's folder; the
-    digest then covers the model file and those files. A server never reads them: a location is a path chosen by
-    whoever wrote the file, and beside an upload lie other uploads."""
+    ``external_data``: True (a local run: the user's own files, each location read only inside the model's folder)
+    or location -> file (``ModelSpec.external_data``: on a server, the files the job brought; a location is a path
+    chosen by whoever wrote the model, and a server reads no file it did not place for the job). The digest then
+    covers the model file and those files."""
     import onnx
 
     if problem := not_a_file(path, "model file"):
@@ -52,13 +54,12 @@ def read_onnx(path: Path, external_data: bool = False):
         raise ModelError(f"{path.name} is not a valid ONNX model: {str(exc).splitlines()[0][:300]}") from None
     digest = hashlib.sha256(data)
     if external := external_data_files(proto):
-        if not external_data:
-            raise ModelError(_external_refusal(path.name, external))
+        files = _external_files(path, external, external_data)
         for location in external:
-            with _external_file(path, location).open("rb") as data_file:
+            with files[location].open("rb") as data_file:
                 for block in iter(lambda: data_file.read(1 << 24), b""):
                     digest.update(block)
-        _load_external_data(proto, path)
+        _load_external_data(proto, path, files)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # noqa: BLE001 - ValidationError
@@ -66,17 +67,34 @@ def read_onnx(path: Path, external_data: bool = False):
     return proto, digest.hexdigest()
 
 
-def _load_external_data(proto, path: Path) -> None:
-    """Read the external data of the model at ``path`` into ``proto``, from the files ``_external_file`` allows:
-    each location is replaced by the file it resolves to inside the model's folder first (onnx itself refuses a
-    location that is a link, even to a file beside it); ``ModelError`` naming the problem when a file is short."""
-    from onnx.external_data_helper import load_external_data_for_model
+def _external_files(path: Path, locations: list[str], readable: bool | Mapping[str, str]) -> dict[str, Path]:
+    """location -> the regular file its bytes are read from (links followed): with ``readable`` True, inside the
+    model's folder (``_external_file``); with a mapping, the file it gives. ``ModelError`` for a location that may
+    not be read, naming what to send."""
+    if readable is True:
+        return {location: _external_file(path, location) for location in locations}
+    given = dict(readable or {})
+    if missing := [location for location in locations if location not in given]:
+        raise ModelError(_external_refusal(path.name, missing))
+    files = {location: Path(given[location]).resolve() for location in locations}
+    for location, file in files.items():
+        if not file.is_file():
+            raise ModelError(f"{path.name}: its external data file {clip(location, 80)!r} is missing")
+    return files
 
-    folder = path.resolve().parent
-    for entry in _location_entries(proto):
-        entry.value = str(_external_file(path, entry.value).relative_to(folder))
+
+def _load_external_data(proto, path: Path, files: Mapping[str, Path]) -> None:
+    """Read the external data of the model at ``path`` into ``proto`` from ``files`` (location -> real file; onnx
+    itself refuses a location that is a link, even to a file beside the model); ``ModelError`` naming the problem
+    when a file is short."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
     try:
-        load_external_data_for_model(proto, str(folder))
+        for tensor in list(_external_tensors(proto)):
+            entry = next(e for e in tensor.external_data if e.key == "location")
+            file = files[entry.value]
+            entry.value = file.name
+            load_external_data_for_tensor(tensor, str(file.parent))        # and marks the tensor internal
     except Exception as exc:  # noqa: BLE001 - ValidationError, a short file, a bad offset
         raise ModelError(f"{path.name}: its external data could not be read: "
                          f"{str(exc).splitlines()[0][:300]}") from None
@@ -85,38 +103,25 @@ def _load_external_data(proto, path: Path) -> None:
 def _external_refusal(file_name: str, external: list[str]) -> str:
     named = ", ".join(clip(e, 80) for e in external[:3])
     return (f"{file_name} keeps its weights in external data file(s) ({named}), as torch.onnx.export writes by default,"
-            " and a server does not read those; give one self-contained file: "
+            " and a server reads only those the job brings: upload each file as an artifact and name it in "
+            "spec.model.external_data (location -> artifact), or give one self-contained file: "
             "export with torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
             f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False) (interprune submit uploads such a "
             "copy itself)")
 
 
-ONE_FILE_LIMIT = 2 ** 31 - 1     # bytes: protobuf's limit on one message, so on one ONNX file
-
-
-def self_contained(path: Path, into: Path) -> Path:
-    """The ONNX file at ``path`` as one file a server can take (it never reads external data files): ``path``
-    itself when its weights are inside it (or when it is not ONNX: the server's checks name what it is), else a
-    copy written into folder ``into`` with the external data inlined, read as a local run reads it (``read_onnx``:
-    only files inside the model's folder). ``ModelError`` when those files are missing or outside that folder, or
-    when the whole model would not fit in one file (2 GiB)."""
+def external_data_beside(path: Path) -> dict[str, Path]:
+    """location -> file, for the external data of the ONNX model at ``path`` as a local run reads them (inside the
+    model's folder, links followed): what a client uploads with the model (``spec.model.external_data``). Empty for
+    a self-contained model, or a file that is not ONNX (the server's checks name what it is). ``ModelError`` when a
+    file is missing or outside the folder."""
     import onnx
 
     try:
         graph = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not ONNX: the server's checks name what it is
-        return path
-    if not external_data_files(graph):
-        return path
-    proto, _ = read_onnx(path, external_data=True)
-    size = proto.ByteSize()
-    if size > ONE_FILE_LIMIT:
-        raise ModelError(f"{path.name} with its external data is {size / 2 ** 30:.1f} GiB, more than one ONNX file can "
-                         "hold (2 GiB), so it cannot be uploaded; compress it where its files are "
-                         "(interprune compress --model ...)")
-    copy = into / path.name
-    copy.write_bytes(proto.SerializeToString())
-    return copy
+    except Exception:  # noqa: BLE001 - not ONNX
+        return {}
+    return _external_files(path, external_data_files(graph), True)
 
 
 def _external_file(model: Path, location: str) -> Path:
@@ -146,11 +151,6 @@ def _external_tensors(proto):
     import onnx
 
     return (t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
-
-
-def _location_entries(proto):
-    """The ``location`` entries of the external initializers (editable in place)."""
-    return (e for t in _external_tensors(proto) for e in t.external_data if e.key == "location")
 
 
 # From opset 18 ReduceMean takes its axes as an input (what torch.onnx.export writes for ``x.mean((2, 3))`` at its
@@ -242,7 +242,7 @@ def input_shape_for(graph_dims: list[int | None], asked: tuple[int, ...] | None,
     return tuple(f if f is not None else d for f, d in zip(fixed, DEFAULT_INPUT_SHAPE))  # type: ignore[return-value]
 
 
-def convert(path: Path, expected_sha256: str | None = None, external_data: bool = False
+def convert(path: Path, expected_sha256: str | None = None, external_data: bool | Mapping[str, str] = False
             ) -> tuple[nn.Module, Any, str, int]:
     """(converted module in eval mode, prepared proto, sha256, the file's opset); refuses unprunable graphs. The
     prepared proto is the file's model at an opset onnx2torch reads (``to_convertible_opset``) with its constants
@@ -283,12 +283,20 @@ class OnnxSource:
             raise SpecError("arch_kwargs are for python: and timm/ factories, not ONNX models")
         if problem := not_a_file(Path(spec.model_file), "model file"):
             raise ModelError(problem)
+        folder = Path(os.path.abspath(spec.model_file)).parent
+        for location, file in spec.external_data.items():
+            if Path(os.path.abspath(file)) != folder / location:    # where ONNX Runtime reads it, checking the model
+                raise SpecError(f"the external data file {clip(location, 80)!r} must lie beside the model file, as "
+                                f"{clip(str(folder / location), 200)}, not {clip(file, 200)}")
+            if problem := not_a_file(Path(file), f"external data file {clip(location, 80)!r}:"):
+                raise ModelError(problem)
 
     def resolve(self, spec: ModelSpec, allowed_packages: Collection[str] | None) -> ResolvedModel:
         self.check(spec, allowed_packages)
         path = Path(spec.model_file)
-        local = allowed_packages is None            # a local run may read the user's external data files
-        module, proto, digest, opset = convert(path, external_data=local)
+        # the external data files the spec names; else a local run may read the user's files beside the model
+        readable = spec.external_data or allowed_packages is None
+        module, proto, digest, opset = convert(path, external_data=readable)
         image, logits = graph_shapes(proto, path.name)
         input_shape = input_shape_for(image, spec.input_shape, path.name)
         record = {"kind": self.kind, "arch": ONNX_ARCH, "file_name": path.name, "sha256": digest, "opset": opset,
@@ -296,7 +304,7 @@ class OnnxSource:
         if default_opset(proto) != opset:
             record["converted_to_opset"] = default_opset(proto)
         entry = describe(path.name, module, input_shape, spec.num_classes, record, {},
-                         builder=lambda n: convert(path, digest, local)[0], description=f"ONNX model {path.name}")
+                         builder=lambda n: convert(path, digest, readable)[0], description=f"ONNX model {path.name}")
         if logits[1] is not None and logits[1] != entry.num_classes:
             raise ModelError(f"{path.name} declares {logits[1]} outputs but computes {entry.num_classes}")
         return ResolvedModel(module, entry, reference=path)

@@ -17,7 +17,7 @@ from typing import Collection
 import torch
 import torch.nn as nn
 
-from pruning.errors import ModelError
+from pruning.errors import ModelError, SpecError
 from pruning.finite import check_finite_state_dict
 from pruning.intake.onnx_check import CONVERSION_RTOL, check_conversion
 from pruning.intake.sources import get_source, source_for
@@ -29,9 +29,17 @@ VERIFY_IMAGES = 8
 
 def check_spec(spec: ModelSpec, allowed_packages: Collection[str] | None = None) -> str:
     """Raise ``SpecError`` / ``ModelError`` for what can be told without building; return the source kind."""
-    source = source_for(spec.arch)
+    source = _source(spec)
     source.check(spec, allowed_packages)
     return source.kind
+
+
+def _source(spec: ModelSpec):
+    """The source that builds ``spec``; ``SpecError`` for external data files given to a model that is not ONNX."""
+    source = source_for(spec.arch)
+    if spec.external_data and source.kind != "onnx":
+        raise SpecError("external_data is only read for arch 'onnx' (the files an ONNX model keeps its weights in)")
+    return source
 
 
 def resolve(spec: ModelSpec, allowed_packages: Collection[str] | None = None) -> ResolvedModel:
@@ -41,7 +49,7 @@ def resolve(spec: ModelSpec, allowed_packages: Collection[str] | None = None) ->
     its ``--allow-model-package`` set). For ONNX models call ``verify`` next, with real images. A model file whose
     own weights (ONNX initializers) hold NaN/inf is refused (``ModelError``); weights files are checked on reading.
     """
-    resolved = source_for(spec.arch).resolve(spec, allowed_packages)
+    resolved = _source(spec).resolve(spec, allowed_packages)
     if spec.model_file:
         check_finite_state_dict(resolved.module.state_dict(), Path(spec.model_file).name)
     return resolved

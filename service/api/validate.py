@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, Collection
+from typing import Callable, Collection, Mapping
 
 from pruning.errors import clip
 from pruning.spec import BLOCK_REMOVAL
@@ -24,9 +24,11 @@ def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
     from service.core.errors import NotFound
 
     _check_model(spec.model, allowed_packages)
+    external = [(f"spec.model.external_data[{location!r}]", ref, "external data")
+                for location, ref in sorted(spec.model.external_data.items())]
     for field, name, what in (("spec.model.weights", spec.model.weights, "model"),
                               ("spec.model.model", spec.model.model, "ONNX model"),
-                              ("spec.data.artifact", spec.data.artifact, "data")):
+                              ("spec.data.artifact", spec.data.artifact, "data"), *external):
         if name:
             artifact_id = parse_artifact_name(name, field)
             if not has_artifact(artifact_id):
@@ -77,14 +79,36 @@ def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None
         if model.weights or model.arch_kwargs:
             raise InvalidArgument("an ONNX model carries its own weights and takes no arch_kwargs; leave "
                                   "spec.model.weights and spec.model.arch_kwargs empty")
+        _check_external_data(model.external_data)
         return
-    if model.model:
-        raise InvalidArgument(f"spec.model.model is for arch 'onnx'; {clip(model.arch)!r} is built from its name")
+    if model.model or model.external_data:
+        field = "spec.model.model" if model.model else "spec.model.external_data"
+        raise InvalidArgument(f"{field} is for arch 'onnx'; {clip(model.arch)!r} is built from its name")
     try:
         arch_kwargs = params_from_proto(model.arch_kwargs, "arch_kwargs")
         intake.check_spec(intake.ModelSpec(model.arch, arch_kwargs=arch_kwargs), allowed_packages)
     except InterpruneError as exc:
         raise InvalidArgument(str(exc)) from None
+
+
+MAX_EXTERNAL_DATA_FILES = 64
+_LOCATION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
+
+
+def _check_external_data(external: Mapping[str, str]) -> None:
+    """Each location a plain file name (the server places the file under it, beside the model), each with an
+    artifact; at most ``MAX_EXTERNAL_DATA_FILES``."""
+    if len(external) > MAX_EXTERNAL_DATA_FILES:
+        raise InvalidArgument(f"spec.model.external_data names {len(external)} files; at most "
+                              f"{MAX_EXTERNAL_DATA_FILES} (save the model's weights into one data file)")
+    for location, ref in external.items():
+        if not _LOCATION.match(location):
+            raise InvalidArgument(f"spec.model.external_data: location {clip(location, 80)!r} is not a plain file "
+                                  "name (letters, digits, '_', '.', '+', '-'; not starting with '.'); the model must "
+                                  "name its data files beside it, as torch.onnx.export does ('model.onnx.data')")
+        if not ref:
+            raise InvalidArgument(f"spec.model.external_data[{location!r}] is empty; give the artifact of that "
+                                  "file, \"artifacts/{sha256}\" (UploadArtifact)")
 
 
 def _check_enums(spec: pb.JobSpec) -> None:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -340,12 +338,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
                 else ""
             raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
+    _announce_model_data(args, spec)                     # before connecting: a missing data file is a local problem
     with contextlib.ExitStack() as stack:
-        with tempfile.TemporaryDirectory(prefix="interprune-submit-") as scratch:   # gone once uploaded
-            spec = _with_one_file_model(args, spec, Path(scratch))      # before connecting: its problems are local
-            client = stack.enter_context(_connect(args))
-            job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
-                                retry_on_crash=args.retry_on_crash)
+        client = stack.enter_context(_connect(args))
+        job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
+                            retry_on_crash=args.retry_on_crash)
         _say(args, f"job {job.id} queued on {args.server}")
         if args.detach:
             if args.json:
@@ -358,19 +355,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return report_job(job, files, args.json)
 
 
-def _with_one_file_model(args: argparse.Namespace, spec, scratch: Path):
-    """``spec`` with an ONNX model whose weights lie in external data files replaced by one self-contained copy in
-    ``scratch`` (a server reads only the file uploaded); a problem with those files raises before any connection."""
-    from service.client import one_file_model
+def _announce_model_data(args: argparse.Namespace, spec) -> None:
+    """Say which external data files of an ONNX model go up with it (``spec.model.external_data``); a missing one
+    raises here, before any connection."""
+    from service.client import model_data_files
 
-    model_file = spec.compress.model.model_file
-    one = one_file_model(model_file, scratch)
-    if one == model_file:
-        return spec
-    _say(args, f"{Path(model_file).name} keeps its weights in external data file(s): uploading them inlined, as one "
-               f"file ({Path(one).stat().st_size / 2 ** 20:.1f} MiB)")
-    model = dataclasses.replace(spec.compress.model, model_file=one)
-    return dataclasses.replace(spec, compress=dataclasses.replace(spec.compress, model=model))
+    files = model_data_files(spec.compress.model)
+    if files:
+        size = sum(Path(f).stat().st_size for f in files.values() if Path(f).is_file())
+        _say(args, f"{Path(spec.compress.model.model_file).name} keeps its weights in {', '.join(sorted(files))}: "
+                   f"uploading {'it' if len(files) == 1 else 'them'} with the model ({size / 2 ** 20:.1f} MiB)")
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

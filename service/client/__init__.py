@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -193,11 +192,12 @@ class Client:
 
         if not isinstance(spec, pb.JobSpec):
             compress = spec.compress
-            with tempfile.TemporaryDirectory(prefix="interprune-upload-") as scratch:
-                model = self._artifact_ref(one_file_model(compress.model.model_file, Path(scratch)), "model")
+            external = {location: self._artifact_ref(file, "other")
+                        for location, file in model_data_files(compress.model).items()}
+            model = self._artifact_ref(compress.model.model_file, "model")
             weights = self._artifact_ref(compress.model.weights, "model")
             data = self._artifact_ref(compress.data.path, "dataset")
-            spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash), model)
+            spec = spec_to_proto(spec, weights, data, Execution(timeout_seconds, retry_on_crash), model, external)
         request = pb.SubmitJobRequest(spec=spec, request_id=request_id or f"client-{uuid.uuid4().hex}")
         return _job(self._unary(self._stub.SubmitJob, request))
 
@@ -294,16 +294,18 @@ class Client:
         return job
 
 
-def one_file_model(model_file: str | None, scratch: Path) -> str | None:
-    """An ONNX ``model_file`` whose weights lie in external data files (torch.onnx.export's default) as one
-    self-contained copy in ``scratch``, since a server reads only the file uploaded; other values as they are."""
-    if not model_file or not Path(model_file).is_file():
-        return model_file
+def model_data_files(model) -> dict[str, str]:
+    """location -> file (or artifact id) of an ONNX model's external data (torch.onnx.export's default writes
+    ``model.onnx.data``), uploaded with the model (``spec.model.external_data``): those the spec names, else those
+    a local ``model_file`` names inside its folder; {} for a self-contained model."""
+    if model.external_data:
+        return dict(model.external_data)
+    if not model.model_file or not Path(model.model_file).is_file():
+        return {}
     from pruning.errors import ModelError
-    from pruning.intake.onnx_source import self_contained
+    from pruning.intake.onnx_source import external_data_beside
 
     try:
-        one = self_contained(Path(model_file), scratch)
-        return model_file if one == Path(model_file) else str(one)
+        return {location: str(file) for location, file in external_data_beside(Path(model.model_file)).items()}
     except ModelError as exc:
         raise InterpruneClientError(str(exc)) from None

@@ -9,7 +9,7 @@ Store records -> messages is ``service.api.convert``; submit-time checks are ``s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -124,6 +124,9 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
              "arch_kwargs": params_from_proto(m.arch_kwargs, "arch_kwargs")}
     if m.input_shape:
         model["input_shape"] = list(m.input_shape)
+    if m.external_data:
+        model["external_data"] = {location: _artifact_ref(ref, f"spec.model.external_data[{location!r}]")
+                                  for location, ref in sorted(m.external_data.items())}
     data = {"path": _artifact_ref(d.artifact, "spec.data.artifact"),
             **_present(d, ("calibration_images", "evaluation_images", "finetune_images", "batch_size"))}
     if d.HasField("input_size"):
@@ -204,13 +207,16 @@ def _set(message, **values: Any) -> None:
 
 
 def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", execution: Execution = Execution(),
-                  model_artifact: str = "") -> pb.JobSpec:
-    """A ``pipeline.spec.JobSpec`` as a message; local paths are replaced by the given artifact ids (sha256)."""
+                  model_artifact: str = "", external_artifacts: Mapping[str, str] | None = None) -> pb.JobSpec:
+    """A ``pipeline.spec.JobSpec`` as a message; local paths are replaced by the given artifact ids (sha256);
+    ``external_artifacts``: an ONNX model's external data files, location -> artifact id."""
     c = spec.compress
     out = pb.JobSpec()
     out.model.arch = c.model.arch
     out.model.weights = artifact_name(weights_artifact)
     out.model.model = artifact_name(model_artifact)
+    for location, artifact_id in (external_artifacts or {}).items():
+        out.model.external_data[location] = artifact_name(artifact_id)
     for key, value in dict(c.model.arch_kwargs).items():
         out.model.arch_kwargs[key].CopyFrom(_param_value(key, value))
     out.model.input_shape.extend(c.model.input_shape or ())

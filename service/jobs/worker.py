@@ -203,6 +203,8 @@ def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path, inputs: Inpu
                 info = artifacts.get(reference[len(ARTIFACT_PREFIX):])
                 model[key] = str(artifacts.materialize(info.id, work / key / local_name(info.name)))
                 inputs.paths[model[key]] = reference
+        if model.get("external_data"):
+            model["external_data"] = _external_data_beside(model, artifacts, inputs)
     except NotFound as exc:
         raise ModelError(f"the model artifact is gone from the server: {exc}") from None
     try:
@@ -216,6 +218,35 @@ def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path, inputs: Inpu
         raise DataError(f"the data artifact is gone from the server: {exc}") from None
     spec["compress"]["model"], spec["compress"]["data"] = model, data
     return spec
+
+
+def _external_data_beside(model: dict, artifacts: Artifacts, inputs: Inputs) -> dict[str, str]:
+    """An ONNX model's external data files, each placed beside the materialised model file under the location the
+    model names it by (the only files the engine will read for it); location -> local path."""
+    from pruning.errors import ModelError
+
+    if not model.get("model_file"):
+        return dict(model["external_data"])                 # not an ONNX job: the engine's checks say so
+    folder = Path(model["model_file"]).parent
+    placed = {}
+    for location, reference in model["external_data"].items():
+        if Path(location).name != location or location in (".", "..", Path(model["model_file"]).name):
+            raise ModelError(f"external data location {location!r} is not a file name beside the model "
+                             f"{Path(model['model_file']).name}")
+        info = artifacts.get(str(reference)[len(ARTIFACT_PREFIX):])
+        placed[location] = str(_real_file(artifacts.materialize(info.id, folder / location)))
+        inputs.paths[placed[location]] = reference
+    return placed
+
+
+def _real_file(path: Path) -> Path:
+    """``path`` as a file of its own, not a link to a blob: a copy (ONNX Runtime refuses external data that a
+    symbolic link takes out of the model's folder, and onnx refuses a file with several hard links)."""
+    if path.is_symlink():
+        target = path.resolve()
+        path.unlink()
+        shutil.copyfile(target, path)
+    return path
 
 
 def store_outputs(out: Path, artifacts) -> dict[str, str]:

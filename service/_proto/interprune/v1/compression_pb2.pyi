@@ -205,7 +205,7 @@ class DeleteArtifactResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("arch", "weights", "num_classes", "arch_kwargs", "input_shape", "model")
+    __slots__ = ("arch", "weights", "num_classes", "arch_kwargs", "input_shape", "model", "external_data")
     class ArchKwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -213,19 +213,28 @@ class ModelSpec(_message.Message):
         key: str
         value: ParamValue
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParamValue, _Mapping]] = ...) -> None: ...
+    class ExternalDataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ARCH_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     ARCH_KWARGS_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_DATA_FIELD_NUMBER: _ClassVar[int]
     arch: str
     weights: str
     num_classes: int
     arch_kwargs: _containers.MessageMap[str, ParamValue]
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     model: str
-    def __init__(self, arch: _Optional[str] = ..., weights: _Optional[str] = ..., num_classes: _Optional[int] = ..., arch_kwargs: _Optional[_Mapping[str, ParamValue]] = ..., input_shape: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
+    external_data: _containers.ScalarMap[str, str]
+    def __init__(self, arch: _Optional[str] = ..., weights: _Optional[str] = ..., num_classes: _Optional[int] = ..., arch_kwargs: _Optional[_Mapping[str, ParamValue]] = ..., input_shape: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ..., external_data: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ImageSize(_message.Message):
     __slots__ = ("height", "width")
