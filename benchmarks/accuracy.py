@@ -242,6 +242,12 @@ for seed in (0, 1, 2):
     _row(f"r56-redundancy-images2000-pos64-sensitivity-round1-seed{seed}", "3", "resnet56", "redundancy",
          "--target-macs", "0.5", "--criterion-param", "images=2000", "--criterion-param", "positions_per_image=64",
          *ROUND1, *NO_FT, "--seed", str(seed))
+# Goal 3 on ResNet-20, layer_probe after the one-pass KD (0.56 point below L1's three-seed mean with depth_share 0.3):
+# a smaller share of the cut taken as whole blocks
+for seed in (0, 1, 2):
+    _row(f"r20-layer_probe-depth0.15-window0.5-sensitivity-round1-kd35k-seed{seed}", "3,6", "resnet20", "layer_probe",
+         "--target-macs", "0.5", "--criterion-param", "depth_share=0.15", "--criterion-param", "refit_window=0.5",
+         *ROUND1, "--finetune-images", "35000", "--seed", str(seed))
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):

@@ -106,8 +106,8 @@ def _external_refusal(file_name: str, external: list[str]) -> str:
             " and a server reads only those the job brings: upload each file as an artifact and name it in "
             "spec.model.external_data (location -> artifact), or give one self-contained file: "
             "export with torch.onnx.export(..., external_data=False), or re-save it with onnx.save(onnx.load("
-            f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False) (interprune submit uploads such a "
-            "copy itself)")
+            f"'{file_name}'), 'model_one_file.onnx', save_as_external_data=False) (interprune submit sends the data "
+            "files itself)")
 
 
 def external_data_beside(path: Path) -> dict[str, Path]:

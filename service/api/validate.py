@@ -92,7 +92,7 @@ def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None
 
 
 MAX_EXTERNAL_DATA_FILES = 64
-_LOCATION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
+_LOCATION = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,254}$")   # one file name, not hidden
 
 
 def _check_external_data(external: Mapping[str, str]) -> None:
@@ -104,8 +104,8 @@ def _check_external_data(external: Mapping[str, str]) -> None:
     for location, ref in external.items():
         if not _LOCATION.match(location):
             raise InvalidArgument(f"spec.model.external_data: location {clip(location, 80)!r} is not a plain file "
-                                  "name (letters, digits, '_', '.', '+', '-'; not starting with '.'); the model must "
-                                  "name its data files beside it, as torch.onnx.export does ('model.onnx.data')")
+                                  "name (no '/' or '\\', not starting with '.'); the model must name its data files "
+                                  "beside it, as torch.onnx.export does ('model.onnx.data')")
         if not ref:
             raise InvalidArgument(f"spec.model.external_data[{location!r}] is empty; give the artifact of that "
                                   "file, \"artifacts/{sha256}\" (UploadArtifact)")
