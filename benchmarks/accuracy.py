@@ -248,6 +248,11 @@ for seed in (0, 1, 2):
     _row(f"r20-layer_probe-depth0.15-window0.5-sensitivity-round1-kd35k-seed{seed}", "3,6", "resnet20", "layer_probe",
          "--target-macs", "0.5", "--criterion-param", "depth_share=0.15", "--criterion-param", "refit_window=0.5",
          *ROUND1, "--finetune-images", "35000", "--seed", str(seed))
+# Goal 6's cost: the loss curves on 64 calibration images (the automatic floor for a costly forward pass, e.g.
+# ResNet-18 at 224x224) instead of 256, three seeds without fine-tuning
+for seed in (0, 1, 2):
+    _row(f"r56-l1-sensitivity-round1-loss64-seed{seed}", "1,6", "resnet56", "l1", "--target-macs", "0.5",
+         "--sensitivity-images", "64", *ROUND1, *NO_FT, "--seed", str(seed))
 # Goal 2's curve: the same start (L1, sensitivity allocation, re-fit), KD budgets of 2.5k ... 35k images seen, and
 # three passes over the 35,000 training images (105k).
 for images in (2500, 5000, 10000, 20000, 105000):

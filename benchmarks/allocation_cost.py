@@ -3,8 +3,10 @@
     .venv/bin/python -m benchmarks.allocation_cost [--arch torchvision/resnet18] [--size 224] [--images 1000]
         [--out benchmarks/results/allocation_cost.md]
 
-One CLI process per allocation (``interprune compress``, -50% MACs, no fine-tuning, no export, no latency
-targets) on ``--images`` random RGB images of ``--size`` (random: this measures time and memory only; accuracy
+One CLI process per run (``interprune compress``, -50% MACs, no fine-tuning, no export, no latency targets):
+sensitivity with its automatic loss images (fewer for a costly forward pass), sensitivity on 256 loss images
+(what it measured on before that, ``--sensitivity-images 256``), and uniform; on ``--images`` random RGB images
+of ``--size`` (random: this measures time and memory only; accuracy
 on random images means nothing). Prints and writes, per allocation: wall time, the child's peak RSS
 (``os.wait4``), the stage times from report.json and the MACs reduction reached.
 """
@@ -24,10 +26,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(arch: str, data: Path, size: int, allocation: str, out: Path) -> dict:
+RUNS = (("sensitivity", ()), ("sensitivity", ("--sensitivity-images", "256")), ("uniform", ()))
+
+
+def run(arch: str, data: Path, size: int, allocation: str, extra: tuple[str, ...], out: Path) -> dict:
     argv = [sys.executable, "-m", "service.cli", "compress", "--arch", arch, "--num-classes", "10", "--data",
             str(data), "--input-size", f"{size}x{size}", "--target-macs", "0.5", "--allocation", allocation,
-            "--finetune", "0", "--targets", "", "--no-export", "--eval-images", "64", "--out", str(out), "--force"]
+            *extra, "--finetune", "0", "--targets", "", "--no-export", "--eval-images", "64", "--out", str(out),
+            "--force"]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         child = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -37,7 +43,9 @@ def run(arch: str, data: Path, size: int, allocation: str, out: Path) -> dict:
             log.seek(0)
             raise SystemExit(f"{allocation}: compress failed:\n{log.read().decode()[-2000:]}")
     report = json.loads((out / "report.json").read_text())
-    return {"allocation": allocation, "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+    return {"allocation": " ".join((allocation, *extra)), "wall_s": round(wall, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "loss_images": report["criterion"].get("sensitivity_images"),
             "macs_reduction": report["reduction"]["macs"],
             "stage_s": {k: round(v, 1) for k, v in report["timings"].items()}}
 
@@ -55,18 +63,19 @@ def main() -> None:
         np.savez(data, images=rng.integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8),
                  labels=rng.integers(0, 10, args.images))
         rows = []
-        for allocation in ("sensitivity", "uniform"):
-            rows.append(run(args.arch, data, args.size, allocation, Path(tmp) / allocation))
+        for i, (allocation, extra) in enumerate(RUNS):
+            rows.append(run(args.arch, data, args.size, allocation, extra, Path(tmp) / f"run{i}"))
             print(json.dumps(rows[-1]), flush=True)
     command = (f"python -m benchmarks.allocation_cost --arch {args.arch} --size {args.size} "
                f"--images {args.images}")
     lines = [f"# Allocation cost: {args.arch}, {args.size}x{args.size}, {args.images} random images", "",
              f"`{command}` on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d %H:%M')}; -50% MACs, no "
              "fine-tuning, no export. Random images: time and memory only.", "",
-             "| allocation | MACs removed | wall s | peak RSS MB | sensitivity s | reconstruct s |",
-             "|---|---|---|---|---|---|"]
+             "| allocation | loss images | MACs removed | wall s | peak RSS MB | sensitivity s | reconstruct s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['allocation']} | {100 * r['macs_reduction']:.2f}% | {r['wall_s']:.0f} | "
+        lines.append(f"| {r['allocation']} | {r['loss_images'] or ''} | {100 * r['macs_reduction']:.2f}% | "
+                     f"{r['wall_s']:.0f} | "
                      f"{r['peak_rss_mb']} | {r['stage_s'].get('sensitivity', 0):.0f} | "
                      f"{r['stage_s'].get('reconstruct', 0):.0f} |")
     args.out.write_text("\n".join(lines) + "\n")

@@ -166,6 +166,10 @@ FLAGS: tuple[Flag, ...] = (
          "remove a residual block whole instead of narrowing it (priced by skipping it with the next two layers "
          "re-fitted, one measurement per removable block): auto (latency only), on, off",
          choices=("auto", "on", "off")),
+    Flag("--sensitivity-images", "compress.prune.sensitivity_images", "pruning", "calibration images the "
+         "sensitivity (or latency) knapsack measures each layer's loss on; default: automatic, 256, fewer (not below "
+         "64) for a model whose forward pass of 256 images costs more than 96 G MACs (large inputs)", type=int,
+         metavar="N"),
     Flag("--round-to", "compress.prune.round_to", "pruning", "keep widths at multiples of this (1 = off); "
          "default: automatic by target and precision, 32 for --precision int8 with a GPU or agent target, else 8 "
          "(the reason is in the report)", type=int),

@@ -108,7 +108,8 @@ def _criterion_section(result: CompressResult) -> dict:
         target = dict(result.plan.notes.get("target") or {"metric": "latency", "reduction": 0.0})
     section: dict[str, Any] = {"name": spec.criterion, "params": dict(spec.criterion_params),
                                "allocation": spec.allocation, "round_to": spec.round_to, "target": target,
-                               "layer_criterion": spec.layer_criterion, "groups": [], "blocks": []}
+                               "layer_criterion": spec.layer_criterion, "groups": [], "blocks": [],
+                               "sensitivity_images": result.sensitivity.images if result.sensitivity else None}
     if result.scores is not None:
         for name, kept in result.plan.kept.items():
             scores = result.scores.channels[name]

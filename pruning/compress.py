@@ -30,8 +30,8 @@ from pruning.criteria.redundant_features import guide_by_refit
 from pruning.errors import SpecError
 from pruning.finetune import FinetuneSettings, check_distillation, check_settings, evaluation_callback, finetune
 from pruning.latency_model import LayerLatency
-from pruning.spec import (CompressSpec, DataSpec, FinetuneSpec, ModelSpec,  # noqa: F401 - re-exported
-                          PruneSpec, ReconstructSpec, check_allocation, offers_block_moves)
+from pruning.spec import (MAX_SENSITIVITY_IMAGES, CompressSpec, DataSpec, FinetuneSpec,  # noqa: F401 - re-exported
+                          ModelSpec, PruneSpec, ReconstructSpec, check_allocation, offers_block_moves)
 from pruning.measure import Accuracy, Cost, count_cost, evaluate
 from pruning.plan import PruningPlan
 from pruning.result import (CompressResult, Inference, LatencyProbe, Progress,  # noqa: F401 - re-exported
@@ -161,7 +161,7 @@ def compress(spec: CompressSpec, out_dir: str | Path | None = None, progress: Pr
 
     bypass = block_groups(groups, [b for b in entry.removable_blocks(model) if b not in removed_blocks]) \
         if offers_block_moves(spec.prune) else {}
-    sensitivity_stage(spec, run, result, model, groups, calibration, bypass)
+    sensitivity_stage(spec, run, result, model, groups, calibration, base_cost.macs, bypass)
     with run.stage("allocate"):
         plan, target, measure = allocate_stage(spec, run, result, original, model, groups, removed_blocks,
                                                input_shape, base_cost, target, latency_probe, layer_latency, bypass)
@@ -249,6 +249,9 @@ def _validate_prune_spec(prune: PruneSpec) -> None:
                         f"{prune.min_channels}")
     if prune.round_to is not None and prune.round_to < 1:
         raise SpecError("round_to must be >= 1 (1 = no rounding; None = automatic)")
+    if prune.sensitivity_images is not None and not 1 <= prune.sensitivity_images <= MAX_SENSITIVITY_IMAGES:
+        raise SpecError(f"sensitivity_images (--sensitivity-images) must be in [1, {MAX_SENSITIVITY_IMAGES}] (the "
+                        f"calibration images the loss curves are measured on), got {prune.sensitivity_images}")
     main = create_criterion(prune.criterion, **dict(prune.criterion_params))  # unknown name / bad params: SpecError
     if prune.allocation == "latency" and main.kind == "block":
         raise SpecError(f"allocation 'latency' plans channel widths; {prune.criterion!r} removes whole blocks: "

@@ -78,9 +78,14 @@ class PruneSpec:
     block_removal: str = "auto"             # may the knapsack remove a residual block whole instead of narrowing
                                             # it: "auto" (allocation latency: yes; others: no), "on" (sensitivity
                                             # or latency), "off"; each removable block's skip is then measured
+    sensitivity_images: int | None = None   # calibration images the sensitivity/latency knapsack's loss curves
+                                            # are measured on (a forward pass each per group and depth); None =
+                                            # automatic: 256, fewer (not below 64) for a model whose forward pass
+                                            # of 256 images would cost more than 96 G MACs (pruning.stages)
 
 
 BLOCK_REMOVAL = ("auto", "on", "off")
+MAX_SENSITIVITY_IMAGES = 10_000
 KNAPSACK_ALLOCATIONS = ("sensitivity", "latency")    # the allocations that weigh measured loss against cost
 
 

@@ -31,7 +31,9 @@ from pruning.targeting import allocate_to_target
 
 
 SENSITIVITY_FIT_IMAGES = 512  # calibration images the consumers' re-fits are solved on ...
-SENSITIVITY_LOSS_IMAGES = 256 # ... and other ones the loss is measured on (a forward pass per group and depth)
+SENSITIVITY_LOSS_IMAGES = 256 # ... and other ones the loss is measured on (a forward pass per group and depth),
+SENSITIVITY_LOSS_MACS = 96e9  # ... fewer when their forward pass would cost more than this (large inputs) ...
+SENSITIVITY_MIN_LOSS_IMAGES = 64  # ... but not fewer than this (PruneSpec.sensitivity_images overrides all three)
 SENSITIVITY_DEPTHS = 4        # removal depths measured per group (the allocator's chunk boundaries, thinned)
 
 
@@ -52,10 +54,22 @@ def split_removed_blocks(kept: dict[str, list[int]], bypass: dict[str, str]) -> 
     return {n: idx for n, idx in kept.items() if n not in gone}, [bypass[n] for n in gone]
 
 
+def sensitivity_loss_images(asked: int | None, macs_per_image: float) -> int:
+    """How many calibration images the loss curves are measured on: ``asked`` (``PruneSpec.sensitivity_images``),
+    else ``SENSITIVITY_LOSS_IMAGES``, fewer when their forward pass would exceed ``SENSITIVITY_LOSS_MACS`` (each
+    group and depth costs one: on 2 cores a torchvision ResNet-18 at 224x224 spent 159 s on 256), not below
+    ``SENSITIVITY_MIN_LOSS_IMAGES``."""
+    if asked is not None:
+        return asked
+    affordable = int(SENSITIVITY_LOSS_MACS // max(macs_per_image, 1.0))
+    return max(SENSITIVITY_MIN_LOSS_IMAGES, min(SENSITIVITY_LOSS_IMAGES, affordable))
+
+
 def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResult, model: nn.Module, groups: list,
-                      calibration: list[Batch], bypass: dict[str, str] | None = None) -> None:
+                      calibration: list[Batch], macs_per_image: float, bypass: dict[str, str] | None = None) -> None:
     """``result.sensitivity``: each group's loss curve, in the criterion's removal order (allocations "sensitivity"
-    and "latency"); ``bypass`` (``block_groups``): those groups' curves end at the loss of skipping the block."""
+    and "latency"), measured on ``sensitivity_loss_images`` images; ``bypass`` (``block_groups``): those groups'
+    curves end at the loss of skipping the block."""
     if spec.prune.allocation not in KNAPSACK_MODES or result.scores is None or not groups:
         return
     with run.stage("sensitivity"):
@@ -63,8 +77,9 @@ def sensitivity_stage(spec: CompressSpec, run: StageRunner, result: CompressResu
         depths = sensitivity_depths(units)
         removal = {name: (lambda n, u=u: u.channels(u.order[:n])) for name, u in units.items()}
         images = torch.cat([b.images for b in calibration])
-        fit, loss = images[:SENSITIVITY_FIT_IMAGES], images[-SENSITIVITY_LOSS_IMAGES:]
-        if len(images) < SENSITIVITY_FIT_IMAGES + SENSITIVITY_LOSS_IMAGES:        # few images: split them
+        loss_images = sensitivity_loss_images(spec.prune.sensitivity_images, macs_per_image)
+        fit, loss = images[:SENSITIVITY_FIT_IMAGES], images[-loss_images:]
+        if len(images) < SENSITIVITY_FIT_IMAGES + loss_images:        # few images: split them
             half = max(1, len(images) // 2)
             fit, loss = images[:half], images[half:] if len(images) > 1 else images
         rec = spec.reconstruct

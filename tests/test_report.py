@@ -361,3 +361,9 @@ def test_headline_says_what_the_refit_recovers_after_the_criterions_own_reason()
     assert text == "0 of 5 votes; 87% recovered by the kept units, mostly by #12"
     assert _headline({"probe_reliance": 0.0123, "probe_weight": 0.5, "probe_accuracy": 0.41}) == \
         "held-out log-loss of the layer's probe +0.0123 without it (probe accuracy 41%)"
+
+
+def test_the_report_says_how_many_images_the_sensitivity_curves_were_measured_on(l1_run):
+    report, _, _ = l1_run
+    assert report["criterion"]["allocation"] == "sensitivity"
+    assert report["criterion"]["sensitivity_images"] == 150     # 300 calibration images: half fit, half loss

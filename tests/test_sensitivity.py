@@ -110,3 +110,14 @@ def test_a_model_that_refuses_channels_last_is_measured_in_the_default_layout():
     sens = measure_sensitivity(model, [group], {"conv1": lambda n: list(range(n))}, {"conv1": [2, 4]}, [images],
                                images)
     assert sens.curves["conv1"].loss[1] > 0 and sens.curves["conv1"].loss[2] >= sens.curves["conv1"].loss[1]
+
+
+def test_the_loss_images_shrink_for_a_costly_forward_pass_but_not_below_the_floor():
+    from pruning.stages import sensitivity_loss_images
+
+    assert sensitivity_loss_images(None, 125.5e6) == 256          # CIFAR ResNet-56: as before
+    assert sensitivity_loss_images(None, 313.5e6) == 256          # CIFAR VGG-16: 96 G MACs cover 306 images
+    assert sensitivity_loss_images(None, 0.93e9) == 103           # ResNet-18 at 160x160
+    assert sensitivity_loss_images(None, 1.82e9) == 64            # ResNet-18 at 224x224: the floor
+    assert sensitivity_loss_images(40, 1.82e9) == 40              # asked for: as asked
+    assert sensitivity_loss_images(None, 0.0) == 256

@@ -17,7 +17,7 @@ EVERY_FIELD = [
     "--mean", "0.1,0.2,0.3", "--std", "0.4,0.5,0.6",
     "--criterion", "redundancy", "--criterion-param", "threshold=0.25", "--criterion-param", "merge=true",
     "--target-params", "0.3", "--latency-batch", "8", "--latency-target", "local:cuda", "--latency-margin", "0.1",
-    "--allocation", "global", "--round-to", "16", "--min-channels", "4", "--protect", "conv1", "--protect", "fc",
+    "--allocation", "global", "--round-to", "16", "--min-channels", "4", "--sensitivity-images", "100", "--protect", "conv1", "--protect", "fc",
     "--layer-criterion", "layer_probe", "--layer-param", "probe_epochs=3",
     "--no-reconstruct", "--refit-positions", "12", "--batchnorm", "on", "--finetune", "1.5", "--finetune-steps", "9", "--finetune-images", "999",
     "--finetune-minutes", "2.5", "--lr", "0.05", "--distillation", "kl", "--no-augment",
@@ -42,7 +42,7 @@ def test_every_flag_sets_a_field_and_comes_back():
     assert (c.prune.target_metric, c.prune.target_reduction, c.prune.protected) == ("params", 0.3, ("conv1", "fc"))
     assert dict(c.prune.criterion_params) == {"threshold": 0.25, "merge": True}
     assert (c.reconstruct.enabled, c.finetune.augment, c.finetune.epochs, spec.export.slim) == (False, False, 1.5, True)
-    assert c.reconstruct.positions_per_image == 12
+    assert c.reconstruct.positions_per_image == 12 and c.prune.sensitivity_images == 100
     assert spec.benchmark.targets == ("local:cpu", "agent:edge0") and spec.benchmark.threads == c.threads == 2
     assert spec.gate.max_accuracy_drop == pytest.approx(0.0075)
     assert parse(argv_from_spec(spec.to_dict())).to_dict() == spec.to_dict()

@@ -5,7 +5,7 @@ import re
 from typing import Callable, Collection, Mapping
 
 from pruning.errors import clip
-from pruning.spec import BLOCK_REMOVAL
+from pruning.spec import BLOCK_REMOVAL, MAX_SENSITIVITY_IMAGES
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service.core.errors import InvalidArgument
 from service.core.names import parse_artifact_name
@@ -137,6 +137,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
          "remove, in [0, 1) (0.5 removes half)"),
         (p.HasField("round_to") and p.round_to < 1, "spec.prune.round_to must be >= 1 (1 = no rounding)"),
         (p.HasField("min_channels") and p.min_channels < 1, "spec.prune.min_channels must be >= 1"),
+        (p.HasField("sensitivity_images") and not 1 <= p.sensitivity_images <= MAX_SENSITIVITY_IMAGES,
+         f"spec.prune.sensitivity_images must be in [1, {MAX_SENSITIVITY_IMAGES}] (unset = automatic)"),
         (p.HasField("layer_share") and not 0.0 <= p.layer_share <= 1.0, "spec.prune.layer_share must be in [0, 1]"),
         (p.HasField("block_removal") and p.block_removal not in BLOCK_REMOVAL,
          f"spec.prune.block_removal {p.block_removal!r} must be {', '.join(BLOCK_REMOVAL[:-1])} or "

@@ -136,7 +136,8 @@ def spec_to_dict(spec: pb.JobSpec) -> tuple[dict, Execution]:
     if d.std:
         data["std"] = [float(v) for v in d.std]
     prune = {**_present(p, ("target_reduction", "round_to", "min_channels", "layer_share", "latency_budget_ms",
-                            "latency_batch", "latency_margin", "allow_shortfall", "block_removal")),
+                            "latency_batch", "latency_margin", "allow_shortfall", "block_removal",
+                            "sensitivity_images")),
              "criterion_params": params_from_proto(p.criterion_params),
              "layer_criterion_params": params_from_proto(p.layer_criterion_params)}
     if p.criterion:
@@ -240,7 +241,7 @@ def spec_to_proto(spec, weights_artifact: str = "", data_artifact: str = "", exe
     _set(out.prune, target_reduction=p.target_reduction, round_to=p.round_to, min_channels=p.min_channels,
          layer_share=p.layer_share, layer_criterion=p.layer_criterion, latency_budget_ms=p.latency_budget_ms,
          latency_batch=p.latency_batch, latency_margin=p.latency_margin, allow_shortfall=p.allow_shortfall,
-         block_removal=p.block_removal)
+         block_removal=p.block_removal, sensitivity_images=p.sensitivity_images)
     out.prune.latency_target.CopyFrom(target_from_text(p.latency_target))
     out.prune.protected_layers.extend(p.protected)
     for key, value in dict(p.layer_criterion_params).items():

@@ -300,7 +300,7 @@ class ParamMap(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, ParamValue]] = ...) -> None: ...
 
 class PruneSpec(_message.Message):
-    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin", "allow_shortfall", "block_removal")
+    __slots__ = ("criterion", "criterion_params", "target_metric", "target_reduction", "allocation", "round_to", "min_channels", "protected_layers", "layer_criterion", "layer_criterion_params", "layer_share", "latency_budget_ms", "latency_batch", "latency_target", "latency_margin", "allow_shortfall", "block_removal", "sensitivity_images")
     class CriterionParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +332,7 @@ class PruneSpec(_message.Message):
     LATENCY_MARGIN_FIELD_NUMBER: _ClassVar[int]
     ALLOW_SHORTFALL_FIELD_NUMBER: _ClassVar[int]
     BLOCK_REMOVAL_FIELD_NUMBER: _ClassVar[int]
+    SENSITIVITY_IMAGES_FIELD_NUMBER: _ClassVar[int]
     criterion: str
     criterion_params: _containers.MessageMap[str, ParamValue]
     target_metric: TargetMetric
@@ -349,7 +350,8 @@ class PruneSpec(_message.Message):
     latency_margin: float
     allow_shortfall: bool
     block_removal: str
-    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ..., allow_shortfall: _Optional[bool] = ..., block_removal: _Optional[str] = ...) -> None: ...
+    sensitivity_images: int
+    def __init__(self, criterion: _Optional[str] = ..., criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., target_metric: _Optional[_Union[TargetMetric, str]] = ..., target_reduction: _Optional[float] = ..., allocation: _Optional[_Union[Allocation, str]] = ..., round_to: _Optional[int] = ..., min_channels: _Optional[int] = ..., protected_layers: _Optional[_Iterable[str]] = ..., layer_criterion: _Optional[str] = ..., layer_criterion_params: _Optional[_Mapping[str, ParamValue]] = ..., layer_share: _Optional[float] = ..., latency_budget_ms: _Optional[float] = ..., latency_batch: _Optional[int] = ..., latency_target: _Optional[_Union[_common_pb2.Target, _Mapping]] = ..., latency_margin: _Optional[float] = ..., allow_shortfall: _Optional[bool] = ..., block_removal: _Optional[str] = ..., sensitivity_images: _Optional[int] = ...) -> None: ...
 
 class ReconstructSpec(_message.Message):
     __slots__ = ("enabled", "positions_per_image", "ridge", "batchnorm", "max_memory_mb", "holdout", "scope")
