@@ -225,12 +225,14 @@ for criterion in ("l1", "layer_probe"):
         _row(f"r20-{criterion}{_recipe_tag(RECIPES[criterion])}-sensitivity-round1-kd35k-seed{seed}", "2,3,6",
              "resnet20", criterion, "--target-macs", "0.5", *RECIPES[criterion], *ROUND1, "--finetune-images",
              "35000", "--seed", str(seed))
-# ... and on ResNet-20, seeds 1 and 2 without fine-tuning (seed 0: the no-FT column of the rows above)
-for criterion, extra in {**RECIPES, "random": ("--criterion-param", "refit_window=0.5"),
-                         "random_blocks": RECIPES["layer_probe"]}.items():
-    for seed in (1, 2):
-        _row(f"r20-{criterion}{_recipe_tag(extra)}-sensitivity-round1-seed{seed}", "3,6", "resnet20", criterion,
-             "--target-macs", "0.5", *extra, *ROUND1, *NO_FT, "--seed", str(seed))
+# ... and without fine-tuning: on ResNet-20 seeds 1 and 2 (seed 0: the no-FT column of the rows above), on
+# ResNet-32 seeds 0, 1 and 2 measured together (2026-12-02)
+for arch, seeds in (("resnet20", (1, 2)), ("resnet32", (0, 1, 2))):
+    for criterion, extra in {**RECIPES, "random": ("--criterion-param", "refit_window=0.5"),
+                             "random_blocks": RECIPES["layer_probe"]}.items():
+        for seed in seeds:
+            _row(f"r{arch[6:]}-{criterion}{_recipe_tag(extra)}-sensitivity-round1-seed{seed}", "3,6", arch,
+                 criterion, "--target-macs", "0.5", *extra, *ROUND1, *NO_FT, "--seed", str(seed))
 # Goal 3, tried and not adopted: redundancy's elimination on all 2,000 calibration images x 32 positions (its
 # default: 1,024 x 16), three seeds without fine-tuning
 for seed in (0, 1, 2):

@@ -185,8 +185,10 @@ class Client:
                retry_on_crash: bool = False) -> Job:
         """Queue ``spec`` (a ``pipeline.spec.JobSpec`` or an ``interprune.v1.JobSpec``) and return the job.
 
-        In a ``JobSpec``, the model weights and the data path may be local files (uploaded first) or artifact
-        ids. A ``request_id`` is generated when none is given, so retries of this call never queue twice.
+        In a ``JobSpec``, the model weights, an ONNX model file and the data path may be local files (uploaded
+        first) or artifact ids; an ONNX model's external data files (``model.onnx.data``) go up with it, named in
+        ``spec.model.external_data``. A ``request_id`` is generated when none is given, so retries of this call
+        never queue twice.
         """
         from service.core.wire import Execution, spec_to_proto
 
