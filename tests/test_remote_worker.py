@@ -18,7 +18,7 @@ from service.jobs.remote_store import WorkerEndpoint, connect
 from service.jobs.sqlite_store import SqliteJobStore
 from service.jobs.store import JobState
 from service.jobs.worker import run_job
-from tests.service_helpers import data_file, model_file, tiny_spec  # noqa: F401
+from tests.service_helpers import data_file, make_agent, model_file, tiny_spec  # noqa: F401
 
 
 @pytest.fixture
@@ -205,3 +205,39 @@ def test_an_onnx_model_job_runs_through_the_worker_protocol(home, data_file, tmp
     done = home.store.get(job.id)
     assert done.state == JobState.SUCCEEDED, done.message
     assert done.result["reduction"]["macs"] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_worker_on_a_node_gets_its_agents_token_from_the_server(home, model_file, data_file, tmp_path, make_agent,
+                                                                   monkeypatch):
+    # the job's spec names the server's agent token file; a Ray node does not hold it ("cannot read token file"),
+    # so every agent target of a job on a node failed when the agent wanted a token
+    from pipeline.spec import BenchmarkSpec
+    from service.agent import client as agent_client
+
+    secret = "node-needs-this-0123456789"
+    tokens = tmp_path / "agent.token"
+    tokens.write_text(secret + "\n")
+    tokens.chmod(0o600)
+    agent = make_agent(token_file=tokens)
+    weights = home.artifacts.put_file(model_file, "model.pt", "model").id
+    data = home.artifacts.put_file(data_file, "digits.npz", "dataset").id
+    spec = tiny_spec(f"artifact:{weights}", f"artifact:{data}", benchmark=BenchmarkSpec(
+        targets=("agent:edge0",), batch_sizes=(1,), seconds_per_batch=0.2)).to_dict()
+    spec["benchmark"] |= {"agents": {"edge0": agent.address}, "agent_token_files": {"edge0": str(tokens)}}
+    home.store.create(spec)
+    job = home.store.claim_next()
+    store, artifacts = connect(home.endpoint, home.tokens.credentials(job.id, job.attempts))
+    assert store.agent_token(job.id, "edge0") == secret
+    with pytest.raises(NotFound, match="'edge1' is not a benchmark target of this job"):
+        store.agent_token(job.id, "edge1")
+
+    def no_file_here(self):
+        raise OSError(f"cannot read token file {self.token_file}: No such file or directory (this node)")
+    monkeypatch.setattr(agent_client.AgentEndpoint, "token", no_file_here)
+    run_job(store.get(job.id), store, artifacts, tmp_path / "work", threads=1)
+    store.close()
+    done = home.store.get(job.id)
+    assert done.state == JobState.SUCCEEDED, done.message
+    assert not done.result.get("target_errors"), done.result.get("target_errors")
+    rows = [r for r in done.result["latency"] if r["target"] == "agent:edge0"]
+    assert rows and all(r["p50_ms"] > 0 for r in rows)

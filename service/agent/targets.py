@@ -17,11 +17,12 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from pipeline.benchmark import RemoteRun
+from service.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,12 @@ CALIBRATION_IMAGES = 512             # int8 on TensorRT agents
 class AgentTargets:
     """The agent targets of one job; prepares the data files once, in a temporary folder removed on exit."""
 
-    def __init__(self, bench, result, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, bench, result, input_shape: tuple[int, ...],
+                 token_for: Callable[[str], str | None] | None = None) -> None:
+        """``token_for(name)``: an agent's token from elsewhere than its token file (a worker on a Ray node asks
+        the server, which holds the file); None: read the file (or ``$INTERPRUNE_AGENT_TOKEN``)."""
         self.bench, self.result, self.input_shape = bench, result, tuple(input_shape)
+        self.token_for = token_for
         self._tmp = Path(tempfile.mkdtemp(prefix="interprune-agent-data-"))
         self._data: dict[str, Path | None] = {}
 
@@ -56,9 +61,12 @@ class AgentTargets:
             return out
         token_file = (getattr(self.bench, "agent_token_files", None) or {}).get(name)
         try:
-            token = AgentEndpoint(name, address, token_file).token()
+            if token_file and self.token_for is not None:
+                token = self.token_for(name)
+            else:
+                token = AgentEndpoint(name, address, token_file).token()
             evaluation, calibration = self._evaluation(), self._calibration()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, ServiceError) as exc:
             out.error = f"agent {name}: cannot prepare the benchmark: {exc}"
             return out
         accuracy: dict[str, Any] = {}

@@ -110,6 +110,19 @@ class JobWorkerServicer(wpb_grpc.JobWorkerServicer):
         log.info("job %s: output %s (%s, %d bytes) stored", job.id, info.id[:12], info.name, info.size_bytes)
         return artifact_to_proto(info)
 
+    @rpc
+    def GetAgentToken(self, request, context):
+        from service.core.auth import AuthConfigError, read_client_token
+
+        benchmark = self._job(context).spec.get("benchmark") or {}
+        if request.agent not in (benchmark.get("agents") or {}):
+            raise NotFound(f"agent {request.agent[:80]!r} is not a benchmark target of this job")
+        token_file = (benchmark.get("agent_token_files") or {}).get(request.agent)
+        try:
+            return wpb.AgentToken(token=read_client_token(token_file) if token_file else "")
+        except AuthConfigError as exc:
+            raise FailedPrecondition(f"the server cannot give agent {request.agent}'s token: {exc}") from None
+
     def _input(self, context, name: str) -> str:
         """The artifact id in ``name`` when the caller's job names it as an input."""
         artifact_id = parse_artifact_name(name)

@@ -126,6 +126,11 @@ class RemoteJobStore(_Calls):
                                                 exit_code=failure.exit_code, signal=failure.signal))
         return _record(self._unary(self._stub.FinishJob, request))
 
+    def agent_token(self, job_id: str, agent: str) -> str | None:
+        """The token of device agent ``agent`` (an ``agent:`` target of the job), as the server reads it."""
+        self._own(job_id)
+        return self._unary(self._stub.GetAgentToken, wpb.AgentTokenRequest(agent=agent)).token or None
+
     def close(self) -> None:
         self._channel.close()
 

@@ -7,6 +7,7 @@ records the result. A spare worker (``--standby``) imports the engine first and 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -94,7 +95,6 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
     from pipeline.run import ExportCheckFailed, run_pipeline
     from pipeline.spec import JobSpec
     from pruning.errors import Cancelled, InterpruneError
-    from service.agent.targets import AgentTargets
 
     torch.set_num_threads(max(1, threads))
     out = work / "out"
@@ -103,7 +103,8 @@ def run_job(job: JobRecord, store: JobStore, artifacts: Artifacts, work: Path, t
         spec = JobSpec.from_dict(resolve_artifacts(job.spec, artifacts, work, inputs))
         (work / "scratch").mkdir(parents=True, exist_ok=True)
         report = run_pipeline(spec, out, progress=_Progress(store, job.id), should_stop=CancelFlag(store, job.id),
-                              remote_targets=AgentTargets, allowed_packages=frozenset(allowed_packages),
+                              remote_targets=_agent_targets(store, job.id),
+                              allowed_packages=frozenset(allowed_packages),
                               data_name=inputs.data_name, scratch_dir=work / "scratch")
         hidden = inputs.hidden(job.spec, work, artifacts, out)
         scrub_report_files(out, hidden)
@@ -138,6 +139,16 @@ def _unexpected(job_id: str, exc: Exception) -> Failure:
     log.exception("job %s: internal error %s", job_id, error_id)
     return Failure(INTERNAL, f"internal error (error id {error_id}, {type(exc).__name__}); the server log has the "
                              "traceback", type(exc).__name__)
+
+
+def _agent_targets(store: JobStore, job_id: str):
+    """The pipeline's agent targets; a worker on another node (``RemoteJobStore``) gets agent tokens from the
+    server, which holds the token files."""
+    from service.agent.targets import AgentTargets
+
+    if not hasattr(store, "agent_token"):
+        return AgentTargets
+    return functools.partial(AgentTargets, token_for=lambda name: store.agent_token(job_id, name))
 
 
 def _fail(store: JobStore, job_id: str, failure: Failure) -> None:

@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from service._proto.interprune.v1 import compression_pb2 as interprune_dot_v1_dot_compression__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainterprune/v1/worker.proto\x12\rinterprune.v1\x1a\x1finterprune/v1/compression.proto\"0\n\x13\x41ttachWorkerRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\"\x15\n\x13GetWorkerJobRequest\"}\n\tWorkerJob\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.interprune.v1.JobState\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x04 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"B\n\x15ReportProgressRequest\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x17.interprune.v1.Progress\"*\n\x16ReportProgressResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\x89\x01\n\x10\x46inishJobRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.interprune.v1.JobState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x16.interprune.v1.Failure\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\"\"\n\x12JobArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xd2\x04\n\tJobWorker\x12L\n\x0c\x41ttachWorker\x12\".interprune.v1.AttachWorkerRequest\x1a\x18.interprune.v1.WorkerJob\x12L\n\x0cGetWorkerJob\x12\".interprune.v1.GetWorkerJobRequest\x1a\x18.interprune.v1.WorkerJob\x12]\n\x0eReportProgress\x12$.interprune.v1.ReportProgressRequest\x1a%.interprune.v1.ReportProgressResponse\x12\x46\n\tFinishJob\x12\x1f.interprune.v1.FinishJobRequest\x1a\x18.interprune.v1.WorkerJob\x12L\n\x0eGetJobArtifact\x12!.interprune.v1.JobArtifactRequest\x1a\x17.interprune.v1.Artifact\x12_\n\x0fReadJobArtifact\x12!.interprune.v1.JobArtifactRequest\x1a\'.interprune.v1.DownloadArtifactResponse0\x01\x12S\n\x10WriteJobArtifact\x12$.interprune.v1.UploadArtifactRequest\x1a\x17.interprune.v1.Artifact(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainterprune/v1/worker.proto\x12\rinterprune.v1\x1a\x1finterprune/v1/compression.proto\"\"\n\x11\x41gentTokenRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"\x1b\n\nAgentToken\x12\r\n\x05token\x18\x01 \x01(\t\"0\n\x13\x41ttachWorkerRequest\x12\x0b\n\x03pid\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\"\x15\n\x13GetWorkerJobRequest\"}\n\tWorkerJob\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.interprune.v1.JobState\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x04 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"B\n\x15ReportProgressRequest\x12)\n\x08progress\x18\x01 \x01(\x0b\x32\x17.interprune.v1.Progress\"*\n\x16ReportProgressResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\"\x89\x01\n\x10\x46inishJobRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.interprune.v1.JobState\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\'\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x16.interprune.v1.Failure\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\"\"\n\x12JobArtifactRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xa0\x05\n\tJobWorker\x12L\n\x0c\x41ttachWorker\x12\".interprune.v1.AttachWorkerRequest\x1a\x18.interprune.v1.WorkerJob\x12L\n\x0cGetWorkerJob\x12\".interprune.v1.GetWorkerJobRequest\x1a\x18.interprune.v1.WorkerJob\x12]\n\x0eReportProgress\x12$.interprune.v1.ReportProgressRequest\x1a%.interprune.v1.ReportProgressResponse\x12\x46\n\tFinishJob\x12\x1f.interprune.v1.FinishJobRequest\x1a\x18.interprune.v1.WorkerJob\x12L\n\x0eGetJobArtifact\x12!.interprune.v1.JobArtifactRequest\x1a\x17.interprune.v1.Artifact\x12_\n\x0fReadJobArtifact\x12!.interprune.v1.JobArtifactRequest\x1a\'.interprune.v1.DownloadArtifactResponse0\x01\x12S\n\x10WriteJobArtifact\x12$.interprune.v1.UploadArtifactRequest\x1a\x17.interprune.v1.Artifact(\x01\x12L\n\rGetAgentToken\x12 .interprune.v1.AgentTokenRequest\x1a\x19.interprune.v1.AgentTokenb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interprune.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ATTACHWORKERREQUEST']._serialized_start=78
-  _globals['_ATTACHWORKERREQUEST']._serialized_end=126
-  _globals['_GETWORKERJOBREQUEST']._serialized_start=128
-  _globals['_GETWORKERJOBREQUEST']._serialized_end=149
-  _globals['_WORKERJOB']._serialized_start=151
-  _globals['_WORKERJOB']._serialized_end=276
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=278
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=344
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=346
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=388
-  _globals['_FINISHJOBREQUEST']._serialized_start=391
-  _globals['_FINISHJOBREQUEST']._serialized_end=528
-  _globals['_JOBARTIFACTREQUEST']._serialized_start=530
-  _globals['_JOBARTIFACTREQUEST']._serialized_end=564
-  _globals['_JOBWORKER']._serialized_start=567
-  _globals['_JOBWORKER']._serialized_end=1161
+  _globals['_AGENTTOKENREQUEST']._serialized_start=78
+  _globals['_AGENTTOKENREQUEST']._serialized_end=112
+  _globals['_AGENTTOKEN']._serialized_start=114
+  _globals['_AGENTTOKEN']._serialized_end=141
+  _globals['_ATTACHWORKERREQUEST']._serialized_start=143
+  _globals['_ATTACHWORKERREQUEST']._serialized_end=191
+  _globals['_GETWORKERJOBREQUEST']._serialized_start=193
+  _globals['_GETWORKERJOBREQUEST']._serialized_end=214
+  _globals['_WORKERJOB']._serialized_start=216
+  _globals['_WORKERJOB']._serialized_end=341
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=343
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=409
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=411
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=453
+  _globals['_FINISHJOBREQUEST']._serialized_start=456
+  _globals['_FINISHJOBREQUEST']._serialized_end=593
+  _globals['_JOBARTIFACTREQUEST']._serialized_start=595
+  _globals['_JOBARTIFACTREQUEST']._serialized_end=629
+  _globals['_JOBWORKER']._serialized_start=632
+  _globals['_JOBWORKER']._serialized_end=1304
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,11 @@ class JobWorkerStub:
                 request_serializer=interprune_dot_v1_dot_compression__pb2.UploadArtifactRequest.SerializeToString,
                 response_deserializer=interprune_dot_v1_dot_compression__pb2.Artifact.FromString,
                 _registered_method=True)
+        self.GetAgentToken = channel.unary_unary(
+                '/interprune.v1.JobWorker/GetAgentToken',
+                request_serializer=interprune_dot_v1_dot_worker__pb2.AgentTokenRequest.SerializeToString,
+                response_deserializer=interprune_dot_v1_dot_worker__pb2.AgentToken.FromString,
+                _registered_method=True)
 
 
 class JobWorkerServicer:
@@ -124,6 +129,15 @@ class JobWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAgentToken(self, request, context):
+        """The bearer token of a device agent the job's benchmark targets name, read from the server's agent token file
+        (a node does not hold that file). NOT_FOUND for an agent the job does not name; an empty token when the
+        server has no token file for it; FAILED_PRECONDITION when the server cannot read the file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_JobWorkerServicer_to_server(servicer, server):
                     servicer.WriteJobArtifact,
                     request_deserializer=interprune_dot_v1_dot_compression__pb2.UploadArtifactRequest.FromString,
                     response_serializer=interprune_dot_v1_dot_compression__pb2.Artifact.SerializeToString,
+            ),
+            'GetAgentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentToken,
+                    request_deserializer=interprune_dot_v1_dot_worker__pb2.AgentTokenRequest.FromString,
+                    response_serializer=interprune_dot_v1_dot_worker__pb2.AgentToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +371,33 @@ class JobWorker:
             '/interprune.v1.JobWorker/WriteJobArtifact',
             interprune_dot_v1_dot_compression__pb2.UploadArtifactRequest.SerializeToString,
             interprune_dot_v1_dot_compression__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interprune.v1.JobWorker/GetAgentToken',
+            interprune_dot_v1_dot_worker__pb2.AgentTokenRequest.SerializeToString,
+            interprune_dot_v1_dot_worker__pb2.AgentToken.FromString,
             options,
             channel_credentials,
             insecure,
