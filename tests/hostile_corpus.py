@@ -173,6 +173,6 @@ GRPC_ONLY = (
     GrpcCase("oversized-upload", "unbounded", "RESOURCE_EXHAUSTED", ("huge.npz", "--max-upload-mb"), _oversized),
     GrpcCase("upload-without-kind", "silent-nonsense", "INVALID_ARGUMENT", ("must set kind",), _no_kind),
     GrpcCase("long-job-name", "weak-message", "INVALID_ARGUMENT", ("is not a job name", "..."), _long_job_name),
-    GrpcCase("external-data-outside", "silent-nonsense", "INVALID_ARGUMENT", ("'../../etc/passwd'", "plain file name"),
+    GrpcCase("external-data-outside", "silent-nonsense", "INVALID_ARGUMENT", ("'../../etc/passwd'", "not a path inside"),
              _external_data_outside),
 )

@@ -101,8 +101,8 @@ def test_an_onnx_file_is_compressed_over_grpc_and_the_report_says_where_it_came_
     assert got.shape == (4, 5) and np.isfinite(got).all()
 
 
-def _split_export(tmp_path):
-    """``_Unseen`` exported as ``export/split.onnx`` + ``export/split.onnx.data`` (torch.onnx.export's default
+def _split_export(tmp_path, location: str = "split.onnx.data"):
+    """``_Unseen`` exported as ``export/split.onnx`` + ``export/{location}`` (by default torch.onnx.export's
     layout); returns the folder."""
     import onnx
 
@@ -113,18 +113,21 @@ def _split_export(tmp_path):
                       opset_version=17, dynamo=False)
     folder = tmp_path / "export"
     folder.mkdir()
-    onnx.save(onnx.load(whole), folder / "split.onnx", save_as_external_data=True, location="split.onnx.data",
+    (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(onnx.load(whole), folder / "split.onnx", save_as_external_data=True, location=location,
               size_threshold=0)
     return folder
 
 
+@pytest.mark.parametrize("location", ["split.onnx.data", "weights/split.bin"])
 def test_an_onnx_file_with_external_weights_is_uploaded_with_its_data_file_and_compressed(make_server, capsys,
-                                                                                           tmp_path):
+                                                                                           tmp_path, location):
     # torch.onnx.export's default writes model.onnx + model.onnx.data; `interprune submit` uploads the data file
-    # too and names it in spec.model.external_data (it used to refuse and tell the user to re-save the model)
+    # too and names it in spec.model.external_data (it used to refuse and tell the user to re-save the model);
+    # onnx.save may also put it in a folder beside the model
     import hashlib
 
-    folder = _split_export(tmp_path)
+    folder = _split_export(tmp_path, location)
     data = cifar_like_npz(tmp_path / "data.npz", n=96, size=24, classes=5)
     server = make_server()
     out = tmp_path / "out"
@@ -134,9 +137,10 @@ def test_an_onnx_file_with_external_weights_is_uploaded_with_its_data_file_and_c
     assert job["result"]["macs_reduction"] == pytest.approx(0.3, abs=0.02)
     source = json.loads((out / "report.json").read_text())["model"]["source"]
     assert source["file_name"] == "split.onnx" and source["conversion_check"]["max_rel_error"] < 1e-3
-    both = hashlib.sha256((folder / "split.onnx").read_bytes() + (folder / "split.onnx.data").read_bytes())
+    both = hashlib.sha256((folder / "split.onnx").read_bytes() + (folder / location).read_bytes())
     assert source["sha256"] == both.hexdigest()          # the server read the user's two files, not a re-saved copy
-    assert sorted(p.name for p in folder.iterdir()) == ["split.onnx", "split.onnx.data"]   # the user's files untouched
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files == sorted(["split.onnx", location])      # the user's files untouched
 
 
 def test_a_generic_grpc_client_brings_an_onnx_models_external_data_as_artifacts(make_server, tmp_path):
@@ -188,7 +192,7 @@ def test_a_generic_grpc_client_brings_an_onnx_models_external_data_as_artifacts(
                 and "spec.model.external_data" in failed.failure.message), failed.failure.message
         renamed = finished(stub, stub.SubmitJob(pb.SubmitJobRequest(spec=spec(**{"other.data": weights}))))
         assert "(split.onnx.data)" in renamed.failure.message, renamed.failure.message   # named as the model names it
-        for bad, status, words in (({"../split.onnx.data": weights}, "INVALID_ARGUMENT", "not a plain file name"),
+        for bad, status, words in (({"../split.onnx.data": weights}, "INVALID_ARGUMENT", "not a path inside"),
                                    ({"split.onnx.data": "artifacts/" + "0" * 64}, "NOT_FOUND", "upload it first")):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.SubmitJob(pb.SubmitJobRequest(spec=spec(**bad)), timeout=30)

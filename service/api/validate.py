@@ -92,20 +92,23 @@ def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None
 
 
 MAX_EXTERNAL_DATA_FILES = 64
-_LOCATION = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,254}$")   # one file name, not hidden
+_LOCATION_PART = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,254}$")   # one file or folder name, not hidden
+MAX_LOCATION_DEPTH = 8
 
 
 def _check_external_data(external: Mapping[str, str]) -> None:
-    """Each location a plain file name (the server places the file under it, beside the model), each with an
-    artifact; at most ``MAX_EXTERNAL_DATA_FILES``."""
+    """Each location a relative path inside the model's folder, as onnx writes it (the server places the file
+    there), each with an artifact; at most ``MAX_EXTERNAL_DATA_FILES``."""
     if len(external) > MAX_EXTERNAL_DATA_FILES:
         raise InvalidArgument(f"spec.model.external_data names {len(external)} files; at most "
                               f"{MAX_EXTERNAL_DATA_FILES} (save the model's weights into one data file)")
     for location, ref in external.items():
-        if not _LOCATION.match(location):
-            raise InvalidArgument(f"spec.model.external_data: location {clip(location, 80)!r} is not a plain file "
-                                  "name (no '/' or '\\', not starting with '.'); the model must name its data files "
-                                  "beside it, as torch.onnx.export does ('model.onnx.data')")
+        parts = location.split("/")
+        if len(parts) > MAX_LOCATION_DEPTH or not all(_LOCATION_PART.match(part) for part in parts):
+            raise InvalidArgument(f"spec.model.external_data: location {clip(location, 80)!r} is not a path inside "
+                                  "the model's folder (names joined by '/', none starting with '.', no '\\'); the "
+                                  "model must name its data files beside it, as torch.onnx.export does "
+                                  "('model.onnx.data')")
         if not ref:
             raise InvalidArgument(f"spec.model.external_data[{location!r}] is empty; give the artifact of that "
                                   "file, \"artifacts/{sha256}\" (UploadArtifact)")

@@ -232,7 +232,7 @@ def resolve_artifacts(spec: dict, artifacts: Artifacts, work: Path, inputs: Inpu
 
 
 def _external_data_beside(model: dict, artifacts: Artifacts, inputs: Inputs) -> dict[str, str]:
-    """An ONNX model's external data files, each placed beside the materialised model file under the location the
+    """An ONNX model's external data files, each placed in the materialised model's folder under the location the
     model names it by (the only files the engine will read for it); location -> local path."""
     from pruning.errors import ModelError
 
@@ -241,8 +241,10 @@ def _external_data_beside(model: dict, artifacts: Artifacts, inputs: Inputs) -> 
     folder = Path(model["model_file"]).parent
     placed = {}
     for location, reference in model["external_data"].items():
-        if Path(location).name != location or location in (".", "..", Path(model["model_file"]).name):
-            raise ModelError(f"external data location {location!r} is not a file name beside the model "
+        parts = Path(location).parts
+        if Path(location).is_absolute() or not parts or any(p in (".", "..") for p in parts) \
+                or location == Path(model["model_file"]).name:
+            raise ModelError(f"external data location {location!r} is not a file inside the folder of the model "
                              f"{Path(model['model_file']).name}")
         info = artifacts.get(str(reference)[len(ARTIFACT_PREFIX):])
         placed[location] = str(_real_file(artifacts.materialize(info.id, folder / location)))
