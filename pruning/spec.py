@@ -29,8 +29,8 @@ class ModelSpec:
                                             # input), else 3x224x224. Mean/std: DataSpec, else the same sources.
     model_file: str | None = None           # arch "onnx": the .onnx file (architecture and weights)
     external_data: Mapping[str, str] = field(default_factory=dict)  # arch "onnx" on a server: location -> the file
-                                            # the job brought for it, beside model_file; only these are read (a
-                                            # local run reads any file inside the model's folder)
+                                            # the job brought for it, at that location in model_file's folder;
+                                            # only these are read (a local run reads any file inside that folder)
 
     def __post_init__(self) -> None:        # JSON round trips turn tuples into lists
         if self.input_shape is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -338,7 +339,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
                 else ""
             raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
-    _announce_model_data(args, spec)                     # before connecting: a missing data file is a local problem
+    spec = _with_model_data(args, spec)                  # before connecting: a missing data file is a local problem
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_connect(args))
         job = client.submit(spec, request_id=args.request_id, timeout_seconds=args.job_timeout,
@@ -355,16 +356,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return report_job(job, files, args.json)
 
 
-def _announce_model_data(args: argparse.Namespace, spec) -> None:
-    """Say which external data files of an ONNX model go up with it (``spec.model.external_data``); a missing one
-    raises here, before any connection."""
+def _with_model_data(args: argparse.Namespace, spec):
+    """``spec`` with its ONNX model's external data files named (``spec.model.external_data``, found once, here,
+    as a local run finds them), so ``Client.submit`` uploads them with the model; a missing one raises here,
+    before any connection."""
     from service.client import model_data_files
 
     files = model_data_files(spec.compress.model)
-    if files:
-        size = sum(Path(f).stat().st_size for f in files.values() if Path(f).is_file())
-        _say(args, f"{Path(spec.compress.model.model_file).name} keeps its weights in {', '.join(sorted(files))}: "
-                   f"uploading {'it' if len(files) == 1 else 'them'} with the model ({size / 2 ** 20:.1f} MiB)")
+    if not files:
+        return spec
+    size = sum(Path(f).stat().st_size for f in files.values() if Path(f).is_file())
+    _say(args, f"{Path(spec.compress.model.model_file).name} keeps its weights in {', '.join(sorted(files))}: "
+               f"uploading {'it' if len(files) == 1 else 'them'} with the model ({size / 2 ** 20:.1f} MiB)")
+    model = dataclasses.replace(spec.compress.model, external_data=files)
+    return dataclasses.replace(spec, compress=dataclasses.replace(spec.compress, model=model))
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
