@@ -16,7 +16,9 @@ INVALID_INPUT over gRPC.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +170,34 @@ def _external_data_outside(stub, files, ids):
         artifact=f"artifacts/{ids['data']}"))), timeout=30)
 
 
+def _submit(stub, ids, **fields):
+    from service._proto.interprune.v1 import compression_pb2 as pb
+
+    spec = pb.JobSpec(model=pb.ModelSpec(arch="cifar/resnet20", weights=f"artifacts/{ids['model']}"),
+                      data=pb.DataSpec(artifact=f"artifacts/{ids['data']}"))
+    for path, value in fields.items():          # "reconstruct__ridge" -> spec.reconstruct.ridge
+        *parents, leaf = path.split("__")
+        message = spec
+        for parent in parents:
+            message = getattr(message, parent)
+        field = getattr(message, leaf)
+        field.extend(value) if isinstance(value, list) else setattr(message, leaf, value)
+    stub.SubmitJob(pb.SubmitJobRequest(spec=spec), timeout=30)
+
+
+def _huge_page_token(stub, files, ids):
+    from service._proto.interprune.v1 import compression_pb2 as pb
+
+    token = base64.urlsafe_b64encode(b"v1:" + b"9" * 23).decode()
+    stub.ListJobs(pb.ListJobsRequest(page_token=token), timeout=10)
+
+
+def _job_name_with_newline(stub, files, ids):
+    from service._proto.interprune.v1 import compression_pb2 as pb
+
+    stub.GetJob(pb.GetJobRequest(name="jobs/abc\n"), timeout=10)
+
+
 GRPC_ONLY = (
     GrpcCase("lying-reupload", "silent-nonsense", "INVALID_ARGUMENT", ("data.npz", "hash to"), _lying_reupload),
     GrpcCase("oversized-upload", "unbounded", "RESOURCE_EXHAUSTED", ("huge.npz", "--max-upload-mb"), _oversized),
@@ -175,4 +205,13 @@ GRPC_ONLY = (
     GrpcCase("long-job-name", "weak-message", "INVALID_ARGUMENT", ("is not a job name", "..."), _long_job_name),
     GrpcCase("external-data-outside", "silent-nonsense", "INVALID_ARGUMENT", ("'../../etc/passwd'", "not a path inside"),
              _external_data_outside),
+    GrpcCase("huge-page-token", "silent-nonsense", "INVALID_ARGUMENT", ("page_token is not one this server issued",),
+             _huge_page_token),
+    GrpcCase("job-name-newline", "weak-message", "INVALID_ARGUMENT", ("is not a job name",), _job_name_with_newline),
+    GrpcCase("nan-ridge", "non-finite", "INVALID_ARGUMENT", ("spec.reconstruct.ridge", "finite"),
+             lambda stub, files, ids: _submit(stub, ids, reconstruct__ridge=math.nan)),
+    GrpcCase("short-input-shape", "silent-nonsense", "INVALID_ARGUMENT", ("spec.model.input_shape [1, 8]", "C, H, W"),
+             lambda stub, files, ids: _submit(stub, ids, model__input_shape=[1, 8])),
+    GrpcCase("huge-spec", "unbounded", "INVALID_ARGUMENT", ("the job spec is", "bytes; at most"),
+             lambda stub, files, ids: _submit(stub, ids, prune__protected_layers=[f"layer{i}" for i in range(30_000)])),
 )

@@ -164,3 +164,23 @@ def test_a_corrupt_blob_quarantined_by_a_concurrent_check_is_not_found_not_an_in
         integrity.ensure_verified(artifacts, info.id)
     assert (artifacts.root / "quarantine" / info.id).read_bytes() == b"corrupted after an unclean stop"
     assert not (artifacts.unverified / info.id).exists()
+
+
+def test_a_jobs_page_ends_at_its_byte_budget_and_the_next_page_goes_on(make_server, model_file, data_file,  # noqa: F811
+                                                                       monkeypatch):
+    """Large jobs used to push a default page past the 8 MiB message limit: ListJobs failed for every client."""
+    import service.api.servicer as servicer
+
+    server = make_server(run_jobs=False)
+    with Client(server.address) as client:
+        ids = [client.submit(tiny_spec(model_file, data_file, target=t)).id for t in (0.3, 0.4, 0.5)]
+        monkeypatch.setattr(servicer, "MAX_PAGE_BYTES", 1)        # every job is over it: one a page, never none
+        seen, token = [], ""
+        for _ in range(5):
+            page = client.list(page_size=100, page_token=token)
+            assert len(page.jobs) == 1
+            seen += [j.id for j in page.jobs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == ids[::-1]

@@ -114,3 +114,31 @@ def _write(server, data: bytes):
     path = server.state_dir.parent / "upload.npz"
     path.write_bytes(data)
     return path
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_a_made_up_or_repeated_authorization_header_earns_no_new_upload_slot(make_server, auth):  # noqa: F811
+    """Without auth a header is unverified (the limit is the address's); with auth a call must carry exactly one
+    (the check and the limit used to read different entries of 'bad, good')."""
+    token = "the-real-token-0123"
+    server = make_server(run_jobs=False, max_uploads_per_client=2, upload_idle_timeout_s=60,
+                         **({"tokens": frozenset({token})} if auth else {}))
+    release = threading.Event()
+    real = ("authorization", f"Bearer {token}")
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CompressionStub(channel)
+        names = [f"Bearer fake{i}" for i in range(3)]
+        meta = [((("authorization", n),) if not auth else (("authorization", n), real)) for n in names]
+        held = [stub.UploadArtifact.future(stalled(release), timeout=60, metadata=m) for m in meta[:2]]
+        if auth:
+            for call in held:
+                assert call.exception(timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "send exactly one" in call.exception().details()
+            held = [stub.UploadArtifact.future(stalled(release), timeout=60, metadata=(real,)) for _ in range(2)]
+        wait_for(lambda: server.servicer.uploads.open == 2, timeout_s=10, what="two open uploads")
+        third = stub.UploadArtifact.future(stalled(release), timeout=60, metadata=(real,) if auth else meta[2])
+        assert third.exception(timeout=10).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_uploads_per_client=2" in third.exception().details()
+        release.set()
+        for call in held:
+            call.exception(timeout=30)

@@ -31,7 +31,7 @@ from service.core.hashing import sha256_file
 
 CHUNK_BYTES = 1 << 20
 AGENT_TOKEN_ENV = "INTERPRUNE_AGENT_TOKEN"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
 

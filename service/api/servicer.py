@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import threading
 from typing import Iterator
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 MAX_PAGE_SIZE = 500
+MAX_PAGE_BYTES = 2 << 20       # a ListJobs page stops before this many bytes of jobs
 
 
 class CompressionServicer(pb_grpc.CompressionServicer):
@@ -41,7 +43,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
 
     @rpc
     def UploadArtifact(self, request_iterator, context):
-        with self.uploads.slot(client_key(context)):
+        with self.uploads.slot(self._client(context)):
             reader = IdleReader(request_iterator, self.settings.upload_idle_timeout_s, context=context)
             try:
                 try:
@@ -124,13 +126,17 @@ class CompressionServicer(pb_grpc.CompressionServicer):
             job, created = self.store.create(normalized, request=request.spec.SerializeToString(deterministic=True),
                                              request_id=request.request_id or None,
                                              timeout_seconds=execution.timeout_seconds,
-                                             retry_on_crash=execution.retry_on_crash, owner=client_key(context),
+                                             retry_on_crash=execution.retry_on_crash, owner=self._client(context),
                                              max_queued=self.settings.max_queued_jobs_per_client)
         if created:
             log.info("job %s queued (%s, %s)", job.id, clip(request.spec.model.arch, 80),
                      clip(request.spec.prune.criterion or "l1", 80))
             self.scheduler.wake()
         return job_to_proto(job)
+
+    def _client(self, context) -> str:
+        """Who the caller is for per-client limits: its token only when the server verified it."""
+        return client_key(context, tokens_verified=bool(self.settings.tokens))
 
     def _describe(self, artifact_id: str) -> tuple[str, str]:
         info = self.artifacts.get(artifact_id)
@@ -149,7 +155,16 @@ class CompressionServicer(pb_grpc.CompressionServicer):
                 raise InvalidArgument(f"unknown job state {state} in the filter")
             states.append(STATE_FROM_PROTO[state])
         jobs, cursor = self.store.list(states, size, _decode_job_token(request.page_token))
-        return pb.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=_encode_token(cursor))
+        page, spent = [], 0
+        for job in jobs:            # a page also ends at MAX_PAGE_BYTES: large jobs must not push it past the
+            message = job_to_proto(job)         # message limit and break listing for every client
+            spent += message.ByteSize()
+            if page and spent > MAX_PAGE_BYTES:
+                cursor = page_end
+                break
+            page.append(message)
+            page_end = job.seq
+        return pb.ListJobsResponse(jobs=page, next_page_token=_encode_token(cursor))
 
     @rpc
     def WatchJob(self, request, context):
@@ -267,7 +282,10 @@ def _decode_token(token: str) -> str | None:
 def _decode_job_token(token: str) -> int | None:
     value = _decode_token(token)
     try:
-        return None if value is None else int(value)
+        cursor = None if value is None else int(value)
+        if cursor is not None and not 0 <= cursor < 2 ** 63:     # a row id: what SQLite can hold
+            raise ValueError(cursor)
+        return cursor
     except ValueError:
         raise InvalidArgument("page_token is not one this server issued; start again without it") from None
 
@@ -278,6 +296,8 @@ def _decode_artifact_token(token: str) -> tuple[float, str] | None:
         return None
     created, _, artifact_id = value.rpartition(":")
     try:
+        if not math.isfinite(float(created)):
+            raise ValueError(created)
         return float(created), artifact_id
     except ValueError:
         raise InvalidArgument("page_token is not one this server issued; start again without it") from None

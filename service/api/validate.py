@@ -1,6 +1,7 @@
 """Submit-time checks of a job spec: cheap ones (names, ranges, artifacts present), before anything is queued."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable, Collection, Mapping
 
@@ -12,7 +13,8 @@ from service.core.names import parse_artifact_name
 from service.core.wire import (ALLOCATION_FROM_PROTO, METRIC_FROM_PROTO, params_from_proto, precision_from_proto,
                                target_to_text)
 
-_AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_AGENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+MAX_SPEC_BYTES = 64 << 10      # a job's spec; the largest real ones are a few KiB
 
 
 def validate_spec(spec: pb.JobSpec, has_artifact: Callable[[str], bool],
@@ -92,7 +94,7 @@ def _check_model(model: pb.ModelSpec, allowed_packages: Collection[str]) -> None
 
 
 MAX_EXTERNAL_DATA_FILES = 64
-_LOCATION_PART = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,254}$")   # one file or folder name, not hidden
+_LOCATION_PART = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,254}\Z")   # one file or folder name, not hidden
 MAX_LOCATION_DEPTH = 8
 
 
@@ -133,8 +135,26 @@ def _check_enums(spec: pb.JobSpec) -> None:
 def _check_ranges(spec: pb.JobSpec) -> None:
     """Ranges of the wire fields; the export, benchmark and gate ranges are ``pipeline.checks.check_job_ranges``,
     run on every submit by ``servicer._normalize`` (the CLI runs the same)."""
-    p, d, f, b, x = spec.prune, spec.data, spec.finetune, spec.benchmark, spec.execution
+    p, d, f, b, x, r = spec.prune, spec.data, spec.finetune, spec.benchmark, spec.execution, spec.reconstruct
     checks = [
+        (spec.ByteSize() > MAX_SPEC_BYTES, f"the job spec is {spec.ByteSize():,} bytes; at most {MAX_SPEC_BYTES:,} "
+                                           "(protected_layers and criterion parameters name what differs from the "
+                                           "defaults, not every layer)"),
+        (len(spec.model.input_shape) not in (0, 3) or any(v < 1 for v in spec.model.input_shape),
+         f"spec.model.input_shape {list(spec.model.input_shape)[:8]} must be C, H, W (three positive sizes) or "
+         "empty for the architecture's"),
+        (r.HasField("ridge") and not 0.0 <= r.ridge < math.inf,
+         "spec.reconstruct.ridge must be a finite number >= 0 (default 1e-3)"),
+        (r.HasField("max_memory_mb") and not 0.0 < r.max_memory_mb < math.inf,
+         "spec.reconstruct.max_memory_mb must be a finite number > 0 (default 1024)"),
+        (r.HasField("positions_per_image") and r.positions_per_image < 1,
+         "spec.reconstruct.positions_per_image must be >= 1 (default 8)"),
+        (r.HasField("holdout") and (r.holdout < 0 or r.holdout == 1),
+         "spec.reconstruct.holdout must be 0 (none) or >= 2 (every n-th calibration image checks the re-fit)"),
+        (f.HasField("temperature") and not 0.0 < f.temperature < math.inf,
+         "spec.finetune.temperature must be a finite number > 0 (default 4)"),
+        (f.HasField("alpha") and not 0.0 <= f.alpha <= 1.0,
+         "spec.finetune.alpha must be in [0, 1] (the distillation term's weight; default 1)"),
         (p.HasField("target_reduction") and not (0.0 <= p.target_reduction < 1.0),
          f"spec.prune.target_reduction {p.target_reduction:g} is impossible: it is the fraction of the cost to "
          "remove, in [0, 1) (0.5 removes half)"),
@@ -146,8 +166,8 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (p.HasField("block_removal") and p.block_removal not in BLOCK_REMOVAL,
          f"spec.prune.block_removal {p.block_removal!r} must be {', '.join(BLOCK_REMOVAL[:-1])} or "
          f"{BLOCK_REMOVAL[-1]}"),
-        (p.HasField("latency_budget_ms") and not p.latency_budget_ms > 0,
-         "spec.prune.latency_budget_ms must be a positive number of milliseconds"),
+        (p.HasField("latency_budget_ms") and not 0.0 < p.latency_budget_ms < math.inf,
+         "spec.prune.latency_budget_ms must be a positive number of milliseconds (finite)"),
         (p.HasField("latency_batch") and p.latency_batch < 1, "spec.prune.latency_batch must be >= 1"),
         (p.HasField("latency_target") and p.latency_target.WhichOneof("kind") == "agent",
          f"spec.prune.latency_target agent:{p.latency_target.agent}: latency budgets are measured on local:cpu, local:cuda or "
@@ -164,18 +184,18 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (any(f.HasField(n) and not getattr(f, n) >= 0 for n in ("epochs", "steps", "images", "minutes")),
          "spec.finetune budget values must be >= 0"),
         (f.HasField("batch_size") and f.batch_size < 1, "spec.finetune.batch_size must be >= 1"),
-        (f.HasField("lr") and not f.lr > 0, "spec.finetune.lr must be > 0"),
+        (f.HasField("lr") and not 0.0 < f.lr < math.inf, "spec.finetune.lr must be > 0 and finite"),
         (f.HasField("distillation") and f.distillation not in ("mse", "kl"),
          f"spec.finetune.distillation {f.distillation[:40]!r} is unknown: use 'mse' or 'kl'"),
         (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
         (b.HasField("agent_eval_images") and b.agent_eval_images < 0,
          "spec.benchmark.agent_eval_images must be >= 0 (0 = no accuracy measured on agents)"),
-        (any(t.WhichOneof("kind") == "agent" and not _AGENT.match(t.agent) for t in b.targets),
+        (any(t.WhichOneof("kind") == "agent" and not _AGENT.fullmatch(t.agent) for t in b.targets),
          "spec.benchmark.targets: an agent name is 1-64 letters, digits, _ . or -, as ListDevices shows it"),
         (p.HasField("latency_margin") and not 0.0 <= p.latency_margin < 1.0,
          "spec.prune.latency_margin must be in [0, 1) (0.05 aims 5% under the budget)"),
-        (x.HasField("timeout_seconds") and not x.timeout_seconds > 0,
-         "spec.execution.timeout_seconds must be > 0 (leave it unset for the server's default)"),
+        (x.HasField("timeout_seconds") and not 0.0 < x.timeout_seconds < math.inf,
+         "spec.execution.timeout_seconds must be > 0 and finite (leave it unset for the server's default)"),
         (x.HasField("threads") and x.threads < 1, "spec.execution.threads must be >= 1"),
     ]
     for failed, message in checks:

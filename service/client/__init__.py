@@ -39,7 +39,7 @@ __all__ = ["Accuracy", "Artifact", "ArtifactPage", "Client", "ClusterNode", "Cos
            "JobState", "LatencyRow", "Progress", "StatusCode", "TargetAccuracy"]
 
 CHUNK_BYTES = 1 << 20
-_DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})$")
+_DIGEST = re.compile(r"^(artifact:)?([0-9a-f]{64})\Z")
 
 
 def _retry_config(attempts: int) -> str:

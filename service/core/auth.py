@@ -75,7 +75,9 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(self._open):
             return continuation(handler_call_details)
-        problem = self._check(dict(handler_call_details.invocation_metadata or ()).get("authorization"))
+        headers = [v for k, v in handler_call_details.invocation_metadata or () if k == "authorization"]
+        problem = (self._check(headers[0] if headers else None) if len(headers) <= 1 else
+                   f"{len(headers)} authorization metadata entries: send exactly one 'authorization: Bearer <token>'")
         handler = continuation(handler_call_details)
         if problem is None or handler is None:          # unknown methods stay UNIMPLEMENTED
             return handler

@@ -6,8 +6,8 @@ import re
 
 from service.core.errors import InvalidArgument
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def job_name(job_id: str) -> str:

@@ -5,7 +5,7 @@
 - ``IdleReader``: the messages of a client stream, read by a helper thread, so that a stream that sends nothing
   for ``idle_s`` seconds ends with DEADLINE_EXCEEDED (the handler stops waiting; gRPC ends the call, which
   releases the helper), and a client that cancels is told apart (``UploadCancelled``) from a bug.
-- ``client_key``: who a caller is, for per-client limits: its bearer token (hashed), else its address.
+- ``client_key``: who a caller is, for per-client limits: its verified bearer token (hashed), else its address.
 """
 from __future__ import annotations
 
@@ -29,11 +29,15 @@ class UploadCancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
 
 
-def client_key(context: grpc.ServicerContext) -> str:
-    """``token:<12 hex>`` for a caller with a bearer token, else its address without the port (``ipv4:1.2.3.4``)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and value.startswith("Bearer "):
-            return "token:" + hashlib.sha256(value[7:].encode()).hexdigest()[:12]
+def client_key(context: grpc.ServicerContext, tokens_verified: bool) -> str:
+    """``token:<12 hex>`` for a caller whose bearer token the server verified (``tokens_verified``: the server
+    checks tokens, and then a call carries exactly one), else its address without the port (``ipv4:1.2.3.4``).
+    Without verification a header is whatever the caller made up: keying on it would let one address take every
+    per-client limit under a new name per call."""
+    if tokens_verified:
+        headers = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+        if len(headers) == 1 and headers[0].startswith("Bearer "):
+            return "token:" + hashlib.sha256(headers[0][7:].strip().encode()).hexdigest()[:12]
     peer = context.peer() or "unknown"
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("model", "dataset", "plan", "weights", "onnx", "report_json", "report_html", "other")
 CHUNK_BYTES = 1 << 20
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
 # Suffixes the data loader tells formats apart by; the only thing a client's file name may influence.
 DATA_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip", ".npz")
 
