@@ -9,11 +9,10 @@ from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 
-from pipeline.spec import JobSpec
+from pipeline.spec import LOCAL_PROVIDERS, JobSpec
 from pruning.compress import CompressResult, ProgressEvent
 from pruning.errors import Cancelled, SpecError
 
-LOCAL_PROVIDERS = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}   # target -> ORT provider
 
 
 @dataclass

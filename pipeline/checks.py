@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.spec import OPSETS, JobSpec
-from pruning.errors import SpecError
+from pipeline.spec import LOCAL_PROVIDERS, OPSETS, JobSpec
+from pruning.errors import SpecError, clip
 from pruning.limits import DEFAULT_SPEC_LIMITS, SpecLimits, check_compress_spec, check_spec_limits
 
 DEFAULT_CHANNELS = 3        # when the architecture's input is not known without building it (python:, timm/)
@@ -45,6 +45,10 @@ def check_job_limits(spec: JobSpec, channels: int | None = None, limits: SpecLim
                       benchmark_batch_sizes=tuple(bench.batch_sizes), parity_images=export.parity_images,
                       agent_eval_images=bench.agent_eval_images, threads=bench.threads,
                       names={f"benchmark.targets[{i}]": t for i, t in enumerate(bench.targets)})
+    for i, target in enumerate(bench.targets):
+        if target not in LOCAL_PROVIDERS and not (target.startswith("agent:") and len(target) > 6):
+            raise SpecError(f"benchmark.targets[{i}] {clip(target, 80)!r} is not a target; use "
+                            f"{', '.join(LOCAL_PROVIDERS)} or agent:NAME (or none: --targets '')")
     for name, value in (("gate.max_accuracy_drop", spec.gate.max_accuracy_drop),
                         ("export.parity_atol", export.parity_atol),
                         ("benchmark.seconds_per_batch", bench.seconds_per_batch)):

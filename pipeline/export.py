@@ -39,6 +39,7 @@ def export_and_verify(export: ExportSpec, result: CompressResult, out: Path, emi
         probe = result.preprocess(result.splits.evaluation.images[:export.parity_images])
         parity = check_parity(onnx_export.path, result.model, probe)
     section = {"onnx": _plain(onnx_export), "parity": _plain(parity), "parity_atol": export.parity_atol}
+    section["onnx"]["path"] = Path(onnx_export.path).name   # beside report.json: ``out`` may be a staging folder
     if not parity_ok(parity.max_abs_error, export.parity_atol):
         raise ExportCheckFailed(f"ONNX Runtime differs from PyTorch by {parity.max_abs_error:.2e} (max abs) on "
                                 f"{parity.num_inputs} evaluation images, above the tolerance {export.parity_atol:.0e}")

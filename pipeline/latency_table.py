@@ -39,7 +39,8 @@ from typing import Any, Collection
 import torch
 import torch.nn as nn
 
-from pipeline.benchmark import LOCAL_PROVIDERS, protocol_settings
+from pipeline.benchmark import protocol_settings
+from pipeline.spec import LOCAL_PROVIDERS
 from pruning.cost_model import CostModel
 from pruning.errors import SpecError
 from pruning.latency_model import LatencyModel, LayerShape

@@ -8,6 +8,7 @@ from pruning.spec import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneS
 from pruning.errors import SpecError
 
 
+LOCAL_PROVIDERS = {"local:cpu": "cpu", "local:cuda": "cuda", "local:tensorrt": "tensorrt"}   # target -> ORT provider
 OPSETS = range(7, 31)       # ONNX opsets a job may ask for (torch.onnx exports these)
 
 

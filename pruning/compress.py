@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping
@@ -228,6 +229,8 @@ def _with_normalisation(name: str, params: Mapping[str, Any], preprocess: data_m
 def _validate_reconstruct_spec(rec: ReconstructSpec) -> None:
     if not rec.max_memory_mb > 0:
         raise SpecError(f"reconstruct.max_memory_mb must be positive, got {rec.max_memory_mb}")
+    if not 0.0 <= rec.ridge < math.inf:
+        raise SpecError(f"reconstruct.ridge must be a finite number >= 0, got {rec.ridge}")
     if not rec.positions_per_image >= 1:
         raise SpecError(f"reconstruct.positions_per_image (--refit-positions) must be at least 1, "
                         f"got {rec.positions_per_image}")

@@ -97,7 +97,7 @@ class Preprocess:
         object.__setattr__(self, "std", check_finite_numbers(self.std, "std", positive=True))
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)  # [N, C, H, W]
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().contiguous().div_(255.0)
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)

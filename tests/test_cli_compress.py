@@ -35,6 +35,7 @@ def test_compress_writes_a_reloadable_plan_onnx_and_report(compressed):
     report = json.loads((out / "report.json").read_text())
     assert 0.48 <= report["reduction"]["macs"] <= 0.52
     assert report["export"]["parity"]["max_abs_error"] <= 1e-4
+    assert report["export"]["onnx"]["path"] == "model.onnx"    # was the vanished staging folder's path
     acc = report["accuracy"]
     assert acc["original"]["top1"] > 0.9
     assert acc["reconstructed"]["top1"] > acc["pruned"]["top1"]
@@ -142,6 +143,13 @@ def test_impossible_export_benchmark_and_gate_values_are_refused_before_any_work
 def test_an_agent_target_is_refused_by_a_local_run_before_any_work(tmp_path, capsys):
     # before: the whole job ran and exited 0 with the target "not measured"
     assert "interprune serve --agent nosuch=HOST:PORT" in _bad_input(tmp_path, capsys, "--targets", "agent:nosuch")
+
+
+@pytest.mark.parametrize("target", ["local:cpux", "''", "cpu"])
+def test_an_unknown_benchmark_target_is_refused_before_any_work(tmp_path, capsys, target):
+    # before: the whole job ran and exited 0 with the target "not measured" (a typo in CI got no latency figures)
+    err = _bad_input(tmp_path, capsys, "--targets", target)
+    assert "is not a target" in err and "local:cpu, local:cuda, local:tensorrt or agent:NAME" in err
 
 
 def test_a_standard_library_or_loader_callable_is_never_called_as_a_model_factory(tmp_path, capsys):

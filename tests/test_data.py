@@ -189,3 +189,11 @@ def test_augmentation_flips_and_crops_each_image_at_its_own_offset():
         found.add(matches[0])
     assert len({(dy, dx) for dy, dx, _ in found}) > 10                  # offsets differ between images
     assert {flipped for _, _, flipped in found} == {False, True}
+
+
+def test_preprocessed_batches_are_contiguous_nchw_for_models_that_view_them():
+    # before: batches kept the NHWC source's strides, so a model's x.view(x.size(0), -1) raised at load
+    images = np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    x = data.Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(images)
+    assert x.shape == (4, 3, 6, 6) and x.is_contiguous()
+    assert x.view(4, -1).shape == (4, 108)

@@ -274,11 +274,15 @@ def test_pruning_rules_per_operator(node, initializers, problem):
 def test_onnx_spec_mistakes_are_explained(tmp_path):
     path = export_onnx(_tiny_resnet(), tmp_path / "m.onnx", torch.zeros(1, 3, 32, 32), dynamic_batch=False).path
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pt")
+    torch.jit.save(torch.jit.script(nn.Conv2d(3, 4, 3)), tmp_path / "ts.pt")
+    (tmp_path / "noise.onnx").write_bytes(bytes(range(256)) * 8)
     cases = [
+        (ModelSpec("onnx", model_file=str(tmp_path / "ts.pt")), ModelError, "TorchScript archive .* torch.onnx.export"),
+        (ModelSpec("onnx", model_file=str(tmp_path / "noise.onnx")), ModelError, "unrecognised content"),
         (ModelSpec("onnx"), SpecError, "needs model_file"),
         (ModelSpec("onnx", weights=str(tmp_path / "w.pt"), model_file=str(path)), SpecError, "carries its own weights"),
         (ModelSpec("onnx", model_file=str(path), input_shape=(3, 64, 64)), SpecError, "takes 3x32x32 inputs"),
-        (ModelSpec("onnx", model_file=str(tmp_path / "w.pt")), ModelError, "is not an ONNX model .*torch"),
+        (ModelSpec("onnx", model_file=str(tmp_path / "w.pt")), ModelError, "PyTorch checkpoint, not an ONNX model: pass it as --weights"),
         (ModelSpec("onnx", model_file=str(path), num_classes=7), ModelError, "outputs 10 classes, not the 7"),
     ]
     for spec, error, message in cases:

@@ -26,7 +26,7 @@ from pruning.intake.catalog import DEFAULT_INPUT_SHAPE
 from pruning.intake.describe import describe
 from pruning.intake.onnx_ops import describe_problems, pruning_problems
 from pruning.intake.onnx_rewrites import reshapes_to_flatten
-from pruning.intake.sniff import identify, not_a_file
+from pruning.intake.sniff import identify, model_file_advice, not_a_file
 from pruning.intake.sources import register_source
 from pruning.intake.spec import ONNX_ARCH, ModelSpec, ResolvedModel
 
@@ -45,8 +45,7 @@ def read_onnx(path: Path, external_data: bool | Mapping[str, str] = False):
         raise ModelError(problem)
     kind = identify(path)
     if kind != "onnx":
-        raise ModelError(f"{path.name} is not an ONNX model (it looks like: {kind}); a PyTorch checkpoint is passed "
-                         "as weights, with the architecture it belongs to")
+        raise ModelError(model_file_advice(kind, path.name))
     data = path.read_bytes()
     try:
         proto = onnx.load_model_from_string(data)

@@ -31,7 +31,7 @@ from pruning.intake.weights import load_file_weights
 log = logging.getLogger(__name__)
 
 PREFIX = "python:"
-_ENTRY_POINT = re.compile(r"^python:([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)$")
+_ENTRY_POINT = re.compile(r"^python:([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)\Z")
 
 
 def parse_entry_point(arch: str) -> tuple[str, str]:

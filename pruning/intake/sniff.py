@@ -97,6 +97,25 @@ def identify(path: str | Path) -> str:
     return classify(head, size, names)
 
 
+def model_file_advice(kind: str, name: str) -> str:
+    """Why ``name`` (of ``kind``, not ``onnx``) is not an ONNX model file, and what to do instead."""
+    export = "torch.onnx.export(model, example_input, 'model.onnx') and pass --model model.onnx"
+    advice = {
+        "empty": f"{name} is empty (0 bytes): the upload or copy did not finish; send the file again",
+        "torch": f"{name} is a PyTorch checkpoint, not an ONNX model: pass it as --weights with the architecture "
+                 f"it belongs to (--arch), or {export}",
+        "safetensors": f"{name} is a safetensors weights file, not an ONNX model: pass it as --weights with the "
+                       "architecture it belongs to (--arch)",
+        "torchscript": f"{name} is a TorchScript archive (torch.jit.save), which interprune does not load; {export}",
+        "torch.export": f"{name} is a torch.export program (.pt2), which interprune does not load; {export}",
+        "hdf5": f"{name} is an HDF5 (Keras) file; convert the model to ONNX (e.g. tf2onnx) and pass --model model.onnx",
+        "tflite": f"{name} is a TensorFlow Lite model; convert it to ONNX (e.g. tflite2onnx)",
+        "unknown": f"{name} is not an ONNX model (unrecognised content: corrupt, truncated or another format); "
+                   f"{export}",
+    }
+    return advice.get(kind, f"{name} is a {kind} file, not an ONNX model; {export}")
+
+
 def weights_advice(kind: str, name: str) -> str:
     """Why ``name`` (of ``kind``) is not a weights file, and what to pass instead."""
     save = "torch.save(model.state_dict(), 'weights.pt') or safetensors.torch.save_file(model.state_dict(), ...)"
