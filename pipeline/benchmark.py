@@ -14,7 +14,6 @@ from pruning.compress import CompressResult, ProgressEvent
 from pruning.errors import Cancelled, SpecError
 
 
-
 @dataclass
 class RemoteRun:
     """What a remote target measured: latency rows, rows by model, accuracy, or the error that stopped it."""
