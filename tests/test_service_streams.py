@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -142,3 +143,37 @@ def test_a_made_up_or_repeated_authorization_header_earns_no_new_upload_slot(mak
         release.set()
         for call in held:
             call.exception(timeout=30)
+
+
+def test_an_upload_slower_than_the_minimum_rate_is_ended_after_the_grace_period():
+    """The idle timeout alone let a client hold a slot for ever with a byte every few seconds."""
+    from service.core.errors import DeadlineExceeded
+    from service.core.streams import at_least_rate
+
+    def fed(chunk_bytes: int, every_s: float, count: int, minimum: float):
+        now = [0.0]
+
+        def clock():
+            return now[0]
+
+        def chunks():
+            for _ in range(count):
+                now[0] += every_s
+                yield b"x" * chunk_bytes
+        return list(at_least_rate(chunks(), minimum, grace_s=60, what="the upload of d.npz", clock=clock))
+
+    assert len(fed(1 << 20, 1.0, 100, 16 * 1024)) == 100             # 1 MiB/s: through
+    assert len(fed(1, 3.0, 19, 16 * 1024)) == 19                      # within the grace period: through
+    with pytest.raises(DeadlineExceeded) as slow:
+        fed(1, 3.0, 100, 16 * 1024)                                   # a byte every 3 s: ended at 60 s
+    assert "the upload of d.npz averaged 0 bytes/s over 60 s" in slow.value.message
+    assert "--upload-min-rate" in slow.value.message
+    assert len(fed(1, 3.0, 100, 0)) == 100                            # 0: no check
+
+
+def test_an_impossible_minimum_upload_rate_is_refused():
+    from service.api.settings import ServerSettings
+
+    for rate in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="upload_min_rate_kib_s"):
+            ServerSettings(upload_min_rate_kib_s=rate).check()

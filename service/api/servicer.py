@@ -13,7 +13,7 @@ from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
 from service.api.convert import artifact_to_proto, event_to_proto, job_to_proto, node_to_proto
 from service.api.settings import ServerSettings
-from service.core.streams import IdleReader, UploadCancelled, UploadSlots, client_key
+from service.core.streams import IdleReader, UploadCancelled, UploadSlots, at_least_rate, client_key
 from service.api.validate import check_artifact_kinds, validate_spec
 from service.core.names import artifact_name, parse_artifact_name, parse_job_name
 from service.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable, rpc
@@ -71,8 +71,9 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         if kind is None:
             raise InvalidArgument("the upload header must set kind (MODEL, DATASET, ...)")
         reader.what = f"the upload of {clean_name(header.display_name)}"
-        info = self.artifacts.put_stream(header.display_name, kind, header.size_bytes, header.sha256,
-                                         _chunks(reader.messages()))
+        chunks = at_least_rate(_chunks(reader.messages()), self.settings.upload_min_rate_kib_s * 1024,
+                               self.settings.upload_rate_grace_s, reader.what)
+        info = self.artifacts.put_stream(header.display_name, kind, header.size_bytes, header.sha256, chunks)
         log.info("artifact %s (%s, %d bytes) stored", info.id[:12], info.name, info.size_bytes)
         return artifact_to_proto(info)
 

@@ -16,6 +16,9 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group("limits")
     group.add_argument("--upload-idle-timeout", type=positive_float, default=DEFAULTS["upload_idle_timeout_s"],
                        metavar="SECONDS", help="end an upload that sends nothing this long (default %(default)s)")
+    group.add_argument("--upload-min-rate", type=float, default=DEFAULTS["upload_min_rate_kib_s"], metavar="KIB_S",
+                       help=f"end an upload that averages less than this many KiB/s once it has run "
+                            f"{DEFAULTS['upload_rate_grace_s']:g} s (0 = never; default %(default)s)")
     group.add_argument("--max-uploads", type=positive_int, default=DEFAULTS["max_uploads"],
                        help="upload streams open at once, all clients together (default %(default)s)")
     group.add_argument("--max-uploads-per-client", type=positive_int, default=DEFAULTS["max_uploads_per_client"],
@@ -33,7 +36,8 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
 
 def limit_settings(args: argparse.Namespace) -> dict:
     """The ``ServerSettings`` fields the limit flags set."""
-    return {"upload_idle_timeout_s": args.upload_idle_timeout, "max_uploads": args.max_uploads,
+    return {"upload_idle_timeout_s": args.upload_idle_timeout, "upload_min_rate_kib_s": args.upload_min_rate,
+            "max_uploads": args.max_uploads,
             "max_uploads_per_client": args.max_uploads_per_client,
             "max_queued_jobs_per_client": args.max_queued_jobs, "rpc_threads": args.rpc_threads,
             "retention_days": args.retention_days}

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
@@ -140,3 +141,20 @@ class IdleReader:
     def close(self) -> None:
         """Stop reading (the helper exits once gRPC ends the call)."""
         self._stop.set()
+
+
+def at_least_rate(chunks: Iterable[bytes], min_bytes_per_s: float, grace_s: float, what: str = "the upload",
+                  clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
+    """``chunks`` passed through, ended with ``DeadlineExceeded`` when, ``grace_s`` seconds or more after the first,
+    the bytes received so far average less than ``min_bytes_per_s`` (0 = no check). The idle timeout alone lets a
+    client hold a slot for ever by sending a byte every few seconds."""
+    start, received = clock(), 0
+    for chunk in chunks:
+        received += len(chunk)
+        elapsed = clock() - start
+        if min_bytes_per_s > 0 and elapsed >= grace_s and received < min_bytes_per_s * elapsed:
+            raise DeadlineExceeded(f"{what} averaged {received / elapsed:,.0f} bytes/s over {elapsed:.0f} s, below "
+                                   f"the server's upload_min_rate of {min_bytes_per_s:,.0f} bytes/s; nothing was "
+                                   "kept: upload again over a faster link, or ask the operator for a lower "
+                                   "--upload-min-rate")
+        yield chunk
