@@ -210,7 +210,10 @@ def check_consistent(model: nn.Module, input_shape: tuple[int, int, int]) -> Non
             model(torch.zeros(1, *input_shape))
     except RuntimeError as exc:
         where = current[-1] if current else "the model"
-        raise EngineError(f"the pruned model fails at {where}: {str(exc).splitlines()[0][:300]}") from exc
+        raise EngineError(f"the pruned model fails at {where}: {str(exc).splitlines()[0][:300]}; a forward that "
+                          "assumes a channel count (a reshape or view to a fixed size) breaks when the layer it reads "
+                          "loses channels: keep that layer's width with --protect LAYER "
+                          "(spec.prune.protected_layers)") from exc
     finally:
         model.train(was_training)
         for h in handles:

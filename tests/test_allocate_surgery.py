@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn as nn
 
 from pruning import allocate, surgery, zoo
 from pruning.errors import ModelError, SpecError
@@ -137,3 +138,20 @@ def test_latency_search_probes_the_reachable_maximum_instead_of_giving_up():
     assert 0.55 < search.reduction <= 0.6 and search.steps[-1]["meets_budget"]
     with pytest.raises(SpecError, match="most this model allows is -60%"):
         allocate.search_latency_budget(curve, budget_ms=3.0, max_reduction=0.6)
+
+
+def test_a_forward_that_assumes_a_channel_count_is_explained_with_the_flag_that_fixes_it():
+    from pruning.errors import EngineError
+    from pruning.surgery import check_consistent
+
+    class FixedView(nn.Module):                   # as if conv lost 2 of its 8 channels to pruning
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return self.head(y.reshape(x.shape[0], 8))
+
+    with pytest.raises(EngineError, match=r"fails at conv: .*--protect LAYER"):
+        check_consistent(FixedView(), (3, 8, 8))
