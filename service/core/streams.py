@@ -5,6 +5,8 @@
 - ``IdleReader``: the messages of a client stream, read by a helper thread, so that a stream that sends nothing
   for ``idle_s`` seconds ends with DEADLINE_EXCEEDED (the handler stops waiting; gRPC ends the call, which
   releases the helper), and a client that cancels is told apart (``UploadCancelled``) from a bug.
+- ``at_least_rate``: chunks passed through, ended with DEADLINE_EXCEEDED when, after a grace period, they average
+  less than a minimum rate (a byte every few seconds would otherwise hold a slot for ever; the server's uploads).
 - ``client_key``: who a caller is, for per-client limits: its verified bearer token (hashed), else its address.
 """
 from __future__ import annotations
