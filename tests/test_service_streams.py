@@ -177,3 +177,23 @@ def test_an_impossible_minimum_upload_rate_is_refused():
     for rate in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="upload_min_rate_kib_s"):
             ServerSettings(upload_min_rate_kib_s=rate).check()
+
+
+def test_the_agents_benchmark_stream_is_held_to_a_minimum_rate_counted_in_message_bytes():
+    from service.agent.server import AgentSettings
+    from service.core.errors import DeadlineExceeded
+    from service.core.streams import at_least_rate
+
+    now = [0.0]
+
+    def messages():
+        for _ in range(40):
+            now[0] += 3.0
+            yield pb.UploadArtifactRequest(chunk=b"x")             # a few bytes every 3 s
+
+    with pytest.raises(DeadlineExceeded, match="the Benchmark stream averaged"):
+        list(at_least_rate(messages(), 16 * 1024, 60, "the Benchmark stream", clock=lambda: now[0],
+                           size=lambda m: m.ByteSize()))
+    for rate in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="upload_min_rate_kib_s"):
+            AgentSettings(upload_min_rate_kib_s=rate)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 import threading
 from concurrent import futures
@@ -40,12 +41,13 @@ from service.agent.device_info import describe_device
 from service.core.lifecycle import run_until_signalled
 from service.core.wire import precision_from_proto
 from service.core.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, rpc
-from service.core.streams import IdleReader
+from service.core.streams import IdleReader, at_least_rate
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
 BLOBS = ("model", "evaluation", "calibration")
+UPLOAD_RATE_GRACE_S = 60.0     # a Benchmark stream is held to upload_min_rate_kib_s from this many seconds on
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,13 @@ class AgentSettings:
     work_dir: str | None = None                  # temporary files; default: the system's temp folder
     upload_idle_timeout_s: float = 30.0          # a Benchmark stream silent this long is ended (DEADLINE_EXCEEDED)
     max_benchmarks: int = 4                      # Benchmark calls open at once (receiving or queued for the device)
+    upload_min_rate_kib_s: float = 16.0          # a Benchmark stream averaging less after 60 s is ended; 0 = off
 
     def __post_init__(self) -> None:
         if not self.upload_idle_timeout_s > 0:
             raise ValueError(f"upload_idle_timeout_s must be > 0, got {self.upload_idle_timeout_s}")
+        if not 0 <= self.upload_min_rate_kib_s < math.inf:
+            raise ValueError(f"upload_min_rate_kib_s must be a finite number >= 0, got {self.upload_min_rate_kib_s}")
         if not 1 <= self.max_benchmarks <= self.rpc_threads - 2:
             raise ValueError(f"max_benchmarks must be between 1 and rpc_threads - 2 = {self.rpc_threads - 2} (two "
                              f"threads stay free for Describe and health checks), got {self.max_benchmarks}")
@@ -102,7 +107,9 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
         settings = _settings(first.settings)
         self._check_sizes(first.settings)
         with tempfile.TemporaryDirectory(prefix="interprune-agent-", dir=self.settings.work_dir) as tmp:
-            paths = _receive(reader.messages(), first.settings, Path(tmp))
+            messages = at_least_rate(reader.messages(), self.settings.upload_min_rate_kib_s * 1024, UPLOAD_RATE_GRACE_S,
+                                     reader.what, size=lambda message: message.ByteSize())
+            paths = _receive(messages, first.settings, Path(tmp))
             self.on_received(settings, context)
             with self._one_at_a_time:
                 if not context.is_active():

@@ -6,7 +6,7 @@
   for ``idle_s`` seconds ends with DEADLINE_EXCEEDED (the handler stops waiting; gRPC ends the call, which
   releases the helper), and a client that cancels is told apart (``UploadCancelled``) from a bug.
 - ``at_least_rate``: chunks passed through, ended with DEADLINE_EXCEEDED when, after a grace period, they average
-  less than a minimum rate (a byte every few seconds would otherwise hold a slot for ever; the server's uploads).
+  less than a minimum rate (a byte every few seconds would otherwise hold a slot for ever).
 - ``client_key``: who a caller is, for per-client limits: its verified bearer token (hashed), else its address.
 """
 from __future__ import annotations
@@ -145,14 +145,14 @@ class IdleReader:
         self._stop.set()
 
 
-def at_least_rate(chunks: Iterable[bytes], min_bytes_per_s: float, grace_s: float, what: str = "the upload",
-                  clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
+def at_least_rate(chunks: Iterable, min_bytes_per_s: float, grace_s: float, what: str = "the upload",
+                  clock: Callable[[], float] = time.monotonic, size: Callable[[Any], int] = len) -> Iterator:
     """``chunks`` passed through, ended with ``DeadlineExceeded`` when, ``grace_s`` seconds or more after the first,
-    the bytes received so far average less than ``min_bytes_per_s`` (0 = no check). The idle timeout alone lets a
-    client hold a slot for ever by sending a byte every few seconds."""
+    the bytes received so far (``size`` of each item) average less than ``min_bytes_per_s`` (0 = no check). The idle
+    timeout alone lets a client hold a slot for ever by sending a byte every few seconds."""
     start, received = clock(), 0
     for chunk in chunks:
-        received += len(chunk)
+        received += size(chunk)
         elapsed = clock() - start
         if min_bytes_per_s > 0 and elapsed >= grace_s and received < min_bytes_per_s * elapsed:
             raise DeadlineExceeded(f"{what} averaged {received / elapsed:,.0f} bytes/s over {elapsed:.0f} s, below "
