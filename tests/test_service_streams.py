@@ -192,7 +192,7 @@ def test_the_agents_benchmark_stream_is_held_to_a_minimum_rate_counted_in_messag
             yield pb.UploadArtifactRequest(chunk=b"x")             # a few bytes every 3 s
 
     with pytest.raises(DeadlineExceeded, match="the Benchmark stream averaged"):
-        list(at_least_rate(messages(), 16 * 1024, 60, "the Benchmark stream", clock=lambda: now[0],
+        list(at_least_rate(messages(), 16 * 1024, "the Benchmark stream", grace_s=60, clock=lambda: now[0],
                            size=lambda m: m.ByteSize()))
     for rate in (-1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="upload_min_rate_kib_s"):

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = apb.DESCRIPTOR.services_by_name["DeviceAgent"].full_name
 BLOBS = ("model", "evaluation", "calibration")
-UPLOAD_RATE_GRACE_S = 60.0     # a Benchmark stream is held to upload_min_rate_kib_s from this many seconds on
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,8 @@ class DeviceAgentServicer(apb_grpc.DeviceAgentServicer):
         settings = _settings(first.settings)
         self._check_sizes(first.settings)
         with tempfile.TemporaryDirectory(prefix="interprune-agent-", dir=self.settings.work_dir) as tmp:
-            messages = at_least_rate(reader.messages(), self.settings.upload_min_rate_kib_s * 1024, UPLOAD_RATE_GRACE_S,
-                                     reader.what, size=lambda message: message.ByteSize())
+            messages = at_least_rate(reader.messages(), self.settings.upload_min_rate_kib_s * 1024, reader.what,
+                                     size=lambda message: message.ByteSize())
             paths = _receive(messages, first.settings, Path(tmp))
             self.on_received(settings, context)
             with self._one_at_a_time:

@@ -71,8 +71,7 @@ class CompressionServicer(pb_grpc.CompressionServicer):
         if kind is None:
             raise InvalidArgument("the upload header must set kind (MODEL, DATASET, ...)")
         reader.what = f"the upload of {clean_name(header.display_name)}"
-        chunks = at_least_rate(_chunks(reader.messages()), self.settings.upload_min_rate_kib_s * 1024,
-                               self.settings.upload_rate_grace_s, reader.what)
+        chunks = at_least_rate(_chunks(reader.messages()), self.settings.upload_min_rate_kib_s * 1024, reader.what)
         info = self.artifacts.put_stream(header.display_name, kind, header.size_bytes, header.sha256, chunks)
         log.info("artifact %s (%s, %d bytes) stored", info.id[:12], info.name, info.size_bytes)
         return artifact_to_proto(info)

@@ -41,8 +41,7 @@ class ServerSettings:
     ray_cpus_per_job: float = 1.0            # CPUs a Ray job asks for when its spec sets no thread count
     advertise_address: str | None = None     # HOST:PORT remote workers reach this server at (default: --listen)
     upload_idle_timeout_s: float = 30.0      # an upload stream silent this long is ended (DEADLINE_EXCEEDED)
-    upload_min_rate_kib_s: float = 16.0      # an upload averaging less after upload_rate_grace_s is ended; 0 = off
-    upload_rate_grace_s: float = 60.0
+    upload_min_rate_kib_s: float = 16.0      # an upload averaging less once it has run 60 s is ended; 0 = off
     max_uploads: int = 16                    # upload streams open at once, all clients together
     max_uploads_per_client: int = 4          # per client (its bearer token, else its address)
     max_queued_jobs_per_client: int = 100    # QUEUED jobs per client; more are refused (RESOURCE_EXHAUSTED)
@@ -64,9 +63,8 @@ class ServerSettings:
             raise ValueError(f"job_workers must be >= 0 (0 = what the executor can run), got {self.job_workers}")
         if not self.upload_idle_timeout_s > 0:
             raise ValueError(f"upload_idle_timeout_s must be > 0, got {self.upload_idle_timeout_s}")
-        if not (0 <= self.upload_min_rate_kib_s < math.inf and self.upload_rate_grace_s > 0):
-            raise ValueError(f"upload_min_rate_kib_s must be >= 0 and upload_rate_grace_s > 0, got "
-                             f"{self.upload_min_rate_kib_s} and {self.upload_rate_grace_s}")
+        if not 0 <= self.upload_min_rate_kib_s < math.inf:
+            raise ValueError(f"upload_min_rate_kib_s must be a finite number >= 0, got {self.upload_min_rate_kib_s}")
         if self.retention_days is not None and not self.retention_days > 0:
             raise ValueError(f"retention_days must be > 0 (None = keep everything), got {self.retention_days}")
         streams = self.max_uploads + self.watch_limit

@@ -190,7 +190,7 @@ def _check_ranges(spec: pb.JobSpec) -> None:
         (any(v < 1 for v in b.batch_sizes), "spec.benchmark.batch_sizes must be >= 1"),
         (b.HasField("agent_eval_images") and b.agent_eval_images < 0,
          "spec.benchmark.agent_eval_images must be >= 0 (0 = no accuracy measured on agents)"),
-        (any(t.WhichOneof("kind") == "agent" and not _AGENT.fullmatch(t.agent) for t in b.targets),
+        (any(t.WhichOneof("kind") == "agent" and not _AGENT.match(t.agent) for t in b.targets),
          "spec.benchmark.targets: an agent name is 1-64 letters, digits, _ . or -, as ListDevices shows it"),
         (p.HasField("latency_margin") and not 0.0 <= p.latency_margin < 1.0,
          "spec.prune.latency_margin must be in [0, 1) (0.05 aims 5% under the budget)"),

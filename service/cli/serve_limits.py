@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from service.api.settings import RESERVED_THREADS, ServerSettings
 from service.cli.output import positive_float, positive_int
+from service.core.streams import RATE_GRACE_S
 
 DEFAULTS = asdict(ServerSettings())
 
@@ -18,7 +19,7 @@ def add_limit_arguments(serve: argparse.ArgumentParser) -> None:
                        metavar="SECONDS", help="end an upload that sends nothing this long (default %(default)s)")
     group.add_argument("--upload-min-rate", type=float, default=DEFAULTS["upload_min_rate_kib_s"], metavar="KIB_S",
                        help=f"end an upload that averages less than this many KiB/s once it has run "
-                            f"{DEFAULTS['upload_rate_grace_s']:g} s (0 = never; default %(default)s)")
+                            f"{RATE_GRACE_S:g} s (0 = never; default %(default)s)")
     group.add_argument("--max-uploads", type=positive_int, default=DEFAULTS["max_uploads"],
                        help="upload streams open at once, all clients together (default %(default)s)")
     group.add_argument("--max-uploads-per-client", type=positive_int, default=DEFAULTS["max_uploads_per_client"],

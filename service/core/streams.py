@@ -145,7 +145,10 @@ class IdleReader:
         self._stop.set()
 
 
-def at_least_rate(chunks: Iterable, min_bytes_per_s: float, grace_s: float, what: str = "the upload",
+RATE_GRACE_S = 60.0     # how long an upload may run before it is held to its minimum rate (server and agent)
+
+
+def at_least_rate(chunks: Iterable, min_bytes_per_s: float, what: str = "the upload", grace_s: float = RATE_GRACE_S,
                   clock: Callable[[], float] = time.monotonic, size: Callable[[Any], int] = len) -> Iterator:
     """``chunks`` passed through, ended with ``DeadlineExceeded`` when, ``grace_s`` seconds or more after the first,
     the bytes received so far (``size`` of each item) average less than ``min_bytes_per_s`` (0 = no check). The idle
