@@ -32,8 +32,10 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: Denominator floor of the relative error, so an all-zero reference output does not divide by zero.
-REL_ERROR_FLOOR = 1e-6
+#: Denominator floor of the relative error, only so an all-zero reference output does not divide by zero: a larger
+#: floor would make the relative error of a model with tiny outputs (an untrained head, logits ~1e-9) as blind as
+#: the absolute one.
+REL_ERROR_FLOOR = 1e-30
 
 
 class ExportError(RuntimeError):
@@ -91,7 +93,7 @@ class Parity:
     """Agreement between an ONNX model (ONNX Runtime, CPU) and its PyTorch module on the same inputs.
 
     - `max_abs_error`: max over all outputs of |onnx - torch|.
-    - `max_rel_error`: `max_abs_error / max(max |torch|, 1e-6)`, i.e. the largest absolute error relative
+    - `max_rel_error`: `max_abs_error / max(max |torch|, 1e-30)`, i.e. the largest absolute error relative
       to the largest torch output magnitude (a norm-wise relative error; element-wise ratios explode
       where a logit is near zero and say little).
     - `mean_abs_error`: mean over all output elements of |onnx - torch|.

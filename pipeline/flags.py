@@ -200,6 +200,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--finetune-images", "compress.finetune.images", "reconstruction and fine-tuning",
          "fine-tune until this many images were seen", type=int),
     Flag("--finetune-minutes", "compress.finetune.minutes", "reconstruction and fine-tuning", type=float),
+    Flag("--finetune-batch", "compress.finetune.batch_size", "reconstruction and fine-tuning",
+         "images per fine-tune step", type=int, metavar="N"),
     Flag("--lr", "compress.finetune.lr", "reconstruction and fine-tuning", type=float),
     Flag("--distillation", "compress.finetune.distillation", "reconstruction and fine-tuning",
          "what the student matches: the teacher's logits (mse) or its softened probabilities (kl)",

@@ -185,7 +185,8 @@ def summary_table(report: dict) -> str:
     if report.get("export"):
         parity = report["export"]["parity"]
         lines.append(f"ONNX parity: max abs error {parity['max_abs_error']:.2e} "
-                     f"(tolerance {report['export']['parity_atol']:.0e})")
+                     f"(tolerance {report['export']['parity_atol']:.0e})"
+                     + (f", relative {parity['max_rel_error']:.1e}" if "max_rel_error" in parity else ""))
     if report.get("speedup"):
         lines.append("")
         lines.append("target      batch  original p50   compressed p50   speedup   MACs ratio")

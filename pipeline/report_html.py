@@ -159,10 +159,13 @@ def _summary(report: dict) -> str:
     export = report.get("export") or {}
     if export:
         onnx, parity = export["onnx"], export["parity"]
+        relative = parity.get("max_rel_error")
         parts += ["<h3>ONNX export</h3>", html_table(["opset", "file", "sha256", "parity max abs error", "tolerance",
-                                                  "top-1 agreement"], [[
+                                                  "relative to the largest output", "top-1 agreement"], [[
             onnx.get("opset"), size_text(onnx.get("size_bytes", 0)), str(onnx.get("sha256", ""))[:16] + "…",
             f"{parity['max_abs_error']:.2e}", f"{export['parity_atol']:.0e}",
+            "n/a" if relative is None else f"{relative:.1e}" + (
+                f" (tolerance {export['parity_rtol']:.0e})" if export.get("parity_rtol") else ""),
             pct(parity["top1_agreement"]) if parity.get("top1_agreement") is not None else "n/a"]])]
     ft = report.get("finetune")
     if ft:

@@ -186,6 +186,8 @@ def test_precision_agent_images_and_round_to_reach_the_spec(command):
                                              "--round-to", "16", "--targets", "agent:jetson"]))
     assert (spec.benchmark.precision, spec.benchmark.agent_eval_images) == ("int8", 300)
     assert spec.compress.prune.round_to == 16 and spec.benchmark.targets == ("agent:jetson",)
+    assert default.compress.finetune.batch_size == 128
+    assert spec_from_args(parser.parse_args([*base, "--finetune-batch", "32"])).compress.finetune.batch_size == 32
 
 
 @pytest.mark.parametrize("extra", [["--precision", "fp64"], ["--agent-eval-images", "-1"],

@@ -226,3 +226,23 @@ def test_check_parity_rejects_empty_inputs(exported):
     net, out = exported
     with pytest.raises(ValueError, match="at least one"):
         check_parity(out.path, net, np.zeros((0, *INPUT_SHAPE), dtype=np.float32))
+
+
+def test_the_job_parity_rule_catches_a_wrong_export_of_a_model_with_tiny_outputs(tmp_path):
+    """Logits ~1e-9 (an untrained head): any export is within 1e-4 absolute, so the relative error decides."""
+    from pipeline.export import parity_ok
+
+    def tiny(seed: int) -> TinyNet:
+        net = make_net(seed)
+        with torch.no_grad():
+            net.head.weight.mul_(1e-9)
+            net.head.bias.mul_(1e-9)
+        return net.eval()
+
+    out = export_onnx(tiny(0), tmp_path / "tiny.onnx", images(2))
+    same = check_parity(out.path, tiny(0), images(20))
+    other = check_parity(out.path, tiny(1), images(20))        # the file is not this model
+    assert same.max_abs_error < 1e-12 and other.max_abs_error < 1e-4
+    assert parity_ok(same.max_abs_error, 1e-4, same.max_rel_error)
+    assert other.max_rel_error > 0.1 and not parity_ok(other.max_abs_error, 1e-4, other.max_rel_error)
+    assert not parity_ok(same.max_abs_error, 1e-4, float("nan"))
