@@ -169,6 +169,19 @@ def test_agent_limits_are_checked():
     assert main(["agent", "--name", "edge0", "--max-benchmarks", "9"]) == 2
 
 
+def test_the_agents_minimum_upload_rate_comes_from_its_flag(monkeypatch, capsys):
+    import service.agent.server as agent_server
+    from service.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(agent_server, "serve_agent", lambda listen, name, tokens, settings, **kw: seen.update(
+        settings=settings))
+    assert main(["agent", "--name", "edge0", "--upload-min-rate", "-1"]) == 2
+    assert "--upload-min-rate" in capsys.readouterr().err and not seen
+    main(["agent", "--name", "edge0", "--upload-min-rate", "4"])
+    assert seen["settings"].upload_min_rate_kib_s == 4.0
+
+
 def test_the_agent_takes_the_servers_bearer_tokens(make_agent, onnx_model, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# agent tokens\n{TOKEN}\n")

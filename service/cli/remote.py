@@ -29,6 +29,7 @@ from service.cli.local import checked_spec
 from service.cli.output import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError,
                                 positive_float, positive_int)
 from service.cli.serve_limits import add_limit_arguments, limit_settings
+from service.core.streams import RATE_GRACE_S
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ def _add_agent(subparsers) -> None:
     agent.add_argument("--work-dir", help="temporary files (default: the system's temp folder)")
     agent.add_argument("--upload-idle-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                        help="end a benchmark upload that sends nothing for this long (default %(default)s)")
+    agent.add_argument("--upload-min-rate", type=float, default=16.0, metavar="KIB_S",
+                       help=f"end a benchmark upload that averages less than this many KiB/s once it has run "
+                            f"{RATE_GRACE_S:g} s (0 = never; default %(default)s)")
     agent.add_argument("--max-benchmarks", type=int, default=4, metavar="N",
                        help="benchmark calls open at once, receiving or waiting for the device; more are refused "
                             "with RESOURCE_EXHAUSTED (default %(default)s, at most 6)")
@@ -275,9 +279,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         settings = AgentSettings(max_model_bytes=int(args.max_model_mb * (1 << 20)),
                                  max_data_bytes=int(args.max_data_mb * (1 << 20)), work_dir=args.work_dir,
-                                 upload_idle_timeout_s=args.upload_idle_timeout, max_benchmarks=args.max_benchmarks)
+                                 upload_idle_timeout_s=args.upload_idle_timeout, max_benchmarks=args.max_benchmarks,
+                                 upload_min_rate_kib_s=args.upload_min_rate)
     except ValueError as exc:
-        raise CliError(f"--max-benchmarks: {exc}", EXIT_USAGE) from None
+        flag = "--upload-min-rate" if "upload_min_rate" in str(exc) else "--max-benchmarks"
+        raise CliError(f"{flag}: {exc}", EXIT_USAGE) from None
 
     def ready(server) -> None:
         from service.agent.device_info import describe_device
