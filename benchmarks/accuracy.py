@@ -271,6 +271,16 @@ for lr in ("0.02", "0.05"):
 for arch in ("resnet20", "resnet32"):
     _row(f"r{arch[6:]}-l1-sensitivity-round1-kd105k", "2,6", arch, "l1", "--target-macs", "0.5", *ROUND1,
          "--finetune-images", "105000")
+# ... a lower peak, a smaller fine-tune batch (4x the steps for the same images), and other starts: uniform widths,
+# and the knapsack offered whole blocks (the better no-FT start, 86.36%)
+_row("r20-l1-sensitivity-round1-kd35k-lr0.005", "2,6", "resnet20", "l1", "--target-macs", "0.5", *ROUND1,
+     "--finetune-images", "35000", "--lr", "0.005")
+_row("r20-l1-sensitivity-round1-kd35k-batch32", "2,6", "resnet20", "l1", "--target-macs", "0.5", *ROUND1,
+     "--finetune-images", "35000", "--finetune-batch", "32")
+_row("r20-l1-uniform-round1-kd35k", "2,6", "resnet20", "l1", "--target-macs", "0.5", "--allocation", "uniform",
+     "--round-to", "1", "--finetune-images", "35000")
+_row("r20-l1-sensitivity-round1-blocks-kd35k", "2,6", "resnet20", "l1", "--target-macs", "0.5", *ROUND1,
+     "--block-removal", "on", "--finetune-images", "35000")
 # Goal 4: latency-aware allocation against MACs-targeted pruning at the same measured p90, batch 64 on local:cpu.
 # "-b64" measures latency at batch 64 (original and compressed); "{p90:ROW}" is that row's measured p90 of the
 # compressed model at batch 64 (run ROW first, in the same quiet period): the two budget rows aim at it, one
