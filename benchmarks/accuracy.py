@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.shared_data import add_data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -511,7 +512,7 @@ def main() -> None:
     parser.add_argument("--rows", default="")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--rewrite", action="store_true", help="rewrite accuracy.md from accuracy.json")
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--keep", type=Path, help="copy each row's model.onnx / original.onnx to KEEP/ROW/")
     args = parser.parse_args()

@@ -19,12 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.shared_data import add_data_root, weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_compress(data_root: Path, out: Path, *extra: str) -> tuple[dict, float, float]:
-    weights = next((data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(data_root, "resnet56")
     cmd = [sys.executable, "-m", "service.cli", "compress", "--arch", "cifar/resnet56", "--weights", str(weights),
            "--data", str(data_root / "cifar10"), "--criterion", "l1", "--target-macs", "0.5",
            "--allocation", "uniform", "--out", str(out), "--force", "--json", *extra]
@@ -49,7 +50,7 @@ def latency_rows(report: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--parts", default="speed,recon,rounding,finetune")
     args = parser.parse_args()
     parts = set(args.parts.split(","))

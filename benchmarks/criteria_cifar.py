@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from benchmarks.shared_data import add_data_root, weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CRITERIA = ("random", "l1", "fpgm", "taylor", "dissection", "functionality", "redundancy",
@@ -43,7 +44,7 @@ def run_one(args, criterion: str, target: float, finetune_images: int, out: Path
     from pipeline.run import run_pipeline
     from pipeline.spec import BenchmarkSpec, JobSpec
 
-    weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(args.data_root, "resnet56")
     params = criterion_params(args.criterion_param, criterion)
     spec = JobSpec(
         CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
@@ -182,7 +183,7 @@ def scoring_only(args) -> None:
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "t = time.perf_counter(); sc.score(ctx); t = time.perf_counter() - t\n"
             "print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, base / 1024 ** 2)\n"
-        ) % (str(ROOT), str(next((args.data_root / "weights").glob("resnet56-*.th"))),
+        ) % (str(ROOT), str(weights_file(args.data_root, "resnet56")),
              str(args.data_root / "cifar10"), args.calibration_images, criterion)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode:
@@ -195,7 +196,7 @@ def scoring_only(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--criteria", default=",".join(DEFAULT_CRITERIA))
     parser.add_argument("--targets", default="0.5,0.3")
     parser.add_argument("--finetune-images", default="0", help="comma-separated KD budgets (images seen)")

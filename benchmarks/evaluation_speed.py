@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -19,18 +18,18 @@ from pipeline.onnx_inference import OnnxRuntimeInference
 from pruning import data as data_mod
 from pruning.zoo import get_entry, load_model
 from pruning.measure import evaluate
+from benchmarks.shared_data import add_data_root, weights_file
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--images", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=200)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(args.data_root, "resnet56")
     model = load_model("cifar/resnet56", weights).eval()
     entry = get_entry("cifar/resnet56")
     test = data_mod.load_images(args.data_root / "cifar10").test

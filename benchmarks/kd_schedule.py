@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from benchmarks.shared_data import add_data_root, weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def prepare(args) -> Path:
     out = args.cache / ("start" if args.start == "l1" else f"start-{args.start}")
     if (out / "plan.json").exists() and (out / "start.json").exists():
         return out
-    weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(args.data_root, "resnet56")
     spec = CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                         data=DataSpec(str(args.data_root / "cifar10")),
                         prune=PruneSpec(args.start, target_reduction=0.5, allocation="uniform"),
@@ -118,7 +119,7 @@ def run_variant(args, start_dir: Path, name: str, images: int, start_top1: float
     cfg = dict(BASE, **VARIANTS[name])
     torch.manual_seed(0)
     entry = zoo.get_entry("cifar/resnet56")
-    weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(args.data_root, "resnet56")
     teacher = zoo.load_model("cifar/resnet56", weights)
     student = load_compressed(start_dir / "plan.json", start_dir / "weights.pt")
     source = data_mod.load_images(args.data_root / "cifar10")
@@ -201,7 +202,7 @@ def write_table(out: Path, rows: list[dict], start: dict, start_criterion: str =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/interprune-kd"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--variants", default="cosine-0.01", help=f"comma-separated, of: {', '.join(VARIANTS)}")

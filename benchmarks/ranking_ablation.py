@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import copy
 import time
-from pathlib import Path
 
 import torch
+from benchmarks.shared_data import add_data_root, weights_file
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def greedy_elimination_order(gram: torch.Tensor, cross: torch.Tensor, channels: int, ridge: float = 1e-3
@@ -86,11 +85,11 @@ def main() -> None:
     from pruning.surgery import apply_plan, build_graph, channel_groups
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--eval-images", type=int, default=10000)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    weights = next((args.data_root / "weights").glob("resnet56-*.th"))
+    weights = weights_file(args.data_root, "resnet56")
     spec = CompressSpec(model=ModelSpec("cifar/resnet56", str(weights)),
                         data=DataSpec(str(args.data_root / "cifar10"), calibration_images=2000,
                                       evaluation_images=args.eval_images), prune=PruneSpec("l1", round_to=8, allocation="uniform"))

@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 from pruning.compress import CompressSpec, DataSpec, FinetuneSpec, ModelSpec, PruneSpec, ReconstructSpec, compress
+from benchmarks.shared_data import add_data_root, weights_file
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(data_root: Path, images: int, refit: bool) -> tuple[float, float, Counter]:
-    weights = next((data_root / "weights").glob("resnet20-*.th"))
+    weights = weights_file(data_root, "resnet20")
     spec = CompressSpec(model=ModelSpec("cifar/resnet20", weights=str(weights)),
                         data=DataSpec(str(data_root / "cifar10"), calibration_images=images, evaluation_images=2000),
                         prune=PruneSpec(criterion="l1", target_reduction=0.5, allocation="uniform"),
@@ -31,7 +31,7 @@ def run(data_root: Path, images: int, refit: bool) -> tuple[float, float, Counte
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--images", default="64,2000")
     args = parser.parse_args()
     for images in (int(v) for v in args.images.split(",")):

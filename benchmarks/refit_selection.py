@@ -23,8 +23,8 @@ from pruning.gram_stats import collect_stats
 from pruning.intake.weights import load_file_weights
 from pruning.models.cifar_resnet import cifar_resnet
 from pruning.sensitivity import measure_sensitivity
+from benchmarks.shared_data import add_data_root
 
-ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)   # CIFAR's (the weights were trained with ImageNet's:
                                                                   # 0.04-0.28 pt lower top-1; kept as measured)
 
@@ -38,7 +38,7 @@ def load(data_root: Path) -> tuple[torch.nn.Module, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, x = load(args.data_root)

@@ -20,8 +20,8 @@ from exporters import benchmark_onnxruntime, export_onnx
 from pruning import allocate, measure, surgery, zoo
 from pruning.criteria import ScoringContext, create_criterion
 from pruning.plan import PruningPlan
+from benchmarks.shared_data import add_data_root, weights_file
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def pruned_variant(model, entry, groups, scores, base, multiple: int, reduction: float):
@@ -34,12 +34,12 @@ def pruned_variant(model, entry, groups, scores, base, multiple: int, reduction:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     entry = zoo.get_entry("cifar/resnet56")
-    model = zoo.load_model("cifar/resnet56", next((args.data_root / "weights").glob("resnet56-*.th")))
+    model = zoo.load_model("cifar/resnet56", weights_file(args.data_root, "resnet56"))
     groups = surgery.channel_groups(model, entry.input_shape, entry.protected(model))
     base = measure.count_cost(model, entry.input_shape)
     scores = create_criterion("l1").score(ScoringContext(model, groups, [], lambda: iter(()), entry.input_shape,

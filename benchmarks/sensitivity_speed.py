@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -20,8 +19,8 @@ from benchmarks.refit_selection import load
 from pruning import prefix_cache, sensitivity, surgery
 from pruning.allocate import removal_units
 from pruning.stages import SENSITIVITY_FIT_IMAGES, SENSITIVITY_LOSS_IMAGES, sensitivity_depths
+from benchmarks.shared_data import add_data_root
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class _NoCache(prefix_cache.PrefixCache):
@@ -43,7 +42,7 @@ def measure(model, groups, removal, depths, fit, loss_images, cache_class) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    add_data_root(parser)
     parser.add_argument("--round-to", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(2)
