@@ -8,6 +8,7 @@ Formats (``load_images``):
   concatenated; ``test.npz`` becomes the evaluation split.
 - a folder, ``.tar`` (any compression) or ``.zip`` in ImageFolder layout (``class_name/image.png``), extracted
   safely: no absolute paths, no ``..``, no links or devices (``pruning.archives``, ``pruning.imagefolder``).
+  An archive of one of the other folders (``interprune submit --data FOLDER`` packs it so) reads as that folder.
 
 Every format is read within ``DataLimits`` (``pruning.limits``): archive entries and expanded bytes, array
 bytes from the .npy headers, image pixels from the image headers and the number of images, all checked
@@ -134,6 +135,9 @@ def load_images(path: str | Path, limits: DataLimits = DEFAULT_DATA_LIMITS, *, n
     if path.suffix.lower() == ".zip" or ".tar" in suffixes or path.suffix.lower() in {".tgz", ".tbz2", ".txz"}:
         with tempfile.TemporaryDirectory(prefix="interprune-data-", dir=scratch_dir) as tmp:
             extract_archive(path, Path(tmp), limits, name)
+            arrays = _array_folder(Path(tmp))      # a packed folder of train*.npz / test.npz or CIFAR batches
+            if arrays is not None:
+                return load_images(arrays, limits, name=name)
             root = _single_top_folder(Path(tmp))
             return DataSource(_load_image_folder(root, limits, name), None, f"ImageFolder archive {clip(name)}")
     raise DataError(f"unsupported data file {clip(name)}: expected .npz, .tar(.gz), .zip, or a folder")
@@ -238,6 +242,16 @@ def _cifar_pixels(data: np.ndarray, shown: str) -> np.ndarray:
     if data.size == 0 or data.size % (3 * 32 * 32):
         raise DataError(f"{shown}: 'data' must be [N, 3072] (3x32x32 pixels per row), got shape {data.shape}")
     return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _array_folder(root: Path) -> Path | None:
+    """The folder of an extracted archive (``root`` or its one top folder) that holds .npz files or CIFAR python
+    batches, as a data folder does (``interprune submit`` packs a folder so); None for an image folder."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
+    if any(folder.glob("*.npz")) or (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
+        return folder
+    return None
 
 
 def _single_top_folder(root: Path) -> Path:

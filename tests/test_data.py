@@ -197,3 +197,22 @@ def test_preprocessed_batches_are_contiguous_nchw_for_models_that_view_them():
     x = data.Preprocess((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))(images)
     assert x.shape == (4, 3, 6, 6) and x.is_contiguous()
     assert x.view(4, -1).shape == (4, 108)
+
+
+def test_an_archive_of_an_npz_folder_reads_as_that_folder_and_keeps_the_npz_checks(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    make_npz(folder / "train_00.npz", n=30, channels=3)
+    make_npz(folder / "test.npz", n=10, channels=3)
+    packed = tmp_path / "set.tar.gz"
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(folder, arcname="set")
+    source = data.load_images(packed)
+    assert (len(source.train.labels), len(source.test.labels)) == (30, 10)
+    assert "npz folder" in source.description and "set.tar.gz" in source.description
+
+    np.savez(folder / "test.npz", images=np.array([{"a": 1}] * 4, dtype=object), labels=np.arange(4))
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(folder, arcname="set")
+    with pytest.raises(DataError, match="object arrays"):
+        data.load_images(packed)

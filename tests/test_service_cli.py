@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 
+import numpy as np
 import pytest
 
 from service.cli.main import main
@@ -96,9 +97,38 @@ def test_submit_exits_2_on_bad_input(server, model_file, data_file, capsys, extr
     assert code == 2 and needle in err
 
 
-def test_a_folder_is_not_uploaded(server, model_file, tmp_path, capsys):
-    code, _, err = run(capsys, "submit", "--server", server.address, *job_flags(model_file, tmp_path))
-    assert code == 2 and "pack a folder" in err
+def test_a_data_folder_is_packed_read_as_the_folder_and_the_same_bytes_are_stored_once(server, model_file,
+                                                                                     data_file, tmp_path, capsys):
+    import tarfile
+
+    from service.client.packing import pack_folder
+
+    with np.load(data_file) as arrays:
+        images, labels = arrays["images"], arrays["labels"]
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    np.savez(folder / "train_00.npz", images=images[:300], labels=labels[:300])
+    np.savez(folder / "test.npz", images=images[300:], labels=labels[300:])
+    first, second = pack_folder(folder, tmp_path), pack_folder(folder, tmp_path / "digits")   # deterministic
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        assert tar.getnames() == ["digits/test.npz", "digits/train_00.npz"]
+    second.unlink()
+    from pruning.data import load_images
+
+    source = load_images(first)                      # what the server does with the upload: the folder's splits
+    assert (len(source.train.labels), len(source.test.labels)) == (300, 100) and "npz folder" in source.description
+    code, stdout, _ = run(capsys, "submit", "--server", server.address, "--json",
+                          *job_flags(model_file, folder, "--max-accuracy-drop", 100))
+    report = json.loads(stdout)
+    assert code == 0 and report["state"] == "SUCCEEDED"
+    code, stdout, _ = run(capsys, "artifacts", "--server", server.address, "--kind", "dataset", "--json")
+    assert code == 0 and stdout.count("digits.tar") == 1
+
+
+def test_a_folder_is_not_a_model(server, data_file, tmp_path, capsys):
+    code, _, err = run(capsys, "submit", "--server", server.address, *job_flags(tmp_path, data_file))
+    assert code == 2 and "--weights" in err and "one file each" in err
 
 
 def test_a_wrong_token_exits_2(make_server, tmp_path, capsys):

@@ -85,7 +85,8 @@ def _add_executor_arguments(serve) -> None:
                             "(pip install 'interprune[ray]')")
     group.add_argument("--ray-address", default="auto", metavar="ADDRESS",
                        help="with --executor ray: the cluster's head HOST:PORT, 'auto' (the running cluster: "
-                            "$RAY_ADDRESS or this machine's, default) or 'local' (start a one-machine cluster)")
+                            "$RAY_ADDRESS or this machine's, default), 'local' (start a one-machine cluster) or "
+                            "ray://HOST:PORT (Ray Client, from outside the cluster)")
     group.add_argument("--ray-cpus-per-job", type=positive_float, default=1.0,
                        help="CPUs a job asks Ray for when its spec sets no --threads (default %(default)s)")
     group.add_argument("--advertise-address", metavar="HOST:PORT",
@@ -341,9 +342,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out} is a file; give a folder", EXIT_USAGE)
     for label, value in (("--weights", spec.compress.model.weights), ("--data", spec.compress.data.path),
                          ("--model", spec.compress.model.model_file)):
-        if value and not Path(value).is_file():
-            hint = " (pack a folder as .tar/.zip in ImageFolder layout, or pass one .npz)" if Path(value).is_dir() \
-                else ""
+        if value and not Path(value).is_file() and not (label == "--data" and Path(value).is_dir()):
+            hint = " (--weights and --model take one file each)" if Path(value).is_dir() else ""
             raise CliError(f"{label} {value}: not a file{hint}", EXIT_USAGE)
     spec = _with_model_data(args, spec)                  # before connecting: a missing data file is a local problem
     with contextlib.ExitStack() as stack:

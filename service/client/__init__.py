@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ import grpc
 
 from service._proto.interprune.v1 import compression_pb2 as pb
 from service._proto.interprune.v1 import compression_pb2_grpc as pb_grpc
+from service.client.packing import pack_folder
 from service.client.types import (Accuracy, Artifact, ArtifactPage, ClusterNode, Cost, Device, Devices, Failure,
                                    GateVerdict, InterpruneClientError, InterpruneRPCError, Job, JobEvent, JobPage,
                                    JobResult, LatencyRow, Progress, StatusCode, TargetAccuracy, _artifact, _event, _job)
@@ -107,7 +109,8 @@ class Client:
         path = Path(path)
         if not path.is_file():
             raise InterpruneClientError(f"{path} is not a file" + (
-                "; pack a folder as .tar/.zip (ImageFolder layout) or pass one .npz" if path.is_dir() else ""))
+                "; upload() takes one file: pack a folder as .tar/.zip, or pass it as the spec's data path to "
+                "submit(), which packs it" if path.is_dir() else ""))
         if kind not in KIND_TO_PROTO:
             raise InterpruneClientError(f"unknown artifact kind {kind!r}; use one of {', '.join(KIND_TO_PROTO)}")
         digest, size = sha256_file(path), path.stat().st_size
@@ -209,6 +212,9 @@ class Client:
         match = _DIGEST.match(str(value))
         if match and not Path(value).exists():
             return match.group(2)
+        if kind == "dataset" and Path(value).is_dir():        # uploaded as a .tar the server opens as the folder
+            with tempfile.TemporaryDirectory(prefix="interprune-pack-") as tmp:
+                return self.upload(pack_folder(Path(value), Path(tmp)), kind).id
         return self.upload(value, kind).id
 
     def get(self, job_id: str) -> Job:
