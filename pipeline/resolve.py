@@ -30,7 +30,9 @@ def preferred_round_to(targets: Sequence[str], precision: str) -> tuple[int, str
             raise SpecError(f"benchmark precision {precision!r}: choose fp32, fp16 or int8") from None
         kernels = "int8 kernels use 32-channel vectors" if multiple == 32 else \
             "tensor cores want channel counts that are multiples of 8"
-        return multiple, f"{precision} on GPU target(s) {', '.join(gpu)}: {kernels}"
+        agents = " (a device agent counts as one: its hardware is not asked before pruning; --round-to sets the " \
+                 "multiple)" if any(t.startswith("agent:") for t in gpu) else ""
+        return multiple, f"{precision} on GPU or agent target(s) {', '.join(gpu)}: {kernels}{agents}"
     return 8, ("CPU-only targets: multiples of 8 keep the model ready for a GPU's tensor cores; what rounding costs "
                "on a CPU is measured by benchmarks/rounding_latency.py")
 
