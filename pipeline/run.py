@@ -7,8 +7,9 @@ Used in-process by ``interprune compress`` and by the service's worker processes
 
 The engine's evaluations on the whole evaluation split run in ONNX Runtime (``pipeline.onnx_inference``).
 Engine errors (``pruning.errors.InterpruneError``) pass through unchanged; an export whose ONNX Runtime output
-differs from PyTorch by more than ``parity_atol`` (or ``pipeline.export.PARITY_RTOL`` of its largest output) fails the job (``ExportCheckFailed``). ``should_stop`` is polled
-between stages and inside the engine's loops (cooperative cancel).
+differs from PyTorch by more than ``parity_atol`` (or ``pipeline.export.PARITY_RTOL`` of its largest output) fails
+the job (``ExportCheckFailed``). ``should_stop`` is polled between stages and inside the engine's loops
+(cooperative cancel).
 """
 from __future__ import annotations
 
