@@ -124,9 +124,10 @@ def load_images(path: str | Path, limits: DataLimits = DEFAULT_DATA_LIMITS, *, n
     if not exists:
         raise DataError(f"data path {clip(path)} does not exist")
     if is_dir:
-        if list(path.glob("*.npz")):
+        arrays = _array_kind(path)
+        if arrays == "npz":
             return _load_npz_folder(path, limits, name)
-        if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        if arrays == "cifar":
             return _load_cifar_batches(path, name)
         return DataSource(_load_image_folder(path, limits, name), None, f"ImageFolder {clip(name)}")
     suffixes = "".join(path.suffixes).lower()
@@ -244,14 +245,21 @@ def _cifar_pixels(data: np.ndarray, shown: str) -> np.ndarray:
     return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
+def _array_kind(folder: Path) -> str | None:
+    """"npz" for a folder of .npz files, "cifar" for CIFAR python batches, None otherwise (an image folder)."""
+    if any(folder.glob("*.npz")):
+        return "npz"
+    if (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
+        return "cifar"
+    return None
+
+
 def _array_folder(root: Path) -> Path | None:
     """The folder of an extracted archive (``root`` or its one top folder) that holds .npz files or CIFAR python
     batches, as a data folder does (``interprune submit`` packs a folder so); None for an image folder."""
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
-    if any(folder.glob("*.npz")) or (folder / "data_batch_1").exists() or (folder / "test_batch").exists():
-        return folder
-    return None
+    return folder if _array_kind(folder) else None
 
 
 def _single_top_folder(root: Path) -> Path:

@@ -283,7 +283,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
                                  upload_idle_timeout_s=args.upload_idle_timeout, max_benchmarks=args.max_benchmarks,
                                  upload_min_rate_kib_s=args.upload_min_rate)
     except ValueError as exc:
-        flag = "--upload-min-rate" if "upload_min_rate" in str(exc) else "--max-benchmarks"
+        flags = {"upload_min_rate_kib_s": "--upload-min-rate", "upload_idle_timeout_s": "--upload-idle-timeout"}
+        flag = next((f for field, f in flags.items() if field in str(exc)), "--max-benchmarks")
         raise CliError(f"{flag}: {exc}", EXIT_USAGE) from None
 
     def ready(server) -> None:
